@@ -1,0 +1,116 @@
+"""Dynamic fixed point: a `bw`-bit two's-complement (or unsigned) integer scaled by 2**-fl."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from rcompile.formats.exact import F32, ceil_log2, pow2
+from rcompile.formats.rounding import round_values
+
+MIN_BW, MAX_BW = 2, 32
+
+
+@dataclass(frozen=True)
+class DFP:
+    """DFP(bw, fl, signed): values k * 2**-fl for integers k of `bw` bits.
+
+    `fl` (the fractional length) may be negative. Both the step 2**-fl and the largest value
+    must be normal float32 numbers, which bounds fl to [bw - 128, 126].
+    """
+
+    bw: int
+    fl: int
+    signed: bool = True
+
+    def __post_init__(self) -> None:
+        if not MIN_BW <= self.bw <= MAX_BW:
+            raise ValueError(f"DFP bw must be in [{MIN_BW}, {MAX_BW}], got {self.bw}")
+        low, high = self.fl_range(self.bw)
+        if not low <= self.fl <= high:
+            raise ValueError(f"DFP fl must be in [{low}, {high}] for bw={self.bw}, got {self.fl}")
+
+    @staticmethod
+    def fl_range(bw: int) -> tuple[int, int]:
+        """The fractional lengths whose step and largest value are normal float32 numbers."""
+        return bw - 128, 126
+
+    @property
+    def name(self) -> str:
+        """Canonical name, e.g. `dfp8f5`, `udfp8f-2`; `parse_format` reads it back."""
+        return f"{'' if self.signed else 'u'}dfp{self.bw}f{self.fl}"
+
+    @property
+    def bit_width(self) -> int:
+        return self.bw
+
+    @property
+    def code_min(self) -> int:
+        return -(2 ** (self.bw - 1)) if self.signed else 0
+
+    @property
+    def code_max(self) -> int:
+        return 2 ** (self.bw - 1) - 1 if self.signed else 2**self.bw - 1
+
+    @property
+    def step(self) -> float:
+        """The value of one least significant bit, 2**-fl."""
+        return math.ldexp(1.0, -self.fl)
+
+    @property
+    def max(self) -> float:
+        """The largest value, as float32 rounds it (exact up to bw = 25)."""
+        return float(F32(math.ldexp(self.code_max, -self.fl)))
+
+    @property
+    def min(self) -> float:
+        """The smallest (most negative) value."""
+        return float(F32(math.ldexp(self.code_min, -self.fl)))
+
+    def quantize(self, x: np.ndarray, seed: int | None = None) -> np.ndarray:
+        """The NumPy reference: clip(round(x * 2**fl), code_min, code_max) * 2**-fl.
+
+        Zero is +0 (integers have no negative zero). +-inf saturate. NaN gives an unspecified
+        value: fixed point has no NaN code, so NaN is rejected before data reaches a quantizer.
+        `seed` selects stochastic rounding (see `rcompile.formats.rounding`).
+        """
+        x = np.asarray(x, dtype=F32)
+        with np.errstate(over="ignore", invalid="ignore"):
+            codes = round_values(x * pow2(self.fl), seed)
+            codes = np.clip(codes, F32(self.code_min), F32(self.code_max))
+            return (codes * pow2(-self.fl) + F32(0.0)).astype(F32)
+
+    @classmethod
+    def for_weights(cls, bw: int, max_abs: float) -> DFP:
+        """Ristretto's rule for parameters: integer length il = ceil(log2(max|w|)) + 1.
+
+        The largest weight is representable (it is never clipped by more than one step).
+        """
+        return cls._from_integer_length(bw, _integer_length(max_abs) + 1, signed=True)
+
+    @classmethod
+    def for_activations(cls, bw: int, max_abs: float, signed: bool = True) -> DFP:
+        """Ristretto's rule for layer inputs and outputs: il = ceil(log2(max|a|)).
+
+        One bit less than for weights: the rare largest values saturate and every other value
+        gains a bit of resolution. An unsigned tensor (calibrated minimum >= 0) keeps the same
+        saturation point and spends the freed sign bit on one more fractional bit.
+        """
+        integer_length = _integer_length(max_abs)
+        if not signed:
+            integer_length -= 1
+        return cls._from_integer_length(bw, integer_length, signed=signed)
+
+    @classmethod
+    def _from_integer_length(cls, bw: int, integer_length: int, signed: bool) -> DFP:
+        low, high = cls.fl_range(bw)
+        return cls(bw=bw, fl=min(max(bw - integer_length, low), high), signed=signed)
+
+
+def _integer_length(max_abs: float) -> int:
+    """ceil(log2(max_abs)), with 0 for an all-zero tensor (any fl represents it)."""
+    if not math.isfinite(max_abs) or max_abs < 0:
+        raise ValueError(f"max_abs must be finite and >= 0, got {max_abs}")
+    return ceil_log2(max_abs) if max_abs > 0 else 0

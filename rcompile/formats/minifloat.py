@@ -1,0 +1,160 @@
+"""Mini floating point: sign, `exp_bits` exponent bits, `mant_bits` mantissa bits.
+
+Three variants share one rounding rule (mantissa half to even, saturation at the largest
+finite value) and differ in how they spend the exponent codes:
+
+| variant     | exponents            | subnormals | inf | NaN | largest value                      |
+| ----------- | -------------------- | ---------- | --- | --- | ---------------------------------- |
+| `ristretto` | -bias .. bias+1      | flushed    | no  | no  | (2 - 2**-m) * 2**(bias+1)          |
+| `ieee`      | 1-bias .. bias       | yes        | yes | yes | (2 - 2**-m) * 2**bias              |
+| `fn`        | 1-bias .. bias+1     | yes        | no  | yes | (2 - 2**(1-m)) * 2**(bias+1)       |
+
+with bias = 2**(exp_bits-1) - 1. `ieee` (5, 10) is float16, (8, 7) bfloat16 and (5, 2) OCP
+FP8 E5M2; `fn` (4, 3) is OCP FP8 E4M3FN. The quantizers pass NaN through; +-inf stays
+infinite where the variant has inf and saturates otherwise (as ONNX's saturating Cast does).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from rcompile.formats.exact import F32, MAX_POW2_EXP, MIN_POW2_EXP, floor_log2, pow2
+from rcompile.formats.rounding import round_values
+
+VARIANTS = ("ristretto", "ieee", "fn")
+MIN_EXP_BITS, MAX_EXP_BITS = 2, 8
+MIN_MANT_BITS, MAX_MANT_BITS = 0, 23
+
+
+@dataclass(frozen=True)
+class MiniFloat:
+    """MiniFloat(exp_bits, mant_bits, variant); Ristretto's variant is the default."""
+
+    exp_bits: int
+    mant_bits: int
+    variant: str = "ristretto"
+
+    def __post_init__(self) -> None:
+        if not MIN_EXP_BITS <= self.exp_bits <= MAX_EXP_BITS:
+            raise ValueError(
+                f"MiniFloat exp_bits must be in [{MIN_EXP_BITS}, {MAX_EXP_BITS}], "
+                f"got {self.exp_bits}"
+            )
+        if not MIN_MANT_BITS <= self.mant_bits <= MAX_MANT_BITS:
+            raise ValueError(
+                f"MiniFloat mant_bits must be in [{MIN_MANT_BITS}, {MAX_MANT_BITS}], "
+                f"got {self.mant_bits}"
+            )
+        if self.variant not in VARIANTS:
+            raise ValueError(f"MiniFloat variant must be one of {VARIANTS}, got {self.variant!r}")
+        if self.variant == "fn" and (self.mant_bits == 0 or self.exp_bits == MAX_EXP_BITS):
+            raise ValueError(
+                "MiniFloat variant 'fn' needs mant_bits >= 1 (its top code is NaN) and "
+                f"exp_bits <= {MAX_EXP_BITS - 1} (its top binade must fit in float32)"
+            )
+        if self.emin - self.mant_bits < MIN_POW2_EXP:
+            raise ValueError(
+                f"MiniFloat {self.exp_bits}/{self.mant_bits} ({self.variant}) has values below "
+                f"the float32 subnormal range; use mant_bits <= {self.emin - MIN_POW2_EXP}"
+            )
+
+    @property
+    def bias(self) -> int:
+        return 2 ** (self.exp_bits - 1) - 1
+
+    @property
+    def emin(self) -> int:
+        """The exponent of the smallest normal value."""
+        return -self.bias if self.variant == "ristretto" else 1 - self.bias
+
+    @property
+    def emax(self) -> int:
+        """The exponent of the largest finite value, capped at float32's own (127)."""
+        top = self.bias if self.variant == "ieee" else self.bias + 1
+        return min(top, MAX_POW2_EXP)
+
+    @property
+    def has_subnormals(self) -> bool:
+        return self.variant != "ristretto"
+
+    @property
+    def has_inf(self) -> bool:
+        return self.variant == "ieee"
+
+    @property
+    def bit_width(self) -> int:
+        return 1 + self.exp_bits + self.mant_bits
+
+    @property
+    def name(self) -> str:
+        """Canonical name: `fp16`, `bf16`, `fp8e5m2`, `fp8e4m3fn`, `fp8e4m3r` (Ristretto)."""
+        if self.variant == "ieee" and (self.exp_bits, self.mant_bits) == (5, 10):
+            return "fp16"
+        if self.variant == "ieee" and (self.exp_bits, self.mant_bits) == (8, 7):
+            return "bf16"
+        suffix = {"ristretto": "r", "ieee": "", "fn": "fn"}[self.variant]
+        return f"fp{self.bit_width}e{self.exp_bits}m{self.mant_bits}{suffix}"
+
+    @property
+    def max(self) -> float:
+        """The largest finite value."""
+        top_step = self.emax - self.mant_bits + (1 if self.variant == "fn" else 0)
+        return math.ldexp(1.0, self.emax + 1) - math.ldexp(1.0, top_step)
+
+    @property
+    def min(self) -> float:
+        return -self.max
+
+    @property
+    def smallest_normal(self) -> float:
+        return math.ldexp(1.0, self.emin)
+
+    @property
+    def smallest_positive(self) -> float:
+        """The smallest positive value: a subnormal where the variant has them."""
+        return math.ldexp(1.0, self.emin - (self.mant_bits if self.has_subnormals else 0))
+
+    def quantize(self, x: np.ndarray, seed: int | None = None) -> np.ndarray:
+        """The NumPy reference.
+
+        Clamp to +-max, then round to `mant_bits` fraction bits at the value's own exponent
+        (at least emin, which gives subnormals); a carry out of the mantissa lands on the next
+        power of two, which the clamp keeps within max. Ristretto's variant flushes
+        magnitudes below the smallest normal to signed zero. `seed` selects stochastic
+        rounding of the mantissa.
+        """
+        x = np.asarray(x, dtype=F32)
+        with np.errstate(invalid="ignore"):
+            clamped = np.clip(x, F32(-self.max), F32(self.max))
+            magnitude = np.abs(clamped)
+            exponent = floor_log2(np.maximum(magnitude, F32(self.smallest_normal)))
+            quantum = pow2(exponent - self.mant_bits)
+            result = round_values(clamped / quantum, seed) * quantum
+            if not self.has_subnormals:
+                result = np.where(magnitude < F32(self.smallest_normal), clamped * F32(0), result)
+            if self.has_inf:
+                result = np.where(np.isinf(x), x, result)
+            return np.where(np.isnan(x), x, result).astype(F32)
+
+    @classmethod
+    def for_range(cls, bit_width: int, max_abs: float, variant: str = "ristretto") -> MiniFloat:
+        """Ristretto's rule: the fewest exponent bits whose largest value covers max|x|.
+
+        The remaining bits (after the sign) go to the mantissa. When even the widest exponent
+        falls short, the widest one the bit width allows is taken.
+        """
+        if not math.isfinite(max_abs) or max_abs < 0:
+            raise ValueError(f"max_abs must be finite and >= 0, got {max_abs}")
+        widest = min(MAX_EXP_BITS, bit_width - 1)
+        if variant == "fn":
+            widest = min(MAX_EXP_BITS - 1, bit_width - 2)
+        if widest < MIN_EXP_BITS:
+            raise ValueError(f"MiniFloat bit_width {bit_width} is too small for variant {variant}")
+        for exp_bits in range(MIN_EXP_BITS, widest + 1):
+            candidate = cls(exp_bits, bit_width - 1 - exp_bits, variant)
+            if candidate.max >= max_abs:
+                return candidate
+        return cls(widest, bit_width - 1 - widest, variant)

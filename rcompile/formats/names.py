@@ -1,0 +1,49 @@
+"""Canonical format names and their parser: every format's `name` parses back to it."""
+
+from __future__ import annotations
+
+import re
+
+from rcompile.formats.dfp import DFP
+from rcompile.formats.minifloat import MiniFloat
+from rcompile.formats.pow2 import Pow2
+
+Format = DFP | MiniFloat | Pow2
+
+_DFP = re.compile(r"(u?)dfp(\d+)f(-?\d+)")
+_MINIFLOAT = re.compile(r"fp(\d+)e(\d+)m(\d+)(r|fn)?")
+_POW2 = re.compile(r"pow2e(-?\d+)\.\.(-?\d+)(r?)")
+_ALIASES = {
+    "fp16": MiniFloat(5, 10, "ieee"),
+    "bf16": MiniFloat(8, 7, "ieee"),
+    "fp8e4m3": MiniFloat(4, 3, "fn"),
+}
+_VARIANT_SUFFIX = {"r": "ristretto", None: "ieee", "fn": "fn"}
+
+FORMAT_GRAMMAR = (
+    "dfp<bw>f<fl> or udfp<bw>f<fl> (e.g. dfp8f5), fp<N>e<E>m<M>[r|fn] (e.g. fp8e4m3fn, "
+    "fp8e5m2, fp8e4m3r), fp16, bf16, pow2e<min>..<max>[r] (e.g. pow2e-8..-1)"
+)
+
+
+def parse_format(name: str) -> Format:
+    """Parse a canonical format name (see FORMAT_GRAMMAR); raise ValueError otherwise."""
+    text = name.strip().lower()
+    if text in _ALIASES:
+        return _ALIASES[text]
+    if match := _DFP.fullmatch(text):
+        unsigned, bw, fl = match.groups()
+        return DFP(int(bw), int(fl), signed=not unsigned)
+    if match := _MINIFLOAT.fullmatch(text):
+        total, exp_bits, mant_bits, suffix = match.groups()
+        fmt = MiniFloat(int(exp_bits), int(mant_bits), _VARIANT_SUFFIX[suffix])
+        if fmt.bit_width != int(total):
+            raise ValueError(
+                f"format {name!r}: 1 sign + {exp_bits} exponent + {mant_bits} mantissa bits "
+                f"make {fmt.bit_width} bits, not {total}"
+            )
+        return fmt
+    if match := _POW2.fullmatch(text):
+        exp_min, exp_max, ristretto = match.groups()
+        return Pow2(int(exp_min), int(exp_max), zero=not ristretto)
+    raise ValueError(f"unknown format {name!r}; expected {FORMAT_GRAMMAR}")

@@ -1,0 +1,46 @@
+"""Rounding of float32 values to integers: half to even, or stochastic.
+
+Stochastic rounding draws one uniform number per element from a counter-based generator
+keyed by (seed, flat element index): the SplitMix64 finaliser applied to
+`seed * 0x9E3779B97F4A7C15 + index`. It needs no state, so the NumPy reference and the CUDA
+kernel produce the same bits for the same seed, in any order and in any chunking.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+F32 = np.float32
+
+GOLDEN_GAMMA = np.uint64(0x9E3779B97F4A7C15)
+_MIX1 = np.uint64(0xBF58476D1CE4E5B9)
+_MIX2 = np.uint64(0x94D049BB133111EB)
+UNIFORM_BITS = 24
+
+
+def uniform(seed: int, index: np.ndarray) -> np.ndarray:
+    """Uniform float32 numbers k * 2**-24 (k in [0, 2**24)) keyed by seed and element index."""
+    with np.errstate(over="ignore"):
+        z = np.uint64(seed & 0xFFFFFFFFFFFFFFFF) * GOLDEN_GAMMA + index.astype(np.uint64)
+        z = z + GOLDEN_GAMMA
+        z = (z ^ (z >> np.uint64(30))) * _MIX1
+        z = (z ^ (z >> np.uint64(27))) * _MIX2
+        z = z ^ (z >> np.uint64(31))
+    k = (z >> np.uint64(64 - UNIFORM_BITS)).astype(F32)
+    return k * F32(2.0**-UNIFORM_BITS)
+
+
+def round_values(y: np.ndarray, seed: int | None = None) -> np.ndarray:
+    """Round float32 values to integers (as float32).
+
+    With `seed=None` ties go to even. With a seed, y rounds up with probability
+    frac(y) (exactly, when frac(y) is a multiple of 2**-24, which holds for every float32
+    with |y| >= 0.5), so the rounding is unbiased to within 2**-24 of one unit.
+    """
+    y = np.asarray(y, dtype=F32)
+    if seed is None:
+        return np.rint(y)
+    down = np.floor(y)
+    fraction = y - down
+    u = uniform(seed, np.arange(y.size, dtype=np.uint64)).reshape(y.shape)
+    return np.where(np.isfinite(y), down + (u < fraction).astype(F32), y).astype(F32)
