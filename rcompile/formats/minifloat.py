@@ -27,6 +27,9 @@ from rcompile.formats.rounding import round_values
 VARIANTS = ("ristretto", "ieee", "fn")
 MIN_EXP_BITS, MAX_EXP_BITS = 2, 8
 MIN_MANT_BITS, MAX_MANT_BITS = 0, 23
+# Bare names that by common usage mean another variant (OCP FP8 E4M3 is the 'fn' one), so
+# the IEEE-like format of those widths spells its variant out.
+AMBIGUOUS_IEEE_NAMES = ("fp8e4m3",)
 
 
 @dataclass(frozen=True)
@@ -90,13 +93,18 @@ class MiniFloat:
 
     @property
     def name(self) -> str:
-        """Canonical name: `fp16`, `bf16`, `fp8e5m2`, `fp8e4m3fn`, `fp8e4m3r` (Ristretto)."""
+        """Canonical name: `fp16`, `bf16`, `fp8e5m2`, `fp8e4m3fn`, `fp8e4m3r` (Ristretto).
+
+        `fp8e4m3` alone means OCP's E4M3FN, so the IEEE-like E4M3 is `fp8e4m3ieee`.
+        """
         if self.variant == "ieee" and (self.exp_bits, self.mant_bits) == (5, 10):
             return "fp16"
         if self.variant == "ieee" and (self.exp_bits, self.mant_bits) == (8, 7):
             return "bf16"
-        suffix = {"ristretto": "r", "ieee": "", "fn": "fn"}[self.variant]
-        return f"fp{self.bit_width}e{self.exp_bits}m{self.mant_bits}{suffix}"
+        base = f"fp{self.bit_width}e{self.exp_bits}m{self.mant_bits}"
+        if self.variant == "ieee" and base in AMBIGUOUS_IEEE_NAMES:
+            return f"{base}ieee"
+        return base + {"ristretto": "r", "ieee": "", "fn": "fn"}[self.variant]
 
     @property
     def max(self) -> float:

@@ -11,17 +11,17 @@ from rcompile.formats.pow2 import Pow2
 Format = DFP | MiniFloat | Pow2
 
 _DFP = re.compile(r"(u?)dfp(\d+)f(-?\d+)")
-_MINIFLOAT = re.compile(r"fp(\d+)e(\d+)m(\d+)(r|fn)?")
+_MINIFLOAT = re.compile(r"fp(\d+)e(\d+)m(\d+)(r|fn|ieee)?")
 _POW2 = re.compile(r"pow2e(-?\d+)\.\.(-?\d+)(r?)")
 _ALIASES = {
     "fp16": MiniFloat(5, 10, "ieee"),
     "bf16": MiniFloat(8, 7, "ieee"),
     "fp8e4m3": MiniFloat(4, 3, "fn"),
 }
-_VARIANT_SUFFIX = {"r": "ristretto", None: "ieee", "fn": "fn"}
+_VARIANT_SUFFIX = {"r": "ristretto", None: "ieee", "ieee": "ieee", "fn": "fn"}
 
 FORMAT_GRAMMAR = (
-    "dfp<bw>f<fl> or udfp<bw>f<fl> (e.g. dfp8f5), fp<N>e<E>m<M>[r|fn] (e.g. fp8e4m3fn, "
+    "dfp<bw>f<fl> or udfp<bw>f<fl> (e.g. dfp8f5), fp<N>e<E>m<M>[r|fn|ieee] (e.g. fp8e4m3, "
     "fp8e5m2, fp8e4m3r), fp16, bf16, pow2e<min>..<max>[r] (e.g. pow2e-8..-1)"
 )
 

@@ -3,7 +3,7 @@
 A multiplication by such a weight is a shift. Rounding is in the log domain (Ristretto):
 e = round(log2|w|), then clipped to the range. By default magnitudes that round below
 2**exp_min become zero (a zero code); `zero=False` is Ristretto's own behaviour, which has
-no zero and maps them, and zero itself, to 2**exp_min.
+no zero and maps them to +-2**exp_min, and zero itself to +2**exp_min.
 """
 
 from __future__ import annotations
@@ -65,7 +65,9 @@ class Pow2:
         Magnitudes are first clamped to [2**(exp_min-1), 2**(exp_max+1)], which changes no
         decision. Round-to-nearest compares the mantissa with sqrt(2) exactly; stochastic
         rounding (`seed`) goes up from 2**e to 2**(e+1) with probability (|w| - 2**e) / 2**e,
-        which is unbiased in value. NaN passes through; +-inf saturate.
+        which is unbiased in value between two powers inside the range. The sign is that of
+        x < 0, so -0 gives +0 (or +2**exp_min without a zero code, as in Ristretto) and small
+        negative weights -0. NaN passes through; +-inf saturate.
         """
         x = np.asarray(x, dtype=F32)
         magnitude = np.clip(np.abs(x), pow2(self.exp_min - 1), pow2(self.exp_max + 1))
@@ -76,10 +78,11 @@ class Pow2:
             floor_exp = floor_log2(magnitude)
             fraction = magnitude / pow2(floor_exp) - F32(1)
             exponent = floor_exp + round_values(fraction, seed).astype(np.int32)
-        below = exponent < self.exp_min
-        signed = np.where(x < 0, -1, 1).astype(F32) * pow2(np.clip(exponent, self.exp_min, self.exp_max))
-        result = np.where(below, x * F32(0), signed) if self.zero else signed
-        return np.where(np.isnan(x), x, result).astype(F32)
+        power = pow2(np.clip(exponent, self.exp_min, self.exp_max))
+        if self.zero:
+            power = np.where(exponent < self.exp_min, F32(0), power)
+        sign = np.where(x < 0, F32(-1), F32(1))
+        return np.where(np.isnan(x), x, sign * power).astype(F32)
 
     @classmethod
     def for_weights(cls, bit_width: int, max_abs: float, zero: bool = True) -> Pow2:

@@ -41,6 +41,7 @@ def round_values(y: np.ndarray, seed: int | None = None) -> np.ndarray:
     if seed is None:
         return np.rint(y)
     down = np.floor(y)
-    fraction = y - down
+    with np.errstate(invalid="ignore"):
+        fraction = y - down
     u = uniform(seed, np.arange(y.size, dtype=np.uint64)).reshape(y.shape)
     return np.where(np.isfinite(y), down + (u < fraction).astype(F32), y).astype(F32)

@@ -1,0 +1,71 @@
+"""The quantizer ops `QuantizeDFP`, `QuantizeMiniFloat` and `QuantizePow2` of the domain
+`ai.rcompile`, as model-local ONNX functions built from standard ops only.
+
+A model that carries these functions runs on stock onnxruntime with nothing registered, and
+Netron shows each quantizer as one named node with its format's parameters as attributes.
+"""
+
+from __future__ import annotations
+
+import onnx
+from onnx import helper
+
+from rcompile.formats import DFP, Format, MiniFloat, Pow2
+from rcompile.onnx_ops import dfp, minifloat, pow2
+from rcompile.onnx_ops.builder import DOMAIN, DOMAIN_VERSION, OPSET
+
+__all__ = [
+    "DOMAIN",
+    "DOMAIN_VERSION",
+    "OPSET",
+    "function_key",
+    "functions_for",
+    "quantizer_node",
+    "single_quantizer_model",
+]
+
+# Each module gives NAME, overload(fmt), attributes(fmt) and build(overload).
+_OPS = {DFP: dfp, MiniFloat: minifloat, Pow2: pow2}
+_BY_NAME = {module.NAME: module for module in _OPS.values()}
+
+
+def function_key(fmt: Format) -> tuple[str, str]:
+    """The (op type, overload) that quantizes to `fmt`."""
+    module = _OPS[type(fmt)]
+    return module.NAME, module.overload(fmt)
+
+
+def quantizer_node(fmt: Format, source: str, target: str, name: str) -> onnx.NodeProto:
+    """A node that quantizes `source` to `fmt` and writes `target`."""
+    op_type, overload = function_key(fmt)
+    attributes = _OPS[type(fmt)].attributes(fmt)
+    node = helper.make_node(op_type, [source], [target], name=name, domain=DOMAIN, **attributes)
+    node.overload = overload
+    return node
+
+
+def functions_for(formats: list[Format]) -> list[onnx.FunctionProto]:
+    """The function definitions that a model using `formats` needs, each once, in a fixed order."""
+    keys = sorted({function_key(fmt) for fmt in formats})
+    return [_BY_NAME[name].build(overload) for name, overload in keys]
+
+
+def single_quantizer_model(formats: list[Format]) -> onnx.ModelProto:
+    """A model with one float input `x` and one output per format, `y0`, `y1`, ...
+
+    Useful to run the ONNX functions on their own (the tests and benchmarks do).
+    """
+    nodes = [quantizer_node(fmt, "x", f"y{i}", f"quantize_{i}") for i, fmt in enumerate(formats)]
+    value = onnx.TensorProto.FLOAT
+    graph = helper.make_graph(
+        nodes,
+        "quantizers",
+        [helper.make_tensor_value_info("x", value, ["n"])],
+        [helper.make_tensor_value_info(f"y{i}", value, ["n"]) for i in range(len(formats))],
+    )
+    return helper.make_model(
+        graph,
+        opset_imports=[helper.make_opsetid("", OPSET), helper.make_opsetid(DOMAIN, DOMAIN_VERSION)],
+        functions=functions_for(formats),
+        ir_version=10,
+    )

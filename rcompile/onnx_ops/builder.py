@@ -1,0 +1,121 @@
+"""A small builder for ONNX function bodies written from standard ops.
+
+`FunctionBody` names intermediate values itself, so a body reads as a sequence of
+expressions. Constants that depend on the node's attributes are built from `Constant` nodes
+with attribute references; onnxruntime folds them once it has inlined the function.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+DOMAIN = "ai.rcompile"
+DOMAIN_VERSION = 1
+OPSET = 21
+
+# The powers of two 2**-149 .. 2**127, then +inf for 2**128, indexed by exponent + 149.
+# A Gather from this table is exact on every backend (no backend promises that of Pow).
+POW2_OFFSET = 149
+POW2_TABLE = np.array(
+    [math.ldexp(1.0, k) for k in range(-POW2_OFFSET, 128)] + [math.inf], dtype=np.float32
+)
+INV_LN2 = 1.0 / math.log(2.0)
+
+
+class FunctionBody:
+    """Accumulates the nodes of one function body, with generated value names."""
+
+    def __init__(self) -> None:
+        self.nodes: list[onnx.NodeProto] = []
+        self._count = 0
+        self._table: str | None = None
+
+    def op(self, op_type: str, *inputs: str, **attributes: object) -> str:
+        """Append a node with one output and return that output's name."""
+        self._count += 1
+        output = f"t{self._count}_{op_type.lower()}"
+        self.nodes.append(helper.make_node(op_type, list(inputs), [output], **attributes))
+        return output
+
+    def const(self, value: float | int | str | np.ndarray) -> str:
+        """A constant: a Python float is float32, an int is int64, a str is a string."""
+        if isinstance(value, np.ndarray):
+            return self.op("Constant", value=numpy_helper.from_array(value))
+        if isinstance(value, int):
+            return self.op("Constant", value_int=int(value))
+        if isinstance(value, float):
+            return self.op("Constant", value_float=value)
+        return self.op("Constant", value_string=value)
+
+    def attribute(self, name: str, kind: str) -> str:
+        """A scalar constant taken from the node attribute `name` (kind 'int' or 'string')."""
+        self._count += 1
+        output = f"t{self._count}_{name}"
+        node = helper.make_node("Constant", [], [output])
+        reference = onnx.AttributeProto()
+        reference.name = f"value_{kind}"
+        reference.ref_attr_name = name
+        reference.type = onnx.AttributeProto.INT if kind == "int" else onnx.AttributeProto.STRING
+        node.attribute.append(reference)
+        self.nodes.append(node)
+        return output
+
+    def pow2(self, exponent: str) -> str:
+        """2**exponent (int64 scalar or tensor) as float32, from the exact table."""
+        if self._table is None:
+            self._table = self.const(POW2_TABLE)
+        index = self.op("Add", exponent, self.const(POW2_OFFSET))
+        return self.op("Gather", self._table, index)
+
+    def to_int(self, value: str) -> str:
+        return self.op("Cast", value, to=TensorProto.INT64)
+
+    def to_float(self, value: str) -> str:
+        return self.op("Cast", value, to=TensorProto.FLOAT)
+
+    def floor_log2(self, value: str, low: str, high: str) -> str:
+        """floor(log2(value)) as int64, exact for value in [2**low, 2**(high+1)).
+
+        Log gives an estimate that can be one off near a power of two; the estimate is
+        clipped into [low, high] (which also tames NaN) and corrected by comparing value with
+        the powers of two themselves.
+        """
+        estimate = self.op("Floor", self.op("Mul", self.op("Log", value), self.const(INV_LN2)))
+        estimate = self.op("Clip", self.to_int(estimate), low, high)
+        too_high = self.to_int(self.op("Greater", self.pow2(estimate), value))
+        estimate = self.op("Sub", estimate, too_high)
+        next_power = self.pow2(self.op("Add", estimate, self.const(1)))
+        too_low = self.to_int(self.op("LessOrEqual", next_power, value))
+        return self.op("Add", estimate, too_low)
+
+    def sign_of(self, value: str) -> str:
+        """-1.0 where value < 0, else +1.0 (so -0 counts as positive).
+
+        Signs are applied as products, which keep zeros signed; `Where` cannot be trusted to
+        (onnxruntime's CPU Where turns a selected -0 into +0).
+        """
+        negative = self.to_float(self.op("Less", value, self.const(0.0)))
+        return self.op("Sub", self.const(1.0), self.op("Mul", negative, self.const(2.0)))
+
+    def function(
+        self, name: str, attributes: list[str], output: str, overload: str = ""
+    ) -> onnx.FunctionProto:
+        """Close the body: the function's input is `X`, its output the value `output`."""
+        if self.nodes[-1].output[0] == output:
+            self.nodes[-1].output[0] = "Y"
+        else:
+            self.nodes.append(helper.make_node("Identity", [output], ["Y"]))
+        return helper.make_function(
+            DOMAIN,
+            name,
+            ["X"],
+            ["Y"],
+            self.nodes,
+            [helper.make_opsetid("", OPSET)],
+            attributes=attributes,
+            overload=overload,
+        )

@@ -1,0 +1,91 @@
+"""Shared inputs and comparisons for the agreement tests of the three implementations."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from rcompile.formats import DFP, Format, MiniFloat, Pow2
+
+F32 = np.float32
+
+
+def float16_patterns() -> np.ndarray:
+    """Every float16 bit pattern as float32: all zeros, subnormals, ties, infs and NaNs."""
+    return np.arange(2**16, dtype=np.uint16).view(np.float16).astype(F32)
+
+
+def float32_specials() -> np.ndarray:
+    """Float32 values at the edges no float16 reaches."""
+    bits = np.array(
+        [
+            0x00000000,
+            0x80000000,  # +-0
+            0x00000001,
+            0x80000001,  # smallest subnormal
+            0x007FFFFF,
+            0x807FFFFF,  # largest subnormal
+            0x00800000,
+            0x80800000,  # smallest normal
+            0x7F7FFFFF,
+            0xFF7FFFFF,  # FLT_MAX
+            0x7F800000,
+            0xFF800000,  # +-inf
+            0x7FC00000,
+            0xFFC00000,
+            0x7F800001,  # NaNs, one signalling
+            0x3F3504F3,
+            0x3F3504F4,
+            0x3FB504F3,
+            0x3FB504F4,  # either side of sqrt(2) / 2, sqrt(2)
+            0x4B7FFFFF,
+            0x4B800000,
+            0x4C000001,  # around 2**24
+        ],
+        dtype=np.uint32,
+    )
+    return bits.view(F32)
+
+
+def sweep_inputs() -> np.ndarray:
+    return np.concatenate([float16_patterns(), float32_specials()])
+
+
+def sweep_formats() -> list[Format]:
+    """The parameter sweep of the agreement tests."""
+    formats: list[Format] = [
+        DFP(bw, fl, signed)
+        for bw in range(2, 17)
+        for fl in range(-8, 17)
+        for signed in (True, False)
+    ]
+    formats += [DFP(bw, fl) for bw in (17, 24, 25, 26, 32) for fl in (-8, 0, 5, 16)]
+    formats += [
+        MiniFloat(exp_bits, mant_bits, variant)
+        for exp_bits in range(2, 9)
+        for mant_bits in range(0, 11)
+        for variant in ("ristretto", "ieee", "fn")
+        if not (variant == "fn" and (mant_bits == 0 or exp_bits == 8))
+    ]
+    formats += [MiniFloat(8, 22), MiniFloat(8, 23, "ieee"), MiniFloat(7, 23, "fn")]
+    ranges = [(-8, -1), (-4, 3), (0, 0), (-20, -10), (-126, 126)]
+    formats += [Pow2(low, high, zero) for low, high in ranges for zero in (True, False)]
+    return formats
+
+
+def assert_same_bits(fmt: Format, x: np.ndarray, expected: np.ndarray, actual: np.ndarray) -> None:
+    """Bit equality, NaN matching any NaN; DFP's NaN results are unspecified and skipped."""
+    expected = np.asarray(expected, dtype=F32)
+    actual = np.asarray(actual, dtype=F32)
+    assert expected.shape == actual.shape
+    same = (expected.view(np.uint32) == actual.view(np.uint32)) | (
+        np.isnan(expected) & np.isnan(actual)
+    )
+    if isinstance(fmt, DFP):
+        same |= np.isnan(x)
+    if not same.all():
+        where = np.flatnonzero(~same)[:5]
+        pytest.fail(
+            f"{fmt.name}: {(~same).sum()} of {same.size} differ, e.g. x={x.ravel()[where]} "
+            f"expected={expected.ravel()[where]} actual={actual.ravel()[where]}"
+        )

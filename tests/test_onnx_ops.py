@@ -1,0 +1,128 @@
+"""The ONNX functions run by stock onnxruntime agree bit for bit with the NumPy reference."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from conftest import assert_same_bits, sweep_formats, sweep_inputs
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+
+from rcompile.formats import DFP, Format, MiniFloat, Pow2
+from rcompile.onnx_ops import DOMAIN, functions_for, single_quantizer_model
+
+F32 = np.float32
+FORMATS = sweep_formats()
+FEW = [
+    DFP(8, 5),
+    DFP(5, -2, False),
+    DFP(24, 10),
+    MiniFloat(4, 3),
+    MiniFloat(4, 3, "fn"),
+    MiniFloat(5, 2, "ieee"),
+    MiniFloat(8, 7, "ieee"),
+    Pow2(-8, -1),
+    Pow2(-8, -1, zero=False),
+]
+
+
+def session(model: onnx.ModelProto, optimize: bool = True) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    if not optimize:
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    return ort.InferenceSession(
+        model.SerializeToString(), options, providers=["CPUExecutionProvider"]
+    )
+
+
+def run(formats: list[Format], x: np.ndarray, optimize: bool = True) -> list[np.ndarray]:
+    return session(single_quantizer_model(formats), optimize).run(None, {"x": x})
+
+
+@pytest.fixture(scope="module")
+def sweep_outputs() -> dict[str, np.ndarray]:
+    outputs = run(FORMATS, sweep_inputs())
+    return {fmt.name: out for fmt, out in zip(FORMATS, outputs, strict=True)}
+
+
+@pytest.mark.parametrize("fmt", FORMATS, ids=lambda fmt: fmt.name)
+def test_function_matches_reference_on_every_float16_pattern(fmt, sweep_outputs):
+    x = sweep_inputs()
+    assert_same_bits(fmt, x, fmt.quantize(x), sweep_outputs[fmt.name])
+
+
+def test_functions_match_without_graph_optimizations():
+    x = sweep_inputs()
+    for fmt, out in zip(FEW, run(FEW, x, optimize=False), strict=True):
+        assert_same_bits(fmt, x, fmt.quantize(x), out)
+
+
+@settings(max_examples=60, deadline=None)
+@given(arrays(F32, st.integers(1, 256), elements=st.floats(width=32)))
+def test_functions_match_reference_on_any_float32(x):
+    for fmt, out in zip(FEW, run(FEW, x), strict=True):
+        assert_same_bits(fmt, x, fmt.quantize(x), out)
+
+
+def test_random_float32_bit_patterns_agree():
+    bits = np.random.default_rng(1).integers(0, 2**32, size=300_000, dtype=np.uint64)
+    x = bits.astype(np.uint32).view(F32)
+    for fmt, out in zip(FEW, run(FEW, x), strict=True):
+        assert_same_bits(fmt, x, fmt.quantize(x), out)
+
+
+def test_model_passes_the_full_checker():
+    onnx.checker.check_model(single_quantizer_model(FEW), full_check=True)
+
+
+def test_function_bodies_use_standard_ops_only():
+    for function in functions_for(FEW):
+        assert function.domain == DOMAIN
+        assert {node.domain for node in function.node} == {""}
+
+
+def test_each_function_is_defined_once():
+    keys = [(f.name, f.overload) for f in functions_for(FORMATS)]
+    assert len(keys) == len(set(keys))
+    assert ("QuantizeDFP", "int8") in keys and ("QuantizeDFP", "float") in keys
+
+
+def edited(model: onnx.ModelProto, **values: int | str) -> onnx.ModelProto:
+    node = model.graph.node[0]
+    for attribute in node.attribute:
+        if attribute.name in values:
+            value = values[attribute.name]
+            if isinstance(value, str):
+                attribute.s = value.encode()
+            else:
+                attribute.i = value
+    return model
+
+
+@pytest.mark.parametrize(
+    ("before", "edits", "after"),
+    [
+        (DFP(8, 5), {"fl": 2}, DFP(8, 2)),
+        (DFP(8, 5), {"bw": 4}, DFP(4, 5)),
+        (MiniFloat(4, 3), {"variant": "ieee", "mant_bits": 2}, MiniFloat(4, 2, "ieee")),
+        (Pow2(-8, -1), {"exp_min": -3, "zero": 0}, Pow2(-3, -1, zero=False)),
+    ],
+)
+def test_editing_node_attributes_changes_the_format(before, edits, after):
+    x = sweep_inputs()
+    model = edited(single_quantizer_model([before]), **edits)
+    assert_same_bits(after, x, after.quantize(x), session(model).run(None, {"x": x})[0])
+
+
+def test_dfp8_inlines_to_a_quantize_dequantize_pair(tmp_path):
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    model = single_quantizer_model([DFP(8, 5)])
+    ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    ops = [node.op_type for node in onnx.load(options.optimized_model_filepath).graph.node]
+    assert "QuantizeLinear" in ops and "DequantizeLinear" in ops
+    assert not {"Gather", "Round", "Mul"} & set(ops)
