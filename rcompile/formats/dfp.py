@@ -61,7 +61,8 @@ class DFP:
 
     @property
     def max(self) -> float:
-        """The largest value, as float32 rounds it (exact up to bw = 25)."""
+        """The largest value, as float32 rounds it: exact up to bw = 25 (24 unsigned); wider
+        codes than float32's 24-bit significand round up to the next power of two."""
         return float(F32(math.ldexp(self.code_max, -self.fl)))
 
     @property

@@ -1,9 +1,10 @@
 """Rounding of float32 values to integers: half to even, or stochastic.
 
 Stochastic rounding draws one uniform number per element from a counter-based generator
-keyed by (seed, flat element index): the SplitMix64 finaliser applied to
-`seed * 0x9E3779B97F4A7C15 + index`. It needs no state, so the NumPy reference and the CUDA
-kernel produce the same bits for the same seed, in any order and in any chunking.
+keyed by (seed, flat element index): the output of the SplitMix64 generator whose state is
+`seed * 0x9E3779B97F4A7C15 + index` (add the gamma 0x9E3779B97F4A7C15, then the finaliser).
+It needs no state, so the NumPy reference and the CUDA kernel produce the same bits for the
+same seed, in any order and in any chunking.
 """
 
 from __future__ import annotations
@@ -33,9 +34,10 @@ def uniform(seed: int, index: np.ndarray) -> np.ndarray:
 def round_values(y: np.ndarray, seed: int | None = None) -> np.ndarray:
     """Round float32 values to integers (as float32).
 
-    With `seed=None` ties go to even. With a seed, y rounds up with probability
-    frac(y) (exactly, when frac(y) is a multiple of 2**-24, which holds for every float32
-    with |y| >= 0.5), so the rounding is unbiased to within 2**-24 of one unit.
+    With `seed=None` ties go to even. With a seed, y rounds up with probability frac(y)
+    (exactly, when frac(y) is a multiple of 2**-24, which holds for every float32 with
+    |y| >= 0.5), so the rounding is unbiased to within 2**-24 of one unit; the sign is kept
+    (a negative value rounding to zero gives -0, as rint does).
     """
     y = np.asarray(y, dtype=F32)
     if seed is None:
@@ -44,4 +46,5 @@ def round_values(y: np.ndarray, seed: int | None = None) -> np.ndarray:
     with np.errstate(invalid="ignore"):
         fraction = y - down
     u = uniform(seed, np.arange(y.size, dtype=np.uint64)).reshape(y.shape)
-    return np.where(np.isfinite(y), down + (u < fraction).astype(F32), y).astype(F32)
+    rounded = np.copysign(down + (u < fraction).astype(F32), y)
+    return np.where(np.isfinite(y), rounded, y).astype(F32)
