@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from rcompile.formats import DFP, Format, MiniFloat, Pow2
-from rcompile.onnx_ops import DOMAIN, functions_for, single_quantizer_model
+from rcompile.onnx_ops import DOMAIN, functions_for, quantizer_node, single_quantizer_model
 
 F32 = np.float32
 FORMATS = sweep_formats()
@@ -87,7 +87,7 @@ def test_function_bodies_use_standard_ops_only():
 def test_each_function_is_defined_once():
     keys = [(f.name, f.overload) for f in functions_for(FORMATS)]
     assert len(keys) == len(set(keys))
-    assert ("QuantizeDFP", "int8") in keys and ("QuantizeDFP", "float") in keys
+    assert ("QuantizeDFP", "uint8") in keys and ("QuantizeDFP", "float") in keys
 
 
 def edited(model: onnx.ModelProto, **values: int | str) -> onnx.ModelProto:
@@ -106,7 +106,8 @@ def edited(model: onnx.ModelProto, **values: int | str) -> onnx.ModelProto:
     ("before", "edits", "after"),
     [
         (DFP(8, 5), {"fl": 2}, DFP(8, 2)),
-        (DFP(8, 5), {"bw": 4}, DFP(4, 5)),
+        (DFP(6, 5), {"bw": 4, "signed": 0}, DFP(4, 5, signed=False)),
+        (DFP(8, 5), {"signed": 0}, DFP(8, 5, signed=False)),
         (MiniFloat(4, 3), {"variant": "ieee", "mant_bits": 2}, MiniFloat(4, 2, "ieee")),
         (Pow2(-8, -1), {"exp_min": -3, "zero": 0}, Pow2(-3, -1, zero=False)),
     ],
@@ -115,6 +116,11 @@ def test_editing_node_attributes_changes_the_format(before, edits, after):
     x = sweep_inputs()
     model = edited(single_quantizer_model([before]), **edits)
     assert_same_bits(after, x, after.quantize(x), session(model).run(None, {"x": x})[0])
+
+
+def test_overloads_follow_the_code_width():
+    overloads = [quantizer_node(DFP(bw, 0), "x", "y", "q").overload for bw in (4, 8, 12, 16, 17)]
+    assert overloads == ["uint8_clipped", "uint8", "uint16_clipped", "uint16", "float"]
 
 
 def test_dfp8_inlines_to_a_quantize_dequantize_pair(tmp_path):

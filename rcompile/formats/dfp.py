@@ -92,12 +92,20 @@ class DFP:
         return cls._from_integer_length(bw, _integer_length(max_abs) + 1, signed=True)
 
     @classmethod
+    def for_range(cls, bw: int, max_abs: float, signed: bool = True) -> DFP:
+        """The finest format whose range holds max_abs (within one step): for signed tensors
+        Ristretto's weight rule, for unsigned ones the same without the sign bit."""
+        integer_length = _integer_length(max_abs) + (1 if signed else 0)
+        return cls._from_integer_length(bw, integer_length, signed=signed)
+
+    @classmethod
     def for_activations(cls, bw: int, max_abs: float, signed: bool = True) -> DFP:
         """Ristretto's rule for layer inputs and outputs: il = ceil(log2(max|a|)).
 
-        One bit less than for weights: the rare largest values saturate and every other value
-        gains a bit of resolution. An unsigned tensor (calibrated minimum >= 0) keeps the same
-        saturation point and spends the freed sign bit on one more fractional bit.
+        One bit less than `for_range`: values above half the calibrated maximum saturate and
+        every other value gains a bit of resolution. An unsigned tensor (calibrated minimum
+        >= 0) keeps the same saturation point and spends the freed sign bit on one more
+        fractional bit.
         """
         integer_length = _integer_length(max_abs)
         if not signed:

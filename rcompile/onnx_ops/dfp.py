@@ -1,10 +1,11 @@
-"""`QuantizeDFP(bw, fl, signed)` as ONNX functions, one overload per storage type.
+"""`QuantizeDFP(bw, fl, signed)` as ONNX functions, one overload per storage width.
 
-Where the codes fit a standard integer type the body is Clip, QuantizeLinear,
-DequantizeLinear with scale 2**-fl: QuantizeLinear rounds half to even and saturates, and
-scaling by a power of two is exact, so this is the reference bit for bit (and onnxruntime
-can fuse the pair into integer kernels). Wider codes use the float overload:
-Mul, Round, Clip, Mul, and an added +0 that turns a negative zero into +0.
+Codes of up to 16 bits go through QuantizeLinear/DequantizeLinear with scale 2**-fl:
+QuantizeLinear rounds half to even and saturates, and scaling by a power of two is exact, so
+this is the reference bit for bit. Codes are stored unsigned, with zero point 2**(width-1)
+for signed formats: the values are the same, and onnxruntime fuses 8-bit activations into
+integer kernels only when a layer's input and output share one type. Wider codes use the
+float overload: Mul, Round, Clip, Mul, and an added +0 that turns a negative zero into +0.
 """
 
 from __future__ import annotations
@@ -17,16 +18,19 @@ from rcompile.onnx_ops.builder import FunctionBody
 
 NAME = "QuantizeDFP"
 ATTRIBUTES = ["bw", "fl", "signed"]
-INTEGER_STORAGE = {"int8": np.int8, "uint8": np.uint8, "int16": np.int16, "uint16": np.uint16}
-OVERLOADS = (*INTEGER_STORAGE, "float")
+STORAGE = {"uint8": (np.uint8, 8), "uint16": (np.uint16, 16)}
+CLIPPED = "_clipped"
+OVERLOADS = (*STORAGE, *(name + CLIPPED for name in STORAGE), "float")
 
 
 def overload(fmt: DFP) -> str:
-    """The overload for a format: the narrowest standard integer that holds every code."""
-    for name, dtype in INTEGER_STORAGE.items():
-        info = np.iinfo(dtype)
-        if info.min <= fmt.code_min and fmt.code_max <= info.max and (info.min < 0) == fmt.signed:
+    """`uint8`/`uint16` when `bw` is exactly that width (QuantizeLinear saturates by itself),
+    `uint8_clipped`/`uint16_clipped` for narrower codes, `float` for codes over 16 bits."""
+    for name, (_, width) in STORAGE.items():
+        if fmt.bw == width:
             return name
+        if fmt.bw < width:
+            return name + CLIPPED
     return "float"
 
 
@@ -40,19 +44,29 @@ def _code_range(body: FunctionBody) -> tuple[str, str]:
 
 
 def build(overload: str) -> onnx.FunctionProto:
-    """The function body for one storage overload."""
+    """The function body for one overload.
+
+    A full-width overload is a bare QuantizeLinear/DequantizeLinear pair, the pattern that
+    onnxruntime fuses with the neighbouring layers into integer kernels; its `bw` must stay
+    the storage width. A clipped overload first clips to the codes of `bw` bits.
+    """
     body = FunctionBody()
     fl = body.attribute("fl", "int")
-    lowest, highest = _code_range(body)
     if overload == "float":
+        lowest, highest = _code_range(body)
         codes = body.op("Round", body.op("Mul", "X", body.pow2(fl)))
         codes = body.op("Clip", codes, lowest, highest)
         values = body.op("Mul", codes, body.pow2(body.op("Neg", fl)))
         return body.function(NAME, ATTRIBUTES, body.op("Add", values, body.const(0.0)), overload)
     step = body.pow2(body.op("Neg", fl))
-    clipped = body.op("Clip", "X", body.op("Mul", lowest, step), body.op("Mul", highest, step))
-    zero_point = body.const(np.zeros((), dtype=INTEGER_STORAGE[overload]))
-    codes = body.op("QuantizeLinear", clipped, step, zero_point)
+    source = "X"
+    if overload.endswith(CLIPPED):
+        lowest, highest = _code_range(body)
+        source = body.op("Clip", "X", body.op("Mul", lowest, step), body.op("Mul", highest, step))
+    storage, width = STORAGE[overload.removesuffix(CLIPPED)]
+    middle = body.op("Mul", body.attribute("signed", "int"), body.const(2 ** (width - 1)))
+    zero_point = body.op("Cast", middle, to=onnx.helper.np_dtype_to_tensor_dtype(np.dtype(storage)))
+    codes = body.op("QuantizeLinear", source, step, zero_point)
     values = body.op("DequantizeLinear", codes, step, zero_point)
     return body.function(NAME, ATTRIBUTES, values, overload)
 

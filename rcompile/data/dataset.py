@@ -1,0 +1,78 @@
+"""A dataset is a count, optional labels, and a way to read any run of samples.
+
+Sources differ only in how they read samples `[start, stop)`; batching, `limit` and labels
+are the same for all of them, so they live here once. Nothing is read until `batches` asks for
+it, and only one batch is held at a time, so memory is bounded by the batch size.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+from rcompile.errors import CalibrationError
+
+Reader = Callable[[int, int], dict[str, np.ndarray]]
+
+
+@dataclass(frozen=True, eq=False)
+class Batch:
+    """Consecutive samples: one array per model input (samples first), and their class
+    indices when the data has labels."""
+
+    inputs: dict[str, np.ndarray]
+    labels: np.ndarray | None
+
+
+@dataclass(frozen=True, eq=False)
+class Dataset:
+    """Calibration or evaluation data for one model, read lazily in batches.
+
+    `source` names the data in messages; `read(start, stop)` returns samples `[start, stop)`
+    already cast to the model's dtypes and checked; `labels`, when present, holds `count`
+    integer class indices."""
+
+    source: str
+    count: int
+    read: Reader
+    labels: np.ndarray | None = None
+
+    @property
+    def has_labels(self) -> bool:
+        """Whether accuracy can be scored on this data (not only agreement with FP32)."""
+        return self.labels is not None
+
+    def batches(self, batch_size: int, limit: int | None = None) -> Iterator[Batch]:
+        """The first `limit` samples (all when None) in order, `batch_size` at a time; the
+        last batch holds what is left. The same files always give the same batches."""
+        if batch_size < 1:
+            raise CalibrationError(f"batch size must be at least 1, got {batch_size}")
+        if limit is not None and limit < 1:
+            raise CalibrationError(f"the number of samples to use must be at least 1, got {limit}")
+        total = self.count if limit is None else min(limit, self.count)
+        return self._iterate(batch_size, total)
+
+    def _iterate(self, batch_size: int, total: int) -> Iterator[Batch]:
+        # A separate generator so that `batches` checks its arguments when called, not when
+        # the first batch is asked for.
+        for start in range(0, total, batch_size):
+            stop = min(start + batch_size, total)
+            labels = None if self.labels is None else self.labels[start:stop]
+            yield Batch(self.read(start, stop), labels)
+
+
+def check_labels(labels: np.ndarray, count: int, source: str) -> np.ndarray:
+    """Labels are one integer class index per sample; anything else would score nonsense."""
+    if labels.ndim != 1 or labels.dtype.kind not in "iu":
+        raise CalibrationError(
+            f"{source}: 'labels' must be a 1-D array of integer class indices, "
+            f"got dtype {labels.dtype} with shape {labels.shape}"
+        )
+    if len(labels) != count:
+        raise CalibrationError(
+            f"{source}: 'labels' has {len(labels)} entries but the data has {count} samples; "
+            "give one label per sample"
+        )
+    return labels.astype(np.int64)

@@ -1,0 +1,72 @@
+"""Small read helpers over an ONNX graph: who produces and who consumes each value, and the
+constant tensors (initializers and Constant nodes) as NumPy arrays."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+
+def producers(graph: onnx.GraphProto) -> dict[str, onnx.NodeProto]:
+    return {output: node for node in graph.node for output in node.output if output}
+
+
+def consumers(graph: onnx.GraphProto) -> dict[str, list[onnx.NodeProto]]:
+    result: dict[str, list[onnx.NodeProto]] = defaultdict(list)
+    for node in graph.node:
+        for name in node.input:
+            if name:
+                result[name].append(node)
+    return result
+
+
+def initializers(graph: onnx.GraphProto) -> dict[str, np.ndarray]:
+    return {tensor.name: numpy_helper.to_array(tensor) for tensor in graph.initializer}
+
+
+def constant_value(graph: onnx.GraphProto, name: str) -> np.ndarray | None:
+    """The value of `name` if it is an initializer or the output of a Constant node."""
+    for tensor in graph.initializer:
+        if tensor.name == name:
+            return numpy_helper.to_array(tensor)
+    node = producers(graph).get(name)
+    if node is not None and node.op_type == "Constant":
+        for attribute in node.attribute:
+            if attribute.name == "value":
+                return numpy_helper.to_array(attribute.t)
+    return None
+
+
+def replace_initializer(graph: onnx.GraphProto, name: str, value: np.ndarray) -> None:
+    """Set initializer `name` to `value`, adding it if missing."""
+    tensor = numpy_helper.from_array(value, name)
+    for index, existing in enumerate(graph.initializer):
+        if existing.name == name:
+            graph.initializer[index].CopyFrom(tensor)
+            return
+    graph.initializer.append(tensor)
+
+
+def output_names(graph: onnx.GraphProto) -> set[str]:
+    return {value.name for value in graph.output}
+
+
+class Names:
+    """Hands out value and node names that no part of the graph uses yet."""
+
+    def __init__(self, graph: onnx.GraphProto) -> None:
+        taken = {tensor.name for tensor in graph.initializer}
+        taken |= {value.name for value in (*graph.input, *graph.output, *graph.value_info)}
+        for node in graph.node:
+            taken |= {*node.input, *node.output, node.name}
+        self._taken = taken
+
+    def fresh(self, base: str) -> str:
+        candidate, suffix = base, 1
+        while candidate in self._taken:
+            candidate, suffix = f"{base}_{suffix}", suffix + 1
+        self._taken.add(candidate)
+        return candidate

@@ -1,0 +1,96 @@
+"""Import: read an .onnx file into a checked, shape-inferred model at rcompile's opset.
+
+The one place, with the exporter, that reads protobuf from disk. Models converted from
+Caffe are often at opset 7 to 9; onnx's version converter brings them to `OPSET`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import onnx
+from google.protobuf.message import DecodeError
+from onnx import version_converter
+
+from rcompile.errors import ModelImportError
+from rcompile.onnx_ops import OPSET
+from rcompile.passes.fold_batchnorm import fold_batchnorm
+from rcompile.passes.name_nodes import name_nodes
+
+MIN_OPSET = 7
+FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE}
+
+
+def load_model(path: str | Path) -> onnx.ModelProto:
+    """Read, check, convert to OPSET, infer shapes and fold BatchNormalization."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelImportError(f"{path}: no such file")
+    try:
+        model = onnx.load(str(path))
+    except (DecodeError, ValueError, RuntimeError, OSError) as error:
+        raise ModelImportError(f"{path}: not an ONNX model ({_first_line(error)})") from error
+    return prepare_model(model, str(path))
+
+
+def prepare_model(model: onnx.ModelProto, label: str = "model") -> onnx.ModelProto:
+    """Check and normalise a model already in memory (see `load_model`): named nodes, OPSET,
+    inferred shapes, BatchNormalization folded."""
+    if not model.graph.node:
+        raise ModelImportError(f"{label}: not an ONNX model (it has no graph nodes)")
+    _check(model, label)
+    model = _convert_opset(model, label)
+    model = onnx.shape_inference.infer_shapes(model, data_prop=True)
+    _require_float_input(model, label)
+    return fold_batchnorm(name_nodes(model).model).model
+
+
+def default_opset(model: onnx.ModelProto) -> int:
+    for entry in model.opset_import:
+        if entry.domain in ("", "ai.onnx"):
+            return entry.version
+    raise ModelImportError("model imports no ONNX opset")
+
+
+def graph_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
+    """The real inputs: graph inputs that are not initializers (old IR versions list both)."""
+    initializers = {tensor.name for tensor in model.graph.initializer}
+    return [value for value in model.graph.input if value.name not in initializers]
+
+
+def _check(model: onnx.ModelProto, label: str) -> None:
+    try:
+        onnx.checker.check_model(model, full_check=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as error:
+        raise ModelImportError(f"{label}: invalid ONNX model ({_first_line(error)})") from error
+
+
+def _convert_opset(model: onnx.ModelProto, label: str) -> onnx.ModelProto:
+    version = default_opset(model)
+    if version == OPSET:
+        return model
+    if not MIN_OPSET <= version <= onnx.defs.onnx_opset_version():
+        raise ModelImportError(
+            f"{label}: opset {version} is not supported; rcompile reads opsets {MIN_OPSET} to "
+            f"{onnx.defs.onnx_opset_version()}"
+        )
+    try:
+        converted = version_converter.convert_version(model, OPSET)
+        onnx.checker.check_model(converted)
+    except Exception as error:  # the converter raises bare RuntimeError and others
+        raise ModelImportError(
+            f"{label}: cannot convert opset {version} to {OPSET} ({_first_line(error)})"
+        ) from error
+    return converted
+
+
+def _require_float_input(model: onnx.ModelProto, label: str) -> None:
+    inputs = graph_inputs(model)
+    if not any(value.type.tensor_type.elem_type in FLOAT_TYPES for value in inputs):
+        names = ", ".join(value.name for value in inputs) or "none"
+        raise ModelImportError(f"{label}: no floating-point input to calibrate (inputs: {names})")
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip() or type(error).__name__
+    return text.splitlines()[0]

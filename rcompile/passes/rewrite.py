@@ -1,0 +1,130 @@
+"""Rewrite: insert the quantizer nodes of a plan and replace parameters by their quantized,
+compactly stored versions.
+
+For every planned layer (Ristretto's layer model) each activation input passes through a
+quantizer before the layer and the output through one after it; the output keeps its name,
+so consumers and graph outputs see the quantized value. Parameters are quantized offline.
+A tensor already quantized to a format is not quantized to it again.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import TensorProto
+
+from rcompile.formats import DFP, Format
+from rcompile.graph import Names, constant_value
+from rcompile.onnx_ops import DOMAIN, DOMAIN_VERSION, functions_for, quantizer_node
+from rcompile.passes import PassResult
+from rcompile.passes.store_weights import StoredTensor, quantize_values, store
+from rcompile.plan import LayerPlan, Plan
+
+
+class _Rewriter:
+    """The state of one rewrite: fresh names and the quantizers placed so far."""
+
+    def __init__(self, graph: onnx.GraphProto) -> None:
+        self.graph = graph
+        self.names = Names(graph)
+        self.quantized: dict[tuple[str, Format], str] = {}
+
+    def layer(self, node: onnx.NodeProto, plan: LayerPlan) -> list[onnx.NodeProto]:
+        emitted: list[onnx.NodeProto] = []
+        layer = onnx.NodeProto()
+        layer.CopyFrom(node)
+        for source, fmt in zip(plan.layer.inputs, plan.inputs, strict=True):
+            position = list(node.input).index(source)
+            layer.input[position] = self.quantizer(source, fmt, node.name, emitted)
+        if plan.weights:
+            layer.input[1] = self.parameters(node, plan, "weight", emitted)
+        if plan.bias:
+            layer.input[2] = self.parameters(node, plan, "bias", emitted)
+        layer.output[0] = self.names.fresh(f"{plan.layer.output}_unquantized")
+        emitted.append(layer)
+        name = self.names.fresh(f"{node.name}_output_quantizer")
+        emitted.append(quantizer_node(plan.output, layer.output[0], plan.layer.output, name))
+        self.quantized[(plan.layer.output, plan.output)] = plan.layer.output
+        return emitted
+
+    def quantizer(self, source: str, fmt: Format, owner: str, emitted: list) -> str:
+        key = (source, fmt)
+        if key not in self.quantized:
+            target = self.names.fresh(f"{source}_{fmt.name}")
+            name = self.names.fresh(f"{owner}_input_quantizer")
+            emitted.append(quantizer_node(fmt, source, target, name))
+            self.quantized[key] = target
+        return self.quantized[key]
+
+    def parameters(self, node: onnx.NodeProto, plan: LayerPlan, role: str, emitted: list) -> str:
+        name = plan.layer.weight if role == "weight" else plan.layer.bias
+        formats = plan.weights if role == "weight" else plan.bias
+        values = constant_value(self.graph, name).astype(np.float32)
+        axis = _normalised_axis(plan.layer.weight_axis if role == "weight" else 0, values.ndim)
+        quantized = quantize_values(values, formats, axis)
+        target = self.names.fresh(f"{node.name}_{role}")
+        stored = None
+        if role == "bias":
+            stored = _on_accumulator_grid(target, quantized, plan)
+        if stored is None:
+            stored = store(target, quantized, formats, axis)
+        self.graph.initializer.extend(stored.initializers)
+        emitted.extend(stored.nodes)
+        return stored.output
+
+
+def rewrite(model: onnx.ModelProto, plan: Plan) -> PassResult:
+    """Apply `plan` to a copy of `model`."""
+    result = onnx.ModelProto()
+    result.CopyFrom(model)
+    rewriter = _Rewriter(result.graph)
+    by_node = {layer_plan.layer.node: layer_plan for layer_plan in plan.layers}
+    nodes: list[onnx.NodeProto] = []
+    for node in model.graph.node:
+        layer_plan = by_node.get(node.name)
+        nodes.extend(rewriter.layer(node, layer_plan) if layer_plan else [node])
+    del result.graph.node[:]
+    result.graph.node.extend(nodes)
+    _drop_unused_initializers(result.graph)
+    formats = [fmt for layer_plan in plan.layers for fmt in (*layer_plan.inputs, layer_plan.output)]
+    if formats:
+        result.opset_import.append(onnx.helper.make_opsetid(DOMAIN, DOMAIN_VERSION))
+        result.functions.extend(functions_for(formats))
+    return PassResult(result, bool(plan.layers))
+
+
+def _normalised_axis(axis: int | None, ndim: int) -> int | None:
+    if axis is None or ndim == 0:
+        return None
+    return axis + ndim if axis < 0 else axis
+
+
+def _on_accumulator_grid(name: str, bias: np.ndarray, plan: LayerPlan) -> StoredTensor | None:
+    """The bias as int32 codes on the grid of the input-times-weight products, when that grid
+    holds it exactly. That is where integer hardware adds the bias, and the form onnxruntime
+    needs to fuse the layer into integer kernels. Only this bias may be int32: onnxruntime
+    fuses any int32 bias assuming this grid."""
+    source = plan.inputs[0]
+    if not (isinstance(source, DFP) and all(isinstance(w, DFP) for w in plan.weights)):
+        return None
+    weights = plan.weights if len(plan.weights) == bias.size else plan.weights * bias.size
+    steps = np.array([2.0 ** -(source.fl + w.fl) for w in weights], dtype=np.float64)
+    codes = bias.astype(np.float64) / steps
+    if not (np.array_equal(codes, np.rint(codes)) and np.all(np.abs(codes) < 2**31)):
+        return None
+    return store(
+        name, bias, (DFP(32, 0),) * bias.size, 0, steps.astype(np.float32), (TensorProto.INT32,)
+    )
+
+
+def _drop_unused_initializers(graph: onnx.GraphProto) -> None:
+    """Remove the FP32 parameters that their quantized versions replaced."""
+    used = {name for node in graph.node for name in node.input}
+    used |= {value.name for value in graph.output}
+    dropped = {tensor.name for tensor in graph.initializer if tensor.name not in used}
+    kept = [tensor for tensor in graph.initializer if tensor.name not in dropped]
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+    inputs = [value for value in graph.input if value.name not in dropped]
+    del graph.input[:]
+    graph.input.extend(inputs)

@@ -1,0 +1,227 @@
+"""Plan: for every quantized tensor, its format and parameters.
+
+The scheme gives the rules, the calibrated ranges their inputs, and per-layer overrides
+(keys are node names or glob patterns over node names and op types) replace rules or pin
+formats, the way a Ristretto user edits the prototxt.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+
+from rcompile.errors import SchemeError
+from rcompile.formats import DFP, Format
+from rcompile.passes.calibrate import Range, Statistics
+from rcompile.passes.layers import Layer
+from rcompile.scheme import FITS, DFPRule, Pow2Rule, Rule, Scheme, parse_rule
+
+BIAS_MODES = ("weights", "accumulator")
+OVERRIDE_KEYS = ("weights", "bias", "activations", "input", "output", "skip")
+
+
+@dataclass(frozen=True)
+class PlanOptions:
+    """Choices beyond the scheme; the defaults give the best accuracy for the same hardware.
+
+    Per-channel weight fl costs one shift per channel. An unsigned activation spends the
+    unused sign bit on resolution. The bias is added at the accumulator's width and scale, as
+    integer hardware does (`weights`: Ristretto's bias in the weight format). `fit` chooses
+    fractional lengths by least quantization error (see `rcompile.scheme.FITS`).
+    """
+
+    per_channel: bool = True
+    unsigned: bool = True
+    bias: str = "accumulator"
+    fit: str = "mse"
+
+    def __post_init__(self) -> None:
+        if self.bias not in BIAS_MODES:
+            raise SchemeError(f"bias mode must be one of {BIAS_MODES}, got {self.bias!r}")
+        if self.fit not in FITS:
+            raise SchemeError(f"fit must be one of {FITS}, got {self.fit!r}")
+
+
+@dataclass(frozen=True)
+class Override:
+    """Rules for the layers whose node name or op type matches `pattern`."""
+
+    pattern: str
+    weights: Rule | None = None
+    bias: Rule | None = None
+    input: Rule | None = None
+    output: Rule | None = None
+    skip: bool | None = None
+
+    def matches(self, layer: Layer) -> bool:
+        return any(fnmatch.fnmatchcase(text, self.pattern) for text in (layer.node, layer.op_type))
+
+
+@dataclass(frozen=True)
+class LayerPlan:
+    """The formats of one layer: one per activation input, the output, the weights (one, or
+    one per output channel) and the bias."""
+
+    layer: Layer
+    inputs: tuple[Format, ...]
+    output: Format
+    weights: tuple[Format, ...] = ()
+    bias: tuple[Format, ...] = ()
+
+    def as_dict(self) -> dict:
+        return {
+            "node": self.layer.node,
+            "op_type": self.layer.op_type,
+            "inputs": [fmt.name for fmt in self.inputs],
+            "output": self.output.name,
+            "weights": [fmt.name for fmt in self.weights],
+            "bias": [fmt.name for fmt in self.bias],
+        }
+
+
+@dataclass(frozen=True)
+class Plan:
+    scheme: str
+    layers: tuple[LayerPlan, ...]
+    skipped: tuple[str, ...] = field(default=())
+
+    def as_dict(self) -> dict:
+        return {
+            "scheme": self.scheme,
+            "layers": [layer.as_dict() for layer in self.layers],
+            "skipped": list(self.skipped),
+        }
+
+
+def make_plan(
+    layers: list[Layer],
+    statistics: Statistics,
+    scheme: Scheme,
+    options: PlanOptions = PlanOptions(),
+    overrides: tuple[Override, ...] = (),
+) -> Plan:
+    """Choose every format of every layer."""
+    _check_overrides_match(layers, overrides)
+    planned, skipped = [], []
+    for layer in layers:
+        rules = _rules_for(layer, scheme, overrides)
+        if rules.skip:
+            skipped.append(layer.node)
+            continue
+        planned.append(_layer_plan(layer, statistics, rules, options))
+    return Plan(scheme.name, tuple(planned), tuple(skipped))
+
+
+def _rules_for(layer: Layer, scheme: Scheme, overrides: tuple[Override, ...]) -> Override:
+    """The scheme's rules with every matching override applied; an exact node name last."""
+    rules = Override("*", scheme.weights, None, scheme.activations, scheme.activations, False)
+    matching = [o for o in overrides if o.pattern != layer.node and o.matches(layer)]
+    matching += [o for o in overrides if o.pattern == layer.node]
+    for override in matching:
+        changes = {
+            key: getattr(override, key)
+            for key in ("weights", "bias", "input", "output", "skip")
+            if getattr(override, key) is not None
+        }
+        rules = replace(rules, **changes)
+    return rules
+
+
+def _layer_plan(layer: Layer, statistics: Statistics, rules: Override, options: PlanOptions):
+    inputs = tuple(
+        _activation(rules.input, statistics, name, options, layer) for name in layer.inputs
+    )
+    output = _activation(rules.output, statistics, layer.output, options, layer)
+    weights = _weights(rules.weights, statistics, layer, options) if layer.weight else ()
+    bias = ()
+    if layer.bias is not None:
+        bias = _bias(rules.bias or rules.weights, statistics, layer, inputs[0], weights, options)
+    return LayerPlan(layer, inputs, output, weights, bias)
+
+
+def _activation(rule, statistics: Statistics, name: str, options: PlanOptions, layer: Layer):
+    if isinstance(rule, Pow2Rule):
+        raise SchemeError(f"layer '{layer.node}': power-of-two is for weights, not activations")
+    observed = statistics.activations[name]
+    if name == layer.output and layer.output_bounds is not None:
+        low, high = layer.output_bounds
+        observed = Range(min(max(observed.min, low), high), max(min(observed.max, high), low))
+    signed = not (options.unsigned and observed.min >= 0)
+    values = statistics.values.get(name, np.zeros(0, np.float32))
+    return rule.for_activations(observed.max_abs, signed, values, options.fit)
+
+
+def _weights(rule: Rule, statistics: Statistics, layer: Layer, options: PlanOptions):
+    observed = statistics.weights[layer.weight]
+    if options.per_channel and isinstance(rule, DFPRule) and layer.weight_axis is not None:
+        return tuple(
+            rule.for_weights(maximum, channel, options.fit)
+            for maximum, channel in zip(observed.channel_max_abs, observed.channels, strict=True)
+        )
+    values = observed.channels.ravel()
+    return (rule.for_weights(observed.overall.max_abs, values, options.fit),)
+
+
+def _bias(rule, statistics, layer, input_format, weights, options: PlanOptions):
+    """Ristretto quantizes the bias like the weights; `accumulator` keeps it at the width and
+    scale of the multiply-accumulate result (input fl + weight fl), as integer hardware does."""
+    fixed_point = isinstance(input_format, DFP) and all(isinstance(w, DFP) for w in weights)
+    if options.bias == "accumulator" and fixed_point:
+        return tuple(DFP(32, input_format.fl + w.fl) for w in weights)
+    observed = statistics.weights[layer.bias]
+    return (rule.for_weights(observed.overall.max_abs, observed.channels.ravel(), options.fit),)
+
+
+def _check_overrides_match(layers: list[Layer], overrides: tuple[Override, ...]) -> None:
+    for override in overrides:
+        if not any(override.matches(layer) for layer in layers):
+            names = ", ".join(layer.node for layer in layers[:10])
+            raise SchemeError(
+                f"override {override.pattern!r} matches no quantizable layer (layers: {names}"
+                f"{', ...' if len(layers) > 10 else ''})"
+            )
+
+
+def load_overrides(path: str | Path) -> tuple[Override, ...]:
+    """Read a per-layer overrides file (JSON, or YAML for .yaml/.yml)."""
+    path = Path(path)
+    if not path.is_file():
+        raise SchemeError(f"{path}: no such overrides file")
+    text = path.read_text()
+    try:
+        if path.suffix.lower() in (".yaml", ".yml"):
+            import yaml
+
+            content = yaml.safe_load(text)
+        else:
+            content = json.loads(text)
+    except Exception as error:
+        raise SchemeError(f"{path}: cannot parse ({str(error).splitlines()[0]})") from None
+    if not isinstance(content, dict):
+        raise SchemeError(f"{path}: expected a mapping from layer names or patterns to settings")
+    return tuple(_override(str(pattern), settings, path) for pattern, settings in content.items())
+
+
+def _override(pattern: str, settings: object, path: Path) -> Override:
+    if not isinstance(settings, dict):
+        raise SchemeError(f"{path}: settings for {pattern!r} must be a mapping")
+    unknown = sorted(set(settings) - set(OVERRIDE_KEYS))
+    if unknown:
+        raise SchemeError(
+            f"{path}: unknown key {unknown[0]!r} for {pattern!r}; valid: {OVERRIDE_KEYS}"
+        )
+    rules = {
+        key: parse_rule(str(settings[key]))
+        for key in ("weights", "bias", "input", "output")
+        if key in settings
+    }
+    if "activations" in settings:
+        rule = parse_rule(str(settings["activations"]))
+        rules.setdefault("input", rule)
+        rules.setdefault("output", rule)
+    skip = settings.get("skip")
+    return Override(pattern, skip=None if skip is None else bool(skip), **rules)

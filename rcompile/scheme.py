@@ -1,0 +1,159 @@
+"""Schemes: which number format family every weight and activation gets, and how the
+format's parameters follow from the calibrated ranges.
+
+Grammar (case-insensitive):
+
+    dfp<N>             N-bit dynamic fixed point for weights and activations
+    dfp:w<W>a<A>       W-bit weights, A-bit activations
+    <minifloat>        a mini-float format for weights and activations: fp8e4m3 (OCP E4M3FN),
+                       fp8e5m2, fp16, bf16, fp8e4m3r (Ristretto's variant), any fp<N>e<E>m<M>[r|fn]
+    pow2               4-bit power-of-two weights, 8-bit DFP activations
+    pow2:w<W>a<A>      W-bit power-of-two weights, A-bit DFP activations
+"""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+from dataclasses import dataclass
+
+from rcompile.errors import SchemeError
+from rcompile.formats import DFP, Format, MiniFloat, Pow2, parse_format
+
+# How DFP fractional lengths follow from the data: `mse` the least squared quantization
+# error among the range-holding format and up to two finer ones; `max` the calibrated
+# maximum fits (Ristretto's weight rule everywhere); `ristretto` Ristretto's own rules.
+FITS = ("mse", "max", "ristretto")
+
+SCHEME_GRAMMAR = (
+    "dfp<N> (e.g. dfp8), dfp:w<W>a<A> (e.g. dfp:w4a8), a mini-float format (fp8e4m3, fp8e5m2, "
+    "fp16, bf16, fp8e4m3r, fp<N>e<E>m<M>[r|fn]), pow2, pow2:w<W>a<A>"
+)
+
+
+@dataclass(frozen=True)
+class DFPRule:
+    """DFP with `bits` bits, fl chosen by a fitting policy (see FITS)."""
+
+    bits: int
+
+    def for_weights(self, max_abs: float, values: np.ndarray, fit: str = "mse") -> DFP:
+        base = DFP.for_weights(self.bits, max_abs)
+        return base if fit != "mse" else least_error(base, values)
+
+    def for_activations(
+        self, max_abs: float, signed: bool, values: np.ndarray, fit: str = "mse"
+    ) -> DFP:
+        if fit == "ristretto":
+            return DFP.for_activations(self.bits, max_abs, signed=signed)
+        base = DFP.for_range(self.bits, max_abs, signed=signed)
+        return base if fit != "mse" else least_error(base, values)
+
+    @property
+    def name(self) -> str:
+        return f"dfp{self.bits}"
+
+
+def least_error(base: DFP, values: np.ndarray, extra_bits: int = 2) -> DFP:
+    """Among `base` and the formats with 1..extra_bits more fractional bits (which saturate
+    the largest values to resolve the rest finer), the one with the least squared error."""
+    candidates = [base] + [
+        DFP(base.bw, base.fl + k, base.signed)
+        for k in range(1, extra_bits + 1)
+        if base.fl + k <= DFP.fl_range(base.bw)[1]
+    ]
+    if values.size == 0:
+        return base
+    errors = [float(np.sum(np.square(c.quantize(values) - values, dtype=np.float64))) for c in candidates]
+    return candidates[int(np.argmin(errors))]
+
+
+@dataclass(frozen=True)
+class Pow2Rule:
+    """Power-of-two weights with `bits`-bit codes; the range from the weights."""
+
+    bits: int
+
+    def for_weights(self, max_abs: float, values: np.ndarray, fit: str = "mse") -> Pow2:
+        return Pow2.for_weights(self.bits, max_abs) if max_abs > 0 else Pow2()
+
+    @property
+    def name(self) -> str:
+        return f"pow2:{self.bits}"
+
+
+@dataclass(frozen=True)
+class FixedRule:
+    """One given format, whatever the range (mini floats, or a pinned format)."""
+
+    format: Format
+
+    def for_weights(self, max_abs: float, values: np.ndarray, fit: str = "mse") -> Format:
+        return self.format
+
+    def for_activations(
+        self, max_abs: float, signed: bool, values: np.ndarray, fit: str = "mse"
+    ) -> Format:
+        return self.format
+
+    @property
+    def name(self) -> str:
+        return self.format.name
+
+
+Rule = DFPRule | Pow2Rule | FixedRule
+
+
+@dataclass(frozen=True)
+class Scheme:
+    """A scheme: the rule for parameters and the rule for layer inputs and outputs."""
+
+    name: str
+    weights: Rule
+    activations: DFPRule | FixedRule
+
+
+def parse_scheme(text: str) -> Scheme:
+    """Parse a scheme name (see SCHEME_GRAMMAR); raise SchemeError listing the valid forms."""
+    name = text.strip().lower()
+    if match := re.fullmatch(r"dfp(\d+)", name):
+        bits = _bits(match.group(1), name)
+        return Scheme(name, DFPRule(bits), DFPRule(bits))
+    if match := re.fullmatch(r"(dfp|pow2):w(\d+)a(\d+)", name):
+        family, weight_bits, activation_bits = match.groups()
+        weights = DFPRule if family == "dfp" else Pow2Rule
+        return Scheme(
+            name, weights(_bits(weight_bits, name)), DFPRule(_bits(activation_bits, name))
+        )
+    if name == "pow2":
+        return Scheme(name, Pow2Rule(4), DFPRule(8))
+    try:
+        fmt = parse_format(name)
+    except ValueError:
+        fmt = None
+    if isinstance(fmt, MiniFloat):
+        return Scheme(name, FixedRule(fmt), FixedRule(fmt))
+    raise SchemeError(f"unknown scheme {text!r}; valid schemes: {SCHEME_GRAMMAR}")
+
+
+def parse_rule(text: str) -> Rule:
+    """A rule in an override: `dfp<N>`, `pow2` or `pow2:<N>`, or any exact format name."""
+    name = text.strip().lower()
+    if match := re.fullmatch(r"dfp(\d+)", name):
+        return DFPRule(_bits(match.group(1), name))
+    if match := re.fullmatch(r"pow2(?::(\d+))?", name):
+        return Pow2Rule(_bits(match.group(1) or "4", name))
+    try:
+        return FixedRule(parse_format(name))
+    except ValueError as error:
+        raise SchemeError(
+            f"unknown format {text!r}; expected dfp<N>, pow2[:<N>] or a format name ({error})"
+        ) from None
+
+
+def _bits(text: str, scheme: str) -> int:
+    bits = int(text)
+    if not 2 <= bits <= 32:
+        raise SchemeError(f"scheme {scheme!r}: bit widths must be in [2, 32], got {bits}")
+    return bits
