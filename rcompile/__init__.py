@@ -2,3 +2,7 @@
 power-of-two accelerators."""
 
 __version__ = "0.1.0"
+
+from rcompile.api import CompileResult, compile
+
+__all__ = ["CompileResult", "__version__", "compile"]

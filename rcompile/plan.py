@@ -18,7 +18,7 @@ from rcompile.errors import SchemeError
 from rcompile.formats import DFP, Format
 from rcompile.passes.calibrate import Range, Statistics
 from rcompile.passes.layers import Layer
-from rcompile.scheme import FITS, DFPRule, Pow2Rule, Rule, Scheme, parse_rule
+from rcompile.scheme import FITS, DFPRule, FixedRule, Pow2Rule, Rule, Scheme, parse_rule
 
 BIAS_MODES = ("weights", "accumulator")
 OVERRIDE_KEYS = ("weights", "bias", "activations", "input", "output", "skip")
@@ -101,10 +101,11 @@ def make_plan(
     layers: list[Layer],
     statistics: Statistics,
     scheme: Scheme,
-    options: PlanOptions = PlanOptions(),
+    options: PlanOptions | None = None,
     overrides: tuple[Override, ...] = (),
 ) -> Plan:
     """Choose every format of every layer."""
+    options = options or PlanOptions()
     _check_overrides_match(layers, overrides)
     planned, skipped = [], []
     for layer in layers:
@@ -146,6 +147,8 @@ def _layer_plan(layer: Layer, statistics: Statistics, rules: Override, options: 
 def _activation(rule, statistics: Statistics, name: str, options: PlanOptions, layer: Layer):
     if isinstance(rule, Pow2Rule):
         raise SchemeError(f"layer '{layer.node}': power-of-two is for weights, not activations")
+    if isinstance(rule, FixedRule):
+        return rule.format
     observed = statistics.activations[name]
     if name == layer.output and layer.output_bounds is not None:
         low, high = layer.output_bounds

@@ -14,9 +14,9 @@ Grammar (case-insensitive):
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 
 import numpy as np
-from dataclasses import dataclass
 
 from rcompile.errors import SchemeError
 from rcompile.formats import DFP, Format, MiniFloat, Pow2, parse_format
@@ -65,7 +65,9 @@ def least_error(base: DFP, values: np.ndarray, extra_bits: int = 2) -> DFP:
     ]
     if values.size == 0:
         return base
-    errors = [float(np.sum(np.square(c.quantize(values) - values, dtype=np.float64))) for c in candidates]
+    errors = [
+        float(np.sum(np.square(c.quantize(values) - values, dtype=np.float64))) for c in candidates
+    ]
     return candidates[int(np.argmin(errors))]
 
 

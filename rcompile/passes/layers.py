@@ -51,7 +51,9 @@ def find_layers(model: onnx.ModelProto) -> list[Layer]:
     return layers
 
 
-def _clamp_bounds(graph: onnx.GraphProto, users: list[onnx.NodeProto]) -> tuple[float, float] | None:
+def _clamp_bounds(
+    graph: onnx.GraphProto, users: list[onnx.NodeProto]
+) -> tuple[float, float] | None:
     """The interval a Relu or constant Clip that alone consumes a layer's output clamps it to.
 
     Values outside it are clamped anyway, so the output quantizer's range need only cover it:

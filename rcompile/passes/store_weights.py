@@ -37,13 +37,17 @@ class StoredTensor:
     output: str
 
 
-def quantize_values(values: np.ndarray, formats: tuple[Format, ...], axis: int | None) -> np.ndarray:
+def quantize_values(
+    values: np.ndarray, formats: tuple[Format, ...], axis: int | None
+) -> np.ndarray:
     """Quantize with one format, or one format per slice along `axis`."""
     values = values.astype(F32)
     if len(formats) == 1:
         return formats[0].quantize(values)
     moved = np.moveaxis(values, axis, 0)
-    return np.moveaxis(np.stack([f.quantize(s) for f, s in zip(formats, moved, strict=True)]), 0, axis)
+    return np.moveaxis(
+        np.stack([f.quantize(s) for f, s in zip(formats, moved, strict=True)]), 0, axis
+    )
 
 
 def store(
@@ -69,9 +73,13 @@ def store(
                 return stored
     if all(isinstance(f, MiniFloat) for f in formats) and _exact_in_float16(quantized):
         half = numpy_helper.from_array(quantized.astype(np.float16), f"{name}_float16")
-        cast = helper.make_node("Cast", [half.name], [name], name=f"{name}_cast", to=TensorProto.FLOAT)
+        cast = helper.make_node(
+            "Cast", [half.name], [name], name=f"{name}_cast", to=TensorProto.FLOAT
+        )
         return StoredTensor((half,), (cast,), name)
-    return StoredTensor((numpy_helper.from_array(quantized.astype(F32), f"{name}_float32"),), (), f"{name}_float32")
+    return StoredTensor(
+        (numpy_helper.from_array(quantized.astype(F32), f"{name}_float32"),), (), f"{name}_float32"
+    )
 
 
 def _step(fmt: Format) -> float:
@@ -104,15 +112,27 @@ def _integer_codes(
     if data_type is None:
         return None
     if data_type == TensorProto.INT4:
-        tensor = helper.make_tensor(f"{name}_codes", data_type, codes.shape, codes.astype(np.int64).ravel().tolist())
-        zero = helper.make_tensor(f"{name}_zero", data_type, [steps.size] if steps.size > 1 else [], [0] * steps.size)
+        tensor = helper.make_tensor(
+            f"{name}_codes", data_type, codes.shape, codes.astype(np.int64).ravel().tolist()
+        )
+        zero = helper.make_tensor(
+            f"{name}_zero", data_type, [steps.size] if steps.size > 1 else [], [0] * steps.size
+        )
     else:
         tensor = numpy_helper.from_array(codes.astype(_NUMPY[data_type]), f"{name}_codes")
-        zero = numpy_helper.from_array(np.zeros(steps.shape if steps.size > 1 else (), _NUMPY[data_type]), f"{name}_zero")
-    scale = numpy_helper.from_array(steps.astype(F32) if steps.size > 1 else F32(steps[0]), f"{name}_scale")
+        zero = numpy_helper.from_array(
+            np.zeros(steps.shape if steps.size > 1 else (), _NUMPY[data_type]), f"{name}_zero"
+        )
+    scale = numpy_helper.from_array(
+        steps.astype(F32) if steps.size > 1 else F32(steps[0]), f"{name}_scale"
+    )
     attributes = {"axis": axis} if steps.size > 1 else {}
     node = helper.make_node(
-        "DequantizeLinear", [tensor.name, scale.name, zero.name], [name], name=f"{name}_dequantize", **attributes
+        "DequantizeLinear",
+        [tensor.name, scale.name, zero.name],
+        [name],
+        name=f"{name}_dequantize",
+        **attributes,
     )
     return StoredTensor((tensor, scale, zero), (node,), name)
 

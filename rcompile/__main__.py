@@ -1,0 +1,5 @@
+"""`python -m rcompile` runs the command-line interface."""
+
+from rcompile.cli import entry_point
+
+entry_point()

@@ -1,0 +1,134 @@
+"""The Python API: `compile` runs the whole pipeline (import, calibrate, plan, rewrite,
+export) and returns the quantized model with its report. The CLI is a thin layer over it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import onnx
+
+from rcompile.data import Dataset, Preprocessing, input_specs, open_data
+from rcompile.errors import CalibrationError
+from rcompile.exporter import finish_model
+from rcompile.importer import load_model, prepare_model
+from rcompile.passes.calibrate import (
+    Statistics,
+    activation_ranges,
+    activation_tensors,
+    weight_ranges,
+)
+from rcompile.passes.layers import find_layers
+from rcompile.passes.rewrite import rewrite
+from rcompile.plan import Override, Plan, PlanOptions, load_overrides, make_plan
+from rcompile.progress import progress_bar
+from rcompile.report import Report
+from rcompile.report_build import layer_rows, unquantized_ops
+from rcompile.scheme import FixedRule, Scheme, parse_scheme
+from rcompile.score import predictions, score
+
+DEFAULT_BATCH_SIZE = 32
+
+
+@dataclass(frozen=True)
+class CompileResult:
+    model: onnx.ModelProto
+    report: Report
+    plan: Plan
+
+
+def compile(
+    model: str | Path | onnx.ModelProto,
+    scheme: str = "dfp8",
+    calib: str | Path | None = None,
+    *,
+    calib_count: int | None = None,
+    val: str | Path | None = None,
+    preprocessing: Preprocessing | None = None,
+    options: PlanOptions | None = None,
+    overrides: str | Path | tuple[Override, ...] = (),
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    show_progress: bool = False,
+) -> CompileResult:
+    """Quantize `model` with `scheme`, calibrating on `calib` (a folder of images, .npz or
+    .npy); with `val`, score the FP32 and the quantized model on it for the report."""
+    options = options or PlanOptions()
+    source = load_model(model) if not isinstance(model, onnx.ModelProto) else prepare_model(model)
+    label = str(model) if not isinstance(model, onnx.ModelProto) else source.graph.name or "model"
+    parsed = parse_scheme(scheme)
+    if not isinstance(overrides, tuple):
+        overrides = load_overrides(overrides)
+    layers = find_layers(source)
+    statistics, calibration = _statistics(
+        source, layers, parsed, calib, calib_count, preprocessing, batch_size, show_progress
+    )
+    plan = make_plan(layers, statistics, parsed, options, overrides)
+    quantized = rewrite(source, plan).model
+    option_values = {
+        "per_channel": options.per_channel,
+        "unsigned": options.unsigned,
+        "bias": options.bias,
+        "fit": options.fit,
+    }
+    quantized = finish_model(
+        quantized,
+        {
+            "rcompile.scheme": parsed.name,
+            "rcompile.options": option_values,
+            "rcompile.calibration": calibration,
+            "rcompile.plan": plan.as_dict(),
+        },
+    )
+    accuracy = None
+    if val is not None:
+        accuracy = _accuracy(source, quantized, val, preprocessing, batch_size, show_progress)
+    report = Report(
+        model=label,
+        scheme=parsed.name,
+        options=option_values,
+        calibration=calibration,
+        layers=layer_rows(source, plan),
+        unquantized=unquantized_ops(source, plan),
+        skipped=plan.skipped,
+        accuracy=accuracy,
+    )
+    return CompileResult(quantized, report, plan)
+
+
+def _statistics(
+    model, layers, scheme: Scheme, calib, calib_count, preprocessing, batch_size, show_progress
+) -> tuple[Statistics, dict]:
+    weights = weight_ranges(model, layers)
+    if calib is None:
+        if not (
+            isinstance(scheme.activations, FixedRule) and isinstance(scheme.weights, FixedRule)
+        ):
+            raise CalibrationError(
+                f"scheme {scheme.name} sets its fractional lengths from calibration data; "
+                "give some with --calib (a folder of images, a .npz or a .npy)"
+            )
+        return Statistics({}, weights, 0), {"source": None, "samples": 0}
+    data = open_data(calib, input_specs(model), preprocessing)
+    total = min(data.count, calib_count) if calib_count else data.count
+    with progress_bar("calibrating", total, show_progress) as advance:
+        batches = _counted(data, batch_size, calib_count, advance)
+        ranges, values, samples = activation_ranges(model, activation_tensors(layers), batches)
+    return Statistics(ranges, weights, samples, values), {"source": str(calib), "samples": samples}
+
+
+def _counted(data: Dataset, batch_size: int, limit: int | None, advance):
+    for batch in data.batches(batch_size, limit):
+        yield batch.inputs
+        advance(len(next(iter(batch.inputs.values()))))
+
+
+def _accuracy(source, quantized, val, preprocessing, batch_size, show_progress) -> dict:
+    data = open_data(val, input_specs(source), preprocessing)
+    reference = predictions(source, data, batch_size, "scoring FP32", show_progress)
+    result = predictions(quantized, data, batch_size, "scoring quantized", show_progress)
+    return {
+        "data": str(val),
+        "samples": data.count,
+        "fp32": score(reference, data.labels).as_dict(),
+        "quantized": score(result, data.labels, reference).as_dict(),
+    }
