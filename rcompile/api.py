@@ -8,6 +8,7 @@ from pathlib import Path
 
 import onnx
 
+from rcompile.batching import model_batches
 from rcompile.data import Dataset, Preprocessing, input_specs, open_data
 from rcompile.errors import CalibrationError
 from rcompile.exporter import finish_model
@@ -111,13 +112,13 @@ def _statistics(
     data = open_data(calib, input_specs(model), preprocessing)
     total = min(data.count, calib_count) if calib_count else data.count
     with progress_bar("calibrating", total, show_progress) as advance:
-        batches = _counted(data, batch_size, calib_count, advance)
-        ranges, values, samples = activation_ranges(model, activation_tensors(layers), batches)
-    return Statistics(ranges, weights, samples, values), {"source": str(calib), "samples": samples}
+        batches = _counted(model, data, batch_size, calib_count, advance)
+        ranges, samples = activation_ranges(model, activation_tensors(layers), batches)
+    return Statistics(ranges, weights, samples), {"source": str(calib), "samples": samples}
 
 
-def _counted(data: Dataset, batch_size: int, limit: int | None, advance):
-    for batch in data.batches(batch_size, limit):
+def _counted(model, data: Dataset, batch_size: int, limit: int | None, advance):
+    for batch in model_batches(model, data, batch_size, limit):
         yield batch.inputs
         advance(len(next(iter(batch.inputs.values()))))
 
@@ -128,7 +129,7 @@ def _accuracy(source, quantized, val, preprocessing, batch_size, show_progress) 
     result = predictions(quantized, data, batch_size, "scoring quantized", show_progress)
     return {
         "data": str(val),
-        "samples": data.count,
+        "samples": len(result),
         "fp32": score(reference, data.labels).as_dict(),
         "quantized": score(result, data.labels, reference).as_dict(),
     }

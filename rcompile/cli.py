@@ -24,7 +24,7 @@ from rcompile.api import DEFAULT_BATCH_SIZE
 from rcompile.api import compile as compile_model
 from rcompile.data import input_specs, open_data, parse_preprocessing
 from rcompile.errors import UserError
-from rcompile.exporter import write_bytes, write_model
+from rcompile.exporter import check_targets, write_bytes, write_model
 from rcompile.importer import load_model
 from rcompile.plan import PlanOptions
 from rcompile.report_build import inspect_layers
@@ -144,6 +144,9 @@ def compile_command(
     options = PlanOptions(
         per_channel=not per_tensor, unsigned=not signed_activations, bias=bias, fit=fit
     )
+    report_json = report or output.with_name(f"{output.stem}.report.json")
+    report_md = report_json.with_suffix(".md")
+    check_targets([output, report_json, report_md], protected=(model,))
     result = compile_model(
         model,
         scheme,
@@ -156,11 +159,9 @@ def compile_command(
         batch_size=batch_size,
         show_progress=sys.stderr.isatty(),
     )
-    report_json = report or output.with_name(f"{output.stem}.report.json")
     report_data = result.report.as_dict()
     write_model(result.model, output, protected=(model,))
     write_bytes(json.dumps(report_data, indent=2).encode() + b"\n", report_json, (model,))
-    report_md = report_json.with_suffix(".md")
     write_bytes(render_markdown(report_data).encode(), report_md, (model,))
     summary = {
         "output": str(output),
@@ -294,9 +295,10 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as error:  # a bug of ours: say so, and how to see it
         if debug:
             traceback.print_exc()
+        first_line = (str(error).strip().splitlines() or [""])[0]
         print(
-            f"rcompile: internal error: {type(error).__name__}: {error} (run with --debug for "
-            "the traceback and please report it)",
+            f"rcompile: internal error: {type(error).__name__}: {first_line} (run with --debug "
+            "for the traceback, and please report it)",
             file=sys.stderr,
         )
         return 2

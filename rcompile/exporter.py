@@ -35,15 +35,29 @@ def finish_model(model: onnx.ModelProto, metadata: dict[str, object]) -> onnx.Mo
     return result
 
 
+def check_targets(targets: list[Path], protected: tuple[Path, ...] = ()) -> None:
+    """Fail before any work when an output cannot be written: its folder is missing, it is a
+    folder, it is an input, or two outputs are the same file."""
+    seen: dict[Path, Path] = {}
+    for target in targets:
+        resolved = target.resolve()
+        if any(resolved == p.resolve() for p in protected):
+            raise ExportError(f"{target}: refusing to overwrite an input; choose another path")
+        if resolved.is_dir():
+            raise ExportError(f"{target}: is a folder; give a file name")
+        if not resolved.parent.is_dir():
+            raise ExportError(f"{target}: the folder {target.parent} does not exist")
+        if resolved in seen:
+            raise ExportError(f"{target}: given for two outputs (also {seen[resolved]})")
+        seen[resolved] = target
+
+
 def write_bytes(data: bytes, path: str | Path, protected: tuple[Path, ...] = ()) -> Path:
     """Write `data` to `path` through a temporary file in the same folder, so a reader never
     sees half a file. Refuses to write over any of the `protected` files."""
     path = Path(path)
+    check_targets([path], protected)
     target = path.resolve()
-    if any(target == p.resolve() for p in protected):
-        raise ExportError(f"{path}: refusing to overwrite the input model; choose another -o")
-    if not target.parent.is_dir():
-        raise ExportError(f"{path}: the folder {path.parent} does not exist")
     handle, temporary = tempfile.mkstemp(
         dir=target.parent, prefix=f".{target.name}.", suffix=".tmp"
     )

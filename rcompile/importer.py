@@ -13,7 +13,7 @@ from google.protobuf.message import DecodeError
 from onnx import version_converter
 
 from rcompile.errors import ModelImportError
-from rcompile.onnx_ops import OPSET
+from rcompile.onnx_ops import IR_VERSION, OPSET
 from rcompile.passes.fold_batchnorm import fold_batchnorm
 from rcompile.passes.name_nodes import name_nodes
 
@@ -24,10 +24,18 @@ FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProt
 def load_model(path: str | Path) -> onnx.ModelProto:
     """Read, check, convert to OPSET, infer shapes and fold BatchNormalization."""
     path = Path(path)
+    if path.is_dir():
+        raise ModelImportError(f"{path}: is a folder; give the .onnx file")
     if not path.is_file():
         raise ModelImportError(f"{path}: no such file")
+    if path.stat().st_size == 0:
+        raise ModelImportError(f"{path}: not an ONNX model (the file is empty)")
     try:
         model = onnx.load(str(path))
+    except onnx.checker.ValidationError as error:  # external data missing or outside the folder
+        raise ModelImportError(
+            f"{path}: cannot read the model's external data ({_first_line(error)})"
+        ) from error
     except (DecodeError, ValueError, RuntimeError, OSError) as error:
         raise ModelImportError(f"{path}: not an ONNX model ({_first_line(error)})") from error
     return prepare_model(model, str(path))
@@ -39,7 +47,7 @@ def prepare_model(model: onnx.ModelProto, label: str = "model") -> onnx.ModelPro
     if not model.graph.node:
         raise ModelImportError(f"{label}: not an ONNX model (it has no graph nodes)")
     _check(model, label)
-    model = _convert_opset(model, label)
+    model = _set_ir_version(_convert_opset(model, label), label)
     model = onnx.shape_inference.infer_shapes(model, data_prop=True)
     _require_float_input(model, label)
     return fold_batchnorm(name_nodes(model).model).model
@@ -76,12 +84,29 @@ def _convert_opset(model: onnx.ModelProto, label: str) -> onnx.ModelProto:
         )
     try:
         converted = version_converter.convert_version(model, OPSET)
-        onnx.checker.check_model(converted)
     except Exception as error:  # the converter raises bare RuntimeError and others
         raise ModelImportError(
             f"{label}: cannot convert opset {version} to {OPSET} ({_first_line(error)})"
         ) from error
     return converted
+
+
+def _set_ir_version(model: onnx.ModelProto, label: str) -> onnx.ModelProto:
+    """Declare IR_VERSION, the one OPSET and model-local function overloads need: the version
+    converter keeps older ones, and onnx writes newer ones than onnxruntime 1.31 reads (13)."""
+    if model.ir_version == IR_VERSION:
+        return model
+    result = onnx.ModelProto()
+    result.CopyFrom(model)
+    result.ir_version = IR_VERSION
+    try:
+        onnx.checker.check_model(result)
+    except onnx.checker.ValidationError as error:
+        raise ModelImportError(
+            f"{label}: uses features of IR version {model.ir_version} that IR version "
+            f"{IR_VERSION} lacks ({_first_line(error)})"
+        ) from error
+    return result
 
 
 def _require_float_input(model: onnx.ModelProto, label: str) -> None:

@@ -12,10 +12,8 @@ import json
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-import numpy as np
-
 from rcompile.errors import SchemeError
-from rcompile.formats import DFP, Format
+from rcompile.formats import DFP, Format, Pow2
 from rcompile.passes.calibrate import Range, Statistics
 from rcompile.passes.layers import Layer
 from rcompile.scheme import FITS, DFPRule, FixedRule, Pow2Rule, Rule, Scheme, parse_rule
@@ -154,13 +152,13 @@ def _activation(rule, statistics: Statistics, name: str, options: PlanOptions, l
         low, high = layer.output_bounds
         observed = Range(min(max(observed.min, low), high), max(min(observed.max, high), low))
     signed = not (options.unsigned and observed.min >= 0)
-    values = statistics.values.get(name, np.zeros(0, np.float32))
-    return rule.for_activations(observed.max_abs, signed, values, options.fit)
+    return rule.for_activations(observed.max_abs, signed, options.fit)
 
 
 def _weights(rule: Rule, statistics: Statistics, layer: Layer, options: PlanOptions):
     observed = statistics.weights[layer.weight]
-    if options.per_channel and isinstance(rule, DFPRule) and layer.weight_axis is not None:
+    per_channel = options.per_channel and layer.weight_axis is not None
+    if per_channel and isinstance(rule, DFPRule | Pow2Rule):
         return tuple(
             rule.for_weights(maximum, channel, options.fit)
             for maximum, channel in zip(observed.channel_max_abs, observed.channels, strict=True)
@@ -170,13 +168,27 @@ def _weights(rule: Rule, statistics: Statistics, layer: Layer, options: PlanOpti
 
 
 def _bias(rule, statistics, layer, input_format, weights, options: PlanOptions):
-    """Ristretto quantizes the bias like the weights; `accumulator` keeps it at the width and
-    scale of the multiply-accumulate result (input fl + weight fl), as integer hardware does."""
-    fixed_point = isinstance(input_format, DFP) and all(isinstance(w, DFP) for w in weights)
-    if options.bias == "accumulator" and fixed_point:
-        return tuple(DFP(32, input_format.fl + w.fl) for w in weights)
+    """`accumulator`: the bias is added where integer hardware adds it, in the 32-bit
+    accumulator on the grid of the input-times-weight products (fl = input fl + weight fl),
+    coarsened only as far as a large bias needs to fit 32 bits. `weights`: Ristretto's choice,
+    the bias in the weight format."""
     observed = statistics.weights[layer.bias]
+    grids = [accumulator_fl(input_format, w) for w in weights]
+    if options.bias == "accumulator" and None not in grids:
+        fitted = DFP.for_weights(32, observed.overall.max_abs).fl
+        return tuple(DFP(32, min(grid, fitted)) for grid in grids)
     return (rule.for_weights(observed.overall.max_abs, observed.channels.ravel(), options.fit),)
+
+
+def accumulator_fl(input_format: Format, weight: Format) -> int | None:
+    """The fractional length of products of a DFP input and a DFP or power-of-two weight."""
+    if not isinstance(input_format, DFP):
+        return None
+    if isinstance(weight, DFP):
+        return input_format.fl + weight.fl
+    if isinstance(weight, Pow2):
+        return input_format.fl - weight.exp_min
+    return None
 
 
 def _check_overrides_match(layers: list[Layer], overrides: tuple[Override, ...]) -> None:

@@ -21,9 +21,10 @@ import numpy as np
 from rcompile.errors import SchemeError
 from rcompile.formats import DFP, Format, MiniFloat, Pow2, parse_format
 
-# How DFP fractional lengths follow from the data: `mse` the least squared quantization
-# error among the range-holding format and up to two finer ones; `max` the calibrated
-# maximum fits (Ristretto's weight rule everywhere); `ristretto` Ristretto's own rules.
+# How DFP fractional lengths follow from the data. `mse`: weights take the least squared
+# quantization error among the format that holds the largest weight and up to two finer ones
+# (computed on all the weights), activations hold their calibrated maximum. `max`: every
+# tensor holds its maximum. `ristretto`: Ristretto's rules (activations one bit less).
 FITS = ("mse", "max", "ristretto")
 
 SCHEME_GRAMMAR = (
@@ -42,13 +43,10 @@ class DFPRule:
         base = DFP.for_weights(self.bits, max_abs)
         return base if fit != "mse" else least_error(base, values)
 
-    def for_activations(
-        self, max_abs: float, signed: bool, values: np.ndarray, fit: str = "mse"
-    ) -> DFP:
+    def for_activations(self, max_abs: float, signed: bool, fit: str = "mse") -> DFP:
         if fit == "ristretto":
             return DFP.for_activations(self.bits, max_abs, signed=signed)
-        base = DFP.for_range(self.bits, max_abs, signed=signed)
-        return base if fit != "mse" else least_error(base, values)
+        return DFP.for_range(self.bits, max_abs, signed=signed)
 
     @property
     def name(self) -> str:
@@ -94,9 +92,7 @@ class FixedRule:
     def for_weights(self, max_abs: float, values: np.ndarray, fit: str = "mse") -> Format:
         return self.format
 
-    def for_activations(
-        self, max_abs: float, signed: bool, values: np.ndarray, fit: str = "mse"
-    ) -> Format:
+    def for_activations(self, max_abs: float, signed: bool, fit: str = "mse") -> Format:
         return self.format
 
     @property

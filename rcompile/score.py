@@ -9,6 +9,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
+from rcompile.batching import model_batches
 from rcompile.data import Dataset
 from rcompile.errors import CalibrationError
 from rcompile.progress import progress_bar
@@ -44,7 +45,7 @@ def predictions(
     session = session_for(model)
     outputs = []
     with progress_bar(label, data.count, show_progress) as advance:
-        for batch in data.batches(batch_size):
+        for batch in model_batches(model, data, batch_size):
             scores = session.run(None, batch.inputs)[0]
             if scores.ndim != 2 or scores.shape[0] != len(next(iter(batch.inputs.values()))):
                 raise CalibrationError(
@@ -62,6 +63,7 @@ def score(
     """Top-1/top-5 against labels where there are labels; agreement with `reference` scores."""
     result = {"samples": len(scores)}
     if labels is not None:
+        labels = labels[: len(scores)]
         top5 = np.argsort(-scores, axis=1, kind="stable")[:, :5]
         result["top1"] = float(np.mean(top5[:, 0] == labels))
         result["top5"] = float(np.mean(np.any(top5 == labels[:, None], axis=1)))

@@ -12,11 +12,12 @@ from onnx import helper
 
 from rcompile.formats import DFP, Format, MiniFloat, Pow2
 from rcompile.onnx_ops import dfp, minifloat, pow2
-from rcompile.onnx_ops.builder import DOMAIN, DOMAIN_VERSION, OPSET
+from rcompile.onnx_ops.builder import DOMAIN, DOMAIN_VERSION, IR_VERSION, OPSET
 
 __all__ = [
     "DOMAIN",
     "DOMAIN_VERSION",
+    "IR_VERSION",
     "OPSET",
     "function_key",
     "functions_for",
@@ -67,5 +68,5 @@ def single_quantizer_model(formats: list[Format]) -> onnx.ModelProto:
         graph,
         opset_imports=[helper.make_opsetid("", OPSET), helper.make_opsetid(DOMAIN, DOMAIN_VERSION)],
         functions=functions_for(formats),
-        ir_version=10,
+        ir_version=IR_VERSION,
     )

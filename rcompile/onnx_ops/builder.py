@@ -16,6 +16,8 @@ from onnx import TensorProto, helper, numpy_helper
 DOMAIN = "ai.rcompile"
 DOMAIN_VERSION = 1
 OPSET = 21
+# The IR version of OPSET; model-local function overloads need at least 10.
+IR_VERSION = 10
 
 # The powers of two 2**-149 .. 2**127, then +inf for 2**128, indexed by exponent + 149.
 # A Gather from this table is exact on every backend (no backend promises that of Pow).

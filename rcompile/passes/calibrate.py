@@ -9,7 +9,7 @@ come straight from the initializers. NaN or inf anywhere is an error naming the 
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import onnx
@@ -47,13 +47,12 @@ class WeightRange:
 
 @dataclass(frozen=True)
 class Statistics:
-    """Everything the plan needs: activation ranges with an evenly spread sample of each
-    activation's values (for choosing ranges by quantization error), and weight ranges."""
+    """Everything the plan needs: activation and weight ranges, and how many samples the
+    activation ranges come from."""
 
     activations: dict[str, Range]
     weights: dict[str, WeightRange]
     samples: int
-    values: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 def activation_tensors(layers: list[Layer]) -> list[str]:
@@ -73,6 +72,8 @@ def weight_ranges(model: onnx.ModelProto, layers: list[Layer]) -> dict[str, Weig
             if name is None or name in ranges:
                 continue
             value = constant_value(model.graph, name).astype(np.float32)
+            if name == layer.bias:
+                value = value.reshape(-1)
             if not np.all(np.isfinite(value)):
                 raise ModelImportError(f"parameter '{name}' of layer '{layer.node}' has NaN or inf")
             ranges[name] = _weight_range(value, axis)
@@ -89,18 +90,12 @@ def _weight_range(value: np.ndarray, axis: int | None) -> WeightRange:
     return WeightRange(overall, tuple(float(v) for v in maxima), channels)
 
 
-SAMPLE_PER_BATCH = 4096
-SAMPLE_LIMIT = 65536
-
-
 def activation_ranges(
     model: onnx.ModelProto, tensors: list[str], batches: Iterable[dict[str, np.ndarray]]
-) -> tuple[dict[str, Range], dict[str, np.ndarray], int]:
-    """Run the model on every batch; return each tensor's range, an evenly spread sample of
-    its values (at most SAMPLE_LIMIT, deterministic), and the number of samples seen."""
+) -> tuple[dict[str, Range], int]:
+    """Run the model on every batch and return each tensor's range and the sample count."""
     session = _observing_session(model, tensors)
     ranges: dict[str, Range] = {}
-    values: dict[str, list[np.ndarray]] = {name: [] for name in tensors}
     samples = 0
     for batch in batches:
         outputs = session.run(tensors, batch)
@@ -108,20 +103,9 @@ def activation_ranges(
         for name, value in zip(tensors, outputs, strict=True):
             observed = _range_of(name, value)
             ranges[name] = ranges[name].merged(observed) if name in ranges else observed
-            values[name].append(_spread(value.ravel(), SAMPLE_PER_BATCH))
-            if sum(part.size for part in values[name]) > 2 * SAMPLE_LIMIT:
-                values[name] = [_spread(np.concatenate(values[name]), SAMPLE_LIMIT)]
     if samples == 0:
         raise CalibrationError("the calibration data holds no samples")
-    sampled = {name: _spread(np.concatenate(parts), SAMPLE_LIMIT) for name, parts in values.items()}
-    return ranges, sampled, samples
-
-
-def _spread(values: np.ndarray, count: int) -> np.ndarray:
-    """At most `count` values taken at evenly spaced positions."""
-    if values.size <= count:
-        return values.astype(np.float32, copy=True)
-    return values[np.linspace(0, values.size - 1, count).astype(np.int64)].astype(np.float32)
+    return ranges, samples
 
 
 def _range_of(name: str, value: np.ndarray) -> Range:

@@ -19,12 +19,38 @@ def fold_batchnorm(model: onnx.ModelProto) -> PassResult:
     result = onnx.ModelProto()
     result.CopyFrom(model)
     graph = result.graph
+    used_before = _used_names(graph)
     folded = [
         bn for bn in list(graph.node) if bn.op_type == "BatchNormalization" and _fold(graph, bn)
     ]
     for bn in folded:
         graph.node.remove(bn)
+    _drop_initializers(graph, used_before - _used_names(graph))
     return PassResult(result, bool(folded))
+
+
+def _used_names(graph: onnx.GraphProto) -> set[str]:
+    """Every value a node reads (in subgraphs too) or the graph returns."""
+    used = output_names(graph)
+    for node in graph.node:
+        used.update(node.input)
+        for attribute in node.attribute:
+            subgraphs = [*attribute.graphs, *([attribute.g] if attribute.HasField("g") else [])]
+            for subgraph in subgraphs:
+                used |= _used_names(subgraph)
+    return used
+
+
+def _drop_initializers(graph: onnx.GraphProto, names: set[str]) -> None:
+    """Remove the constants that folding left unread (BatchNorm parameters, replaced weights),
+    so the model carries no dead weights and onnxruntime has none to warn about."""
+    dropped = {tensor.name for tensor in graph.initializer} & names
+    kept = [tensor for tensor in graph.initializer if tensor.name not in dropped]
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+    inputs = [value for value in graph.input if value.name not in dropped]
+    del graph.input[:]
+    graph.input.extend(inputs)
 
 
 def _fold(graph: onnx.GraphProto, bn: onnx.NodeProto) -> bool:
@@ -54,7 +80,10 @@ def _fold(graph: onnx.GraphProto, bn: onnx.NodeProto) -> bool:
     weight_name = f"{layer.name or layer.output[0]}_folded_weight"
     bias_name = f"{layer.name or layer.output[0]}_folded_bias"
     replace_initializer(graph, weight_name, weight.astype(np.float32))
-    replace_initializer(graph, bias_name, np.broadcast_to(bias, scale.shape).astype(np.float32))
+    bias = np.broadcast_to(bias, np.broadcast_shapes(np.shape(bias), scale.shape))
+    if bias.ndim == 2 and bias.shape[0] == 1:  # Gemm's C given as (1, N): a per-channel bias
+        bias = bias[0]
+    replace_initializer(graph, bias_name, bias.astype(np.float32))
     inputs = [layer.input[0], weight_name, bias_name]
     del layer.input[:]
     layer.input.extend(inputs)

@@ -18,7 +18,7 @@ from rcompile.graph import Names, constant_value
 from rcompile.onnx_ops import DOMAIN, DOMAIN_VERSION, functions_for, quantizer_node
 from rcompile.passes import PassResult
 from rcompile.passes.store_weights import StoredTensor, quantize_values, store
-from rcompile.plan import LayerPlan, Plan
+from rcompile.plan import LayerPlan, Plan, accumulator_fl
 
 
 class _Rewriter:
@@ -37,13 +37,24 @@ class _Rewriter:
             position = list(node.input).index(source)
             layer.input[position] = self.quantizer(source, fmt, node.name, emitted)
         if plan.weights:
-            layer.input[1] = self.parameters(node, plan, "weight", emitted)
+            layer.input[1] = self.weights(node, plan, emitted)
+        result = self.names.fresh(f"{plan.layer.output}_unquantized")
+        layer.output[0] = result
         if plan.bias:
-            layer.input[2] = self.parameters(node, plan, "bias", emitted)
-        layer.output[0] = self.names.fresh(f"{plan.layer.output}_unquantized")
+            bias, on_grid = self.bias(node, plan, emitted)
+            if on_grid:
+                layer.input[2] = bias
+            else:
+                del layer.input[2]
+                layer.output[0] = self.names.fresh(f"{plan.layer.output}_without_bias")
+                add = onnx.helper.make_node(
+                    "Add", [layer.output[0], bias], [result], name=f"{node.name}_add_bias"
+                )
+                emitted.append(layer)
+                layer = add
         emitted.append(layer)
         name = self.names.fresh(f"{node.name}_output_quantizer")
-        emitted.append(quantizer_node(plan.output, layer.output[0], plan.layer.output, name))
+        emitted.append(quantizer_node(plan.output, result, plan.layer.output, name))
         self.quantized[(plan.layer.output, plan.output)] = plan.layer.output
         return emitted
 
@@ -56,18 +67,30 @@ class _Rewriter:
             self.quantized[key] = target
         return self.quantized[key]
 
-    def parameters(self, node: onnx.NodeProto, plan: LayerPlan, role: str, emitted: list) -> str:
-        name = plan.layer.weight if role == "weight" else plan.layer.bias
-        formats = plan.weights if role == "weight" else plan.bias
-        values = constant_value(self.graph, name).astype(np.float32)
-        axis = _normalised_axis(plan.layer.weight_axis if role == "weight" else 0, values.ndim)
-        quantized = quantize_values(values, formats, axis)
-        target = self.names.fresh(f"{node.name}_{role}")
-        stored = None
-        if role == "bias":
-            stored = _on_accumulator_grid(target, quantized, plan)
-        if stored is None:
-            stored = store(target, quantized, formats, axis)
+    def weights(self, node: onnx.NodeProto, plan: LayerPlan, emitted: list) -> str:
+        values = constant_value(self.graph, plan.layer.weight).astype(np.float32)
+        axis = _normalised_axis(plan.layer.weight_axis, values.ndim)
+        quantized = quantize_values(values, plan.weights, axis)
+        stored = store(self.names.fresh(f"{node.name}_weight"), quantized, plan.weights, axis)
+        return self._emit(stored, emitted)
+
+    def bias(self, node: onnx.NodeProto, plan: LayerPlan, emitted: list) -> tuple[str, bool]:
+        """The quantized bias, and whether it is stored on the accumulator grid (as int32
+        inside the layer, fusable). Otherwise it is added by a separate Add after the layer:
+        onnxruntime's WeightBiasQuantization would re-quantize a float bias left inside a
+        layer with quantized inputs onto that grid, overflowing int32 where it does not fit."""
+        values = constant_value(self.graph, plan.layer.bias).astype(np.float32).reshape(-1)
+        quantized = quantize_values(values, plan.bias, 0)
+        target = self.names.fresh(f"{node.name}_bias")
+        stored = _on_accumulator_grid(target, quantized, plan)
+        if stored is not None:
+            return self._emit(stored, emitted), True
+        if plan.layer.op_type in ("Conv", "ConvTranspose"):
+            weight_rank = constant_value(self.graph, plan.layer.weight).ndim
+            quantized = quantized.reshape(-1, *([1] * (weight_rank - 2)))
+        return self._emit(store(target, quantized, plan.bias, 0), emitted), False
+
+    def _emit(self, stored: StoredTensor, emitted: list) -> str:
         self.graph.initializer.extend(stored.initializers)
         emitted.extend(stored.nodes)
         return stored.output
@@ -104,11 +127,10 @@ def _on_accumulator_grid(name: str, bias: np.ndarray, plan: LayerPlan) -> Stored
     holds it exactly. That is where integer hardware adds the bias, and the form onnxruntime
     needs to fuse the layer into integer kernels. Only this bias may be int32: onnxruntime
     fuses any int32 bias assuming this grid."""
-    source = plan.inputs[0]
-    if not (isinstance(source, DFP) and all(isinstance(w, DFP) for w in plan.weights)):
+    grids = [accumulator_fl(plan.inputs[0], w) for w in plan.weights]
+    if None in grids or len(grids) not in (1, bias.size):
         return None
-    weights = plan.weights if len(plan.weights) == bias.size else plan.weights * bias.size
-    steps = np.array([2.0 ** -(source.fl + w.fl) for w in weights], dtype=np.float64)
+    steps = np.ldexp(1.0, -np.array(grids * (bias.size // len(grids)), dtype=np.int64))
     codes = bias.astype(np.float64) / steps
     if not (np.array_equal(codes, np.rint(codes)) and np.all(np.abs(codes) < 2**31)):
         return None

@@ -1,0 +1,229 @@
+"""End-to-end benchmark: rcompile against onnxruntime's `quantize_static` on real models.
+
+For LeNet-5 (models/) and EfficientNet-Lite0 (../shared, skipped when absent): top-1 of the
+FP32 model, of rcompile's schemes and of quantize_static int8 (QDQ, MinMax, per tensor and
+per channel) on the same images; compile wall time of both tools in the same run; output
+file sizes; inference time of every model as a ratio to FP32 in onnxruntime CPU.
+
+    .venv/bin/python bench/compile.py            # prints the Markdown section
+    .venv/bin/python bench/compile.py --write    # and replaces it in BENCHMARKS.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import re
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnxruntime.quantization import CalibrationDataReader, QuantFormat, quantize_static
+
+import rcompile
+from rcompile.data import input_specs, open_data, parse_preprocessing
+from rcompile.exporter import write_model
+from rcompile.plan import PlanOptions
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+BEGIN, END = "<!-- bench/compile.py:begin -->", "<!-- bench/compile.py:end -->"
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    model: Path
+    calib: Path
+    test: Path
+    preprocess: str
+    timing_batch: int
+
+
+@dataclass(frozen=True)
+class Row:
+    label: str
+    top1: float
+    compile_s: float | None
+    size: int
+    latency_ratio: float
+
+
+class ArrayReader(CalibrationDataReader):
+    """quantize_static's calibration reader over rcompile's data loader (same decoding)."""
+
+    def __init__(self, path: Path, model: onnx.ModelProto, preprocess: str, batch: int) -> None:
+        data = open_data(path, input_specs(model), parse_preprocessing(preprocess))
+        self._batches = iter(data.batches(batch))
+
+    def get_next(self) -> dict | None:
+        batch = next(self._batches, None)
+        return None if batch is None else batch.inputs
+
+
+def cases(work: Path) -> list[Case]:
+    models = ROOT / "models"
+    found = [
+        Case(
+            "LeNet-5",
+            models / "lenet5.onnx",
+            models / "mnist_calib.npz",
+            models / "mnist_test.npz",
+            "unit",
+            256,
+        )
+    ]
+    images = SHARED / "data" / "imagenet-sample-dev"
+    efficientnet = SHARED / "models" / "efficientnet_lite0.onnx"
+    if images.is_dir() and efficientnet.is_file():
+        files = sorted(images.glob("*.jpg"))
+        calib, test = work / "calib", work / "test"
+        for folder, chosen in ((calib, files[:100]), (test, files[100:])):
+            folder.mkdir()
+            for file in chosen:
+                os.symlink(file, folder / file.name)
+        found.append(Case("EfficientNet-Lite0", efficientnet, calib, test, "inception", 32))
+    return found
+
+
+def top1(model_path: Path, case: Case) -> float:
+    model = onnx.load(str(model_path))
+    data = open_data(case.test, input_specs(model), parse_preprocessing(case.preprocess))
+    session = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
+    hits = 0
+    for batch in data.batches(64):
+        hits += int(np.sum(session.run(None, batch.inputs)[0].argmax(1) == batch.labels))
+    return hits / data.count
+
+
+def latency(model_path: Path, inputs: dict, repeats: int = 15) -> float:
+    session = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
+    for _ in range(3):
+        session.run(None, inputs)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        session.run(None, inputs)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def timing_inputs(case: Case) -> dict:
+    model = onnx.load(str(case.model))
+    data = open_data(case.test, input_specs(model), parse_preprocessing(case.preprocess))
+    return next(iter(data.batches(case.timing_batch))).inputs
+
+
+def run_case(case: Case, work: Path) -> list[Row]:
+    outputs: list[tuple[str, Path, float | None]] = [("FP32", case.model, None)]
+    variants = [
+        ("rcompile dfp16", "dfp16", PlanOptions()),
+        ("rcompile dfp8 per-channel", "dfp8", PlanOptions()),
+        ("rcompile dfp8 per-tensor", "dfp8", PlanOptions(per_channel=False)),
+        ("rcompile fp8e4m3", "fp8e4m3", PlanOptions()),
+        ("rcompile pow2 (4-bit weights, dfp8 activations)", "pow2", PlanOptions()),
+    ]
+    preprocessing = parse_preprocessing(case.preprocess)
+    for label, scheme, options in variants:
+        path = work / f"{case.name}-{scheme}-{options.per_channel}.onnx"
+        start = time.perf_counter()
+        result = rcompile.compile(
+            case.model, scheme, case.calib, options=options, preprocessing=preprocessing
+        )
+        write_model(result.model, path)
+        outputs.append((label, path, time.perf_counter() - start))
+    fp32 = onnx.load(str(case.model))
+    for per_channel in (False, True):
+        label = f"onnxruntime quantize_static int8 {'per-channel' if per_channel else 'per-tensor'}"
+        path = work / f"{case.name}-ort-{per_channel}.onnx"
+        start = time.perf_counter()
+        reader = ArrayReader(case.calib, fp32, case.preprocess, 32)
+        quantize_static(
+            str(case.model),
+            str(path),
+            reader,
+            quant_format=QuantFormat.QDQ,
+            per_channel=per_channel,
+        )
+        outputs.append((label, path, time.perf_counter() - start))
+    inputs = timing_inputs(case)
+    base = latency(case.model, inputs)
+    return [
+        Row(label, top1(path, case), seconds, path.stat().st_size, latency(path, inputs) / base)
+        for label, path, seconds in outputs
+    ]
+
+
+def section(results: dict[str, list[Row]], counts: dict[str, str]) -> str:
+    cpu = platform.processor() or platform.machine()
+    lines = [
+        BEGIN,
+        "## End to end (`bench/compile.py`)",
+        "",
+        "Command: `.venv/bin/python bench/compile.py --write`. Measured "
+        f"{datetime.now(timezone.utc):%Y-%m-%d} on {os.cpu_count()} cores ({cpu}), Python "
+        f"{platform.python_version()}, onnx {onnx.__version__}, onnxruntime {ort.__version__}.",
+        "Compile time is the whole tool run from files (calibration, rewrite, export) relative to",
+        "onnxruntime's `quantize_static` (per tensor) in the same run; latency is one batch in",
+        "onnxruntime CPU relative to the FP32 model, median of 15 runs.",
+        "",
+    ]
+    for name, rows in results.items():
+        fp32 = rows[0].top1
+        peer = next(r.compile_s for r in rows if r.label.endswith("int8 per-tensor"))
+        lines += [
+            f"### {name} ({counts[name]})",
+            "",
+            "| model | top-1 | drop (points) | compile time vs quantize_static "
+            "| file size | latency vs FP32 |",
+            "| --- | --- | --- | --- | --- | --- |",
+        ]
+        for row in rows:
+            compile_ratio = ""
+            if row.compile_s is not None:
+                compile_ratio = f"{row.compile_s / peer:.2f} ({row.compile_s:.1f} s)"
+            lines.append(
+                f"| {row.label} | {100 * row.top1:.2f} % | {100 * (fp32 - row.top1):+.2f} "
+                f"| {compile_ratio} | {row.size / 1e6:.3f} MB | {row.latency_ratio:.2f} |"
+            )
+        lines.append("")
+    lines.append(END)
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--write", action="store_true", help="replace the section in BENCHMARKS.md")
+    args = parser.parse_args()
+    counts = {
+        "LeNet-5": "calibration: 500 training images; scored on the 1,000 test images",
+        "EfficientNet-Lite0": "calibration: the first 100 images of imagenet-sample-dev; "
+        "scored on the other 400",
+    }
+    with tempfile.TemporaryDirectory() as folder:
+        work = Path(folder)
+        results = {case.name: run_case(case, work) for case in cases(work)}
+    text = section(results, counts)
+    print(text)
+    if args.write:
+        benchmarks = ROOT / "BENCHMARKS.md"
+        current = benchmarks.read_text()
+        pattern = re.compile(re.escape(BEGIN) + ".*?" + re.escape(END), re.S)
+        if pattern.search(current):
+            updated = pattern.sub(lambda _: text, current)
+        else:
+            updated = f"{current}\n{text}\n"
+        benchmarks.write_text(updated)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
