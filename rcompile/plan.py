@@ -138,6 +138,9 @@ def _layer_plan(layer: Layer, statistics: Statistics, rules: Override, options: 
     weights = _weights(rules.weights, statistics, layer, options) if layer.weight else ()
     bias = ()
     if layer.bias is not None:
+        if options.bias == "accumulator":
+            bias_max = statistics.weights[layer.bias].overall.max_abs
+            weights = _within_accumulator(inputs[0], weights, bias_max)
         bias = _bias(rules.bias or rules.weights, statistics, layer, inputs[0], weights, options)
     return LayerPlan(layer, inputs, output, weights, bias)
 
@@ -178,6 +181,24 @@ def _bias(rule, statistics, layer, input_format, weights, options: PlanOptions):
         fitted = DFP.for_weights(32, observed.overall.max_abs).fl
         return tuple(DFP(32, min(grid, fitted)) for grid in grids)
     return (rule.for_weights(observed.overall.max_abs, observed.channels.ravel(), options.fit),)
+
+
+def _within_accumulator(input_format, weights: tuple[Format, ...], bias_max: float):
+    """Coarsen the weights of any channel whose product grid is too fine for a 32-bit
+    accumulator to hold the bias (channels of near-zero weights): integer hardware would
+    overflow there. Such weights are all but zero at any resolution."""
+    finest = DFP.for_weights(32, bias_max).fl
+    adjusted = []
+    for weight in weights:
+        grid = accumulator_fl(input_format, weight)
+        if grid is None or grid <= finest:
+            adjusted.append(weight)
+        elif isinstance(weight, DFP):
+            adjusted.append(DFP(weight.bw, weight.fl - (grid - finest), weight.signed))
+        else:
+            low = weight.exp_min + (grid - finest)
+            adjusted.append(Pow2(min(low, weight.exp_max), weight.exp_max, weight.zero))
+    return tuple(adjusted)
 
 
 def accumulator_fl(input_format: Format, weight: Format) -> int | None:

@@ -12,7 +12,13 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from rcompile.formats import DFP, Format, MiniFloat, Pow2
-from rcompile.onnx_ops import DOMAIN, functions_for, quantizer_node, single_quantizer_model
+from rcompile.onnx_ops import (
+    DOMAIN,
+    functions_for,
+    minifloat,
+    quantizer_node,
+    single_quantizer_model,
+)
 
 F32 = np.float32
 FORMATS = sweep_formats()
@@ -132,3 +138,27 @@ def test_dfp8_inlines_to_a_quantize_dequantize_pair(tmp_path):
     ops = [node.op_type for node in onnx.load(options.optimized_model_filepath).graph.node]
     assert "QuantizeLinear" in ops and "DequantizeLinear" in ops
     assert not {"Gather", "Round", "Mul"} & set(ops)
+
+
+NATIVE_FORMATS = [
+    MiniFloat(4, 3, "fn"),
+    MiniFloat(5, 2, "ieee"),
+    MiniFloat(5, 10, "ieee"),
+    MiniFloat(8, 7, "ieee"),
+]
+
+
+def test_standard_mini_floats_use_native_cast_overloads():
+    overloads = [quantizer_node(fmt, "x", "y", "q").overload for fmt in NATIVE_FORMATS]
+    assert overloads == ["float8e4m3fn", "float8e5m2", "float16", "bfloat16"]
+    assert quantizer_node(MiniFloat(4, 3), "x", "y", "q").overload == ""
+
+
+@pytest.mark.parametrize("fmt", NATIVE_FORMATS, ids=lambda fmt: fmt.name)
+def test_generic_body_matches_the_reference_for_standard_formats_too(fmt):
+    model = single_quantizer_model([fmt])
+    model.graph.node[0].overload = ""
+    del model.functions[:]
+    model.functions.append(minifloat.build(""))
+    x = sweep_inputs()
+    assert_same_bits(fmt, x, fmt.quantize(x), session(model).run(None, {"x": x})[0])

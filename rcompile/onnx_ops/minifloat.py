@@ -19,12 +19,26 @@ NAME = "QuantizeMiniFloat"
 ATTRIBUTES = ["exp_bits", "mant_bits", "variant"]
 
 
-def overload(fmt: object) -> str:
-    """One body serves every parameter set."""
-    return ""
+# Formats onnxruntime casts to natively: overload name -> (MiniFloat, cast target). A Cast
+# (saturating for FP8, after a clip for the 16-bit types, which keep inf) is the reference
+# bit for bit and far faster than the generic body.
+NATIVE = {
+    "float8e4m3fn": (MiniFloat(4, 3, "fn"), onnx.TensorProto.FLOAT8E4M3FN),
+    "float8e5m2": (MiniFloat(5, 2, "ieee"), onnx.TensorProto.FLOAT8E5M2),
+    "float16": (MiniFloat(5, 10, "ieee"), onnx.TensorProto.FLOAT16),
+    "bfloat16": (MiniFloat(8, 7, "ieee"), onnx.TensorProto.BFLOAT16),
+}
+
+
+def overload(fmt: MiniFloat) -> str:
+    """A native overload for the standard formats (its attributes are then informative only),
+    else the generic body computed from the attributes."""
+    return next((name for name, (native, _) in NATIVE.items() if native == fmt), "")
 
 
 def build(overload: str = "") -> onnx.FunctionProto:
+    if overload:
+        return _native(overload)
     body = FunctionBody()
     mant_bits = body.attribute("mant_bits", "int")
     variant = body.attribute("variant", "string")
@@ -55,6 +69,24 @@ def build(overload: str = "") -> onnx.FunctionProto:
     result = body.op("Where", keep_inf, "X", result)
     result = body.op("Where", body.op("IsNaN", "X"), "X", result)
     return body.function(NAME, ATTRIBUTES, result)
+
+
+def _native(overload: str) -> onnx.FunctionProto:
+    """Cast there and back: FP8 casts saturate themselves; the 16-bit types are clipped first.
+    Where the format keeps inf (IEEE-like), inf is put back after the saturation."""
+    fmt, target = NATIVE[overload]
+    body = FunctionBody()
+    source = "X"
+    if target in (onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16):
+        largest = body.const(float(fmt.max))
+        source = body.op("Clip", "X", body.op("Neg", largest), largest)
+        narrow = body.op("Cast", source, to=target)
+    else:
+        narrow = body.op("Cast", source, to=target, saturate=1)
+    result = body.op("Cast", narrow, to=onnx.TensorProto.FLOAT)
+    if fmt.has_inf:
+        result = body.op("Where", body.op("IsInf", "X"), "X", result)
+    return body.function(NAME, ATTRIBUTES, result, overload)
 
 
 def attributes(fmt: MiniFloat) -> dict[str, int | str]:
