@@ -16,7 +16,7 @@ from rcompile.errors import SchemeError
 from rcompile.formats import DFP, Format, Pow2
 from rcompile.passes.calibrate import Range, Statistics
 from rcompile.passes.layers import Layer
-from rcompile.scheme import FITS, DFPRule, FixedRule, Pow2Rule, Rule, Scheme, parse_rule
+from rcompile.scheme import FITS, FP32, DFPRule, FixedRule, Pow2Rule, Rule, Scheme, parse_rule
 
 BIAS_MODES = ("weights", "accumulator")
 OVERRIDE_KEYS = ("weights", "bias", "activations", "input", "output", "skip")
@@ -62,11 +62,11 @@ class Override:
 @dataclass(frozen=True)
 class LayerPlan:
     """The formats of one layer: one per activation input, the output, the weights (one, or
-    one per output channel) and the bias."""
+    one per output channel) and the bias. None, or no formats, keeps a tensor FP32."""
 
     layer: Layer
-    inputs: tuple[Format, ...]
-    output: Format
+    inputs: tuple[Format | None, ...]
+    output: Format | None
     weights: tuple[Format, ...] = ()
     bias: tuple[Format, ...] = ()
 
@@ -74,8 +74,8 @@ class LayerPlan:
         return {
             "node": self.layer.node,
             "op_type": self.layer.op_type,
-            "inputs": [fmt.name for fmt in self.inputs],
-            "output": self.output.name,
+            "inputs": [_name(fmt) for fmt in self.inputs],
+            "output": _name(self.output),
             "weights": [fmt.name for fmt in self.weights],
             "bias": [fmt.name for fmt in self.bias],
         }
@@ -93,6 +93,10 @@ class Plan:
             "layers": [layer.as_dict() for layer in self.layers],
             "skipped": list(self.skipped),
         }
+
+
+def _name(fmt: Format | None) -> str:
+    return fmt.name if fmt is not None else "fp32"
 
 
 def make_plan(
@@ -159,6 +163,8 @@ def _activation(rule, statistics: Statistics, name: str, options: PlanOptions, l
 
 
 def _weights(rule: Rule, statistics: Statistics, layer: Layer, options: PlanOptions):
+    if rule == FP32:
+        return ()
     observed = statistics.weights[layer.weight]
     per_channel = options.per_channel and layer.weight_axis is not None
     if per_channel and isinstance(rule, DFPRule | Pow2Rule):
@@ -175,6 +181,8 @@ def _bias(rule, statistics, layer, input_format, weights, options: PlanOptions):
     accumulator on the grid of the input-times-weight products (fl = input fl + weight fl),
     coarsened only as far as a large bias needs to fit 32 bits. `weights`: Ristretto's choice,
     the bias in the weight format."""
+    if rule == FP32 or not weights:
+        return ()
     observed = statistics.weights[layer.bias]
     grids = [accumulator_fl(input_format, w) for w in weights]
     if options.bias == "accumulator" and None not in grids:

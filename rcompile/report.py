@@ -20,8 +20,10 @@ SCHEMA_VERSION = 1
 FP32_BITS = 32
 
 
-def describe_format(fmt: Format) -> dict:
-    """A format as data: its canonical name, family, bit width and parameters."""
+def describe_format(fmt: Format | None) -> dict:
+    """A format as data: its canonical name, family, bit width and parameters (FP32: None)."""
+    if fmt is None:
+        return {"name": "fp32", "family": "fp32", "bits": FP32_BITS}
     if isinstance(fmt, DFP):
         return {
             "name": fmt.name,
@@ -50,7 +52,8 @@ def describe_format(fmt: Format) -> dict:
 
 
 def describe_formats(formats: tuple[Format, ...]) -> dict | None:
-    """One format, or a per-channel set summarised by family, width and the range of fl."""
+    """One format, or a per-channel set summarised by family, width and the range of fl;
+    None for a tensor kept FP32."""
     if not formats:
         return None
     if len(formats) == 1 or len(set(formats)) == 1:
@@ -97,7 +100,9 @@ class LayerRow:
     @property
     def multiplier(self) -> dict:
         """Operand widths of the layer's multipliers; a power-of-two weight is a shift."""
-        weight_bits = self.weights["bits"] if self.weights else self.inputs[-1]["bits"]
+        weight_bits = self.weights["bits"] if self.weights else FP32_BITS
+        if self.weight_shape is None:  # a product of two activations
+            weight_bits = self.inputs[-1]["bits"]
         return {
             "weight_bits": weight_bits,
             "activation_bits": self.inputs[0]["bits"],

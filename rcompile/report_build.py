@@ -10,7 +10,7 @@ import onnx
 from rcompile.graph import constant_value
 from rcompile.passes.layers import find_layers
 from rcompile.plan import LayerPlan, Plan
-from rcompile.report import LayerRow, describe_format, describe_formats
+from rcompile.report import FP32_BITS, LayerRow, describe_format, describe_formats
 from rcompile.shapes import per_sample_shapes
 
 
@@ -38,9 +38,7 @@ def _row(model, node: onnx.NodeProto, plan: LayerPlan, shapes) -> LayerRow:
     input_shapes = tuple(shapes.get(name) for name in layer.inputs)
     output_shape = shapes.get(layer.output)
     weight_shape = tuple(weight.shape) if weight is not None else None
-    memory = (weight.size * max(f.bit_width for f in plan.weights) if weight is not None else 0) + (
-        bias.size * max(f.bit_width for f in plan.bias) if bias is not None else 0
-    )
+    memory = _memory(weight, plan.weights) + _memory(bias, plan.bias)
     return LayerRow(
         node=layer.node,
         op_type=layer.op_type,
@@ -55,9 +53,19 @@ def _row(model, node: onnx.NodeProto, plan: LayerPlan, shapes) -> LayerRow:
         weights=describe_formats(plan.weights),
         bias=describe_formats(plan.bias),
         parameter_memory_bits=int(memory),
-        activation_input_bits=_bits(input_shapes[0], plan.inputs[0].bit_width),
-        activation_output_bits=_bits(output_shape, plan.output.bit_width),
+        activation_input_bits=_bits(input_shapes[0], _width(plan.inputs[0])),
+        activation_output_bits=_bits(output_shape, _width(plan.output)),
     )
+
+
+def _width(fmt) -> int:
+    return FP32_BITS if fmt is None else fmt.bit_width
+
+
+def _memory(values, formats) -> int:
+    if values is None:
+        return 0
+    return values.size * (max(f.bit_width for f in formats) if formats else FP32_BITS)
 
 
 def _bits(shape: tuple[int, ...] | None, width: int) -> int | None:

@@ -85,19 +85,23 @@ class Pow2Rule:
 
 @dataclass(frozen=True)
 class FixedRule:
-    """One given format, whatever the range (mini floats, or a pinned format)."""
+    """One given format, whatever the range (mini floats, or a pinned format); `None` keeps
+    the tensor FP32 (see `FP32`)."""
 
-    format: Format
+    format: Format | None
 
-    def for_weights(self, max_abs: float, values: np.ndarray, fit: str = "mse") -> Format:
+    def for_weights(self, max_abs: float, values: np.ndarray, fit: str = "mse") -> Format | None:
         return self.format
 
-    def for_activations(self, max_abs: float, signed: bool, fit: str = "mse") -> Format:
+    def for_activations(self, max_abs: float, signed: bool, fit: str = "mse") -> Format | None:
         return self.format
 
     @property
     def name(self) -> str:
-        return self.format.name
+        return self.format.name if self.format is not None else "fp32"
+
+
+FP32 = FixedRule(None)
 
 
 Rule = DFPRule | Pow2Rule | FixedRule
@@ -136,8 +140,10 @@ def parse_scheme(text: str) -> Scheme:
 
 
 def parse_rule(text: str) -> Rule:
-    """A rule in an override: `dfp<N>`, `pow2` or `pow2:<N>`, or any exact format name."""
+    """A rule in an override: `dfp<N>`, `pow2` or `pow2:<N>`, `fp32`, or any format name."""
     name = text.strip().lower()
+    if name == "fp32":
+        return FP32
     if match := re.fullmatch(r"dfp(\d+)", name):
         return DFPRule(_bits(match.group(1), name))
     if match := re.fullmatch(r"pow2(?::(\d+))?", name):
@@ -146,12 +152,15 @@ def parse_rule(text: str) -> Rule:
         return FixedRule(parse_format(name))
     except ValueError as error:
         raise SchemeError(
-            f"unknown format {text!r}; expected dfp<N>, pow2[:<N>] or a format name ({error})"
+            f"unknown format {text!r}; expected dfp<N>, pow2[:<N>], fp32 or a format name ({error})"
         ) from None
 
 
 def _bits(text: str, scheme: str) -> int:
     bits = int(text)
     if not 2 <= bits <= 32:
-        raise SchemeError(f"scheme {scheme!r}: bit widths must be in [2, 32], got {bits}")
+        raise SchemeError(
+            f"scheme {scheme!r}: bit widths must be in [2, 32], got {bits}; valid schemes: "
+            f"{SCHEME_GRAMMAR}"
+        )
     return bits

@@ -128,7 +128,7 @@ extern "C" __global__ void quantize_minifloat(const float* __restrict__ x,
 
 // Pow2.quantize: sign * 2**clip(e, exp_min, exp_max), e = round(log2|x|) in the log domain
 // (mantissa against sqrt(2)), or stochastically from floor(log2|x|). With `zero`, e < exp_min
-// gives a zero power. The sign is that of x < 0: -0 gives +0, small negative x gives -0.
+// gives the zero code, +0. The sign is that of x < 0.
 extern "C" __global__ void quantize_pow2(const float* __restrict__ x, float* __restrict__ y,
                                          u64 n, int exp_min, int exp_max, int zero,
                                          int stochastic, u64 seed) {
@@ -152,6 +152,6 @@ extern "C" __global__ void quantize_pow2(const float* __restrict__ x, float* __r
         }
         const int clipped = exponent < exp_min ? exp_min : (exponent > exp_max ? exp_max : exponent);
         const float power = (zero && exponent < exp_min) ? 0.0f : pow2i(clipped);
-        y[i] = (v < 0.0f ? -1.0f : 1.0f) * power;
+        y[i] = (v < 0.0f ? -1.0f : 1.0f) * power + 0.0f;  // + 0.0: the zero code is +0
     }
 }

@@ -66,8 +66,8 @@ class Pow2:
         decision. Round-to-nearest compares the mantissa with sqrt(2) exactly; stochastic
         rounding (`seed`) goes up from 2**e to 2**(e+1) with probability (|w| - 2**e) / 2**e,
         which is unbiased in value between two powers inside the range. The sign is that of
-        x < 0, so -0 gives +0 (or +2**exp_min without a zero code, as in Ristretto) and small
-        negative weights -0. NaN passes through; +-inf saturate.
+        x < 0, so -0 gives +2**exp_min without a zero code (as in Ristretto); the zero code is +0
+        (a code has no signed zero). NaN passes through; +-inf saturate.
         """
         x = np.asarray(x, dtype=F32)
         magnitude = np.clip(np.abs(x), pow2(self.exp_min - 1), pow2(self.exp_max + 1))
@@ -82,7 +82,7 @@ class Pow2:
         if self.zero:
             power = np.where(exponent < self.exp_min, F32(0), power)
         sign = np.where(x < 0, F32(-1), F32(1))
-        return np.where(np.isnan(x), x, sign * power).astype(F32)
+        return np.where(np.isnan(x), x, sign * power + F32(0)).astype(F32)
 
     @classmethod
     def for_weights(cls, bit_width: int, max_abs: float, zero: bool = True) -> Pow2:

@@ -5,7 +5,7 @@ QuantizeLinear rounds half to even and saturates, and scaling by a power of two 
 this is the reference bit for bit. Codes are stored unsigned, with zero point 2**(width-1)
 for signed formats: the values are the same, and onnxruntime fuses 8-bit activations into
 integer kernels only when a layer's input and output share one type. Wider codes use the
-float overload: Mul, Round, Clip, Mul, and an added +0 that turns a negative zero into +0.
+float overload: Mul, Round, Clip, a Where that makes a zero code +0, Mul.
 """
 
 from __future__ import annotations
@@ -56,8 +56,10 @@ def build(overload: str) -> onnx.FunctionProto:
         lowest, highest = _code_range(body)
         codes = body.op("Round", body.op("Mul", "X", body.pow2(fl)))
         codes = body.op("Clip", codes, lowest, highest)
+        zero = body.op("Equal", codes, body.const(0.0))
+        codes = body.op("Where", zero, body.const(0.0), codes)  # integers have no -0
         values = body.op("Mul", codes, body.pow2(body.op("Neg", fl)))
-        return body.function(NAME, ATTRIBUTES, body.op("Add", values, body.const(0.0)), overload)
+        return body.function(NAME, ATTRIBUTES, values, overload)
     step = body.pow2(body.op("Neg", fl))
     source = "X"
     if overload.endswith(CLIPPED):

@@ -39,7 +39,11 @@ def build(overload: str = "") -> onnx.FunctionProto:
     has_zero = body.op("Cast", body.attribute("zero", "int"), to=onnx.TensorProto.BOOL)
     to_zero = body.op("And", body.op("Less", exponent, exp_min), has_zero)
     power = body.op("Mul", power, body.to_float(body.op("Not", to_zero)))
-    result = body.op("Mul", power, body.sign_of("X"))
+    # The zero code is +0: give it sign +1 (an added +0 would be optimised away).
+    sign = body.op(
+        "Where", body.op("Equal", power, body.const(0.0)), body.const(1.0), body.sign_of("X")
+    )
+    result = body.op("Mul", power, sign)
     result = body.op("Where", body.op("IsNaN", "X"), "X", result)
     return body.function(NAME, ATTRIBUTES, result)
 

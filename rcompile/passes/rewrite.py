@@ -34,8 +34,9 @@ class _Rewriter:
         layer = onnx.NodeProto()
         layer.CopyFrom(node)
         for source, fmt in zip(plan.layer.inputs, plan.inputs, strict=True):
-            position = list(node.input).index(source)
-            layer.input[position] = self.quantizer(source, fmt, node.name, emitted)
+            if fmt is not None:
+                position = list(node.input).index(source)
+                layer.input[position] = self.quantizer(source, fmt, node.name, emitted)
         if plan.weights:
             layer.input[1] = self.weights(node, plan, emitted)
         result = self.names.fresh(f"{plan.layer.output}_unquantized")
@@ -53,6 +54,9 @@ class _Rewriter:
                 emitted.append(layer)
                 layer = add
         emitted.append(layer)
+        if plan.output is None:
+            layer.output[0] = plan.layer.output
+            return emitted
         name = self.names.fresh(f"{node.name}_output_quantizer")
         emitted.append(quantizer_node(plan.output, result, plan.layer.output, name))
         self.quantized[(plan.layer.output, plan.output)] = plan.layer.output
@@ -109,7 +113,12 @@ def rewrite(model: onnx.ModelProto, plan: Plan) -> PassResult:
     del result.graph.node[:]
     result.graph.node.extend(nodes)
     _drop_unused_initializers(result.graph)
-    formats = [fmt for layer_plan in plan.layers for fmt in (*layer_plan.inputs, layer_plan.output)]
+    formats = [
+        fmt
+        for layer_plan in plan.layers
+        for fmt in (*layer_plan.inputs, layer_plan.output)
+        if fmt is not None
+    ]
     if formats:
         result.opset_import.append(onnx.helper.make_opsetid(DOMAIN, DOMAIN_VERSION))
         result.functions.extend(functions_for(formats))

@@ -1,0 +1,318 @@
+"""Plans: weight formats per channel or per tensor, signedness of activations, clamp bounds,
+the bias on the accumulator grid, the fitting policies, and per-layer overrides."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from rcompile.errors import SchemeError
+from rcompile.formats import DFP, MiniFloat
+from rcompile.onnx_ops import IR_VERSION, OPSET
+from rcompile.passes.calibrate import Range, Statistics, weight_ranges
+from rcompile.passes.layers import find_layers
+from rcompile.plan import Override, Plan, PlanOptions, load_overrides, make_plan
+from rcompile.scheme import DFPRule, FixedRule, Pow2Rule, parse_scheme
+
+F32 = np.float32
+CHANNEL_SCALES = np.array([1.0, 10.0, 0.1, 3.0])
+# Ranges as observed before any clamp; `c` is the Conv output that a Clip(0, 6) reads.
+ACTIVATIONS = {
+    "x": Range(-2.0, 3.0),
+    "c": Range(-20.0, 40.0),
+    "f": Range(0.0, 6.0),
+    "y": Range(-7.0, 9.0),
+}
+
+
+def network(bias_scale: float = 0.5, seed: int = 0) -> onnx.ModelProto:
+    """x (N, 2, 5, 5) -> Conv (4 channels of different scales) -> c -> Clip(0, 6) -> Flatten
+    -> f -> Gemm (transB=1, 3 outputs) -> y."""
+    rng = np.random.default_rng(seed)
+    conv_w = rng.normal(size=(4, 2, 3, 3)) * CHANNEL_SCALES.reshape(4, 1, 1, 1)
+    initializers = {
+        "conv_w": conv_w,
+        "conv_b": rng.normal(size=4) * bias_scale,
+        "gemm_w": rng.normal(size=(3, 36)),
+        "gemm_b": rng.normal(size=3) * bias_scale,
+        "low": np.array(0.0),
+        "high": np.array(6.0),
+    }
+    nodes = [
+        helper.make_node("Conv", ["x", "conv_w", "conv_b"], ["c"], name="conv"),
+        helper.make_node("Clip", ["c", "low", "high"], ["r"], name="clip"),
+        helper.make_node("Flatten", ["r"], ["f"], name="flatten"),
+        helper.make_node("Gemm", ["f", "gemm_w", "gemm_b"], ["y"], name="gemm", transB=1),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 2, 5, 5])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])],
+        [numpy_helper.from_array(np.asarray(v, F32), k) for k, v in initializers.items()],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+    model.ir_version = IR_VERSION
+    return model
+
+
+def plan_for(
+    scheme: str = "dfp8",
+    options: PlanOptions | None = None,
+    overrides: tuple[Override, ...] = (),
+    activations: dict[str, Range] | None = None,
+    model: onnx.ModelProto | None = None,
+) -> Plan:
+    model = model or network()
+    layers = find_layers(model)
+    statistics = Statistics(
+        {**ACTIVATIONS, **(activations or {})}, weight_ranges(model, layers), samples=10
+    )
+    return make_plan(layers, statistics, parse_scheme(scheme), options, overrides)
+
+
+def layer(plan: Plan, node: str):
+    return next(p for p in plan.layers if p.layer.node == node)
+
+
+def conv_weight() -> np.ndarray:
+    model = network()
+    return numpy_helper.to_array(next(t for t in model.graph.initializer if t.name == "conv_w"))
+
+
+def test_weights_get_one_format_per_output_channel_by_default():
+    weight = conv_weight()
+    expected = tuple(
+        DFPRule(8).for_weights(float(np.abs(channel).max()), channel.ravel()) for channel in weight
+    )
+    assert layer(plan_for(), "conv").weights == expected
+
+
+def test_per_channel_formats_follow_each_channels_scale():
+    fls = [fmt.fl for fmt in layer(plan_for(), "conv").weights]
+    assert fls[2] > fls[0] > fls[3] > fls[1]
+
+
+def test_per_tensor_weights_get_one_format_for_the_whole_tensor():
+    weight = conv_weight()
+    plan = plan_for(options=PlanOptions(per_channel=False))
+    expected = DFPRule(8).for_weights(float(np.abs(weight).max()), weight.ravel())
+    assert layer(plan, "conv").weights == (expected,)
+
+
+def test_activation_with_a_negative_minimum_is_signed():
+    assert layer(plan_for(), "conv").inputs[0].signed
+
+
+def test_activation_with_a_non_negative_minimum_is_unsigned():
+    plan = plan_for(activations={"x": Range(0.0, 3.0)})
+    assert layer(plan, "conv").inputs == (DFP(8, 6, signed=False),)
+
+
+def test_signed_option_keeps_non_negative_activations_signed():
+    plan = plan_for(options=PlanOptions(unsigned=False), activations={"x": Range(0.0, 3.0)})
+    assert layer(plan, "conv").inputs == (DFP(8, 5, signed=True),)
+
+
+def test_output_read_by_clip_0_6_is_unsigned_and_covers_6_only():
+    output = layer(plan_for(), "conv").output
+    assert not output.signed
+    assert 6.0 <= output.max < 16.0
+
+
+def test_output_not_clamped_covers_its_observed_range():
+    output = layer(plan_for(), "gemm").output
+    assert output.signed
+    assert output.max >= 9.0 - output.step
+
+
+def test_bias_sits_on_the_accumulator_grid_of_each_channel():
+    plan = layer(plan_for(), "conv")
+    input_fl = plan.inputs[0].fl
+    assert [b.fl for b in plan.bias] == [input_fl + w.fl for w in plan.weights]
+    assert all(b.bw == 32 for b in plan.bias)
+
+
+def test_large_bias_gets_codes_that_fit_32_bits():
+    model = network(bias_scale=1e6)
+    bias = numpy_helper.to_array(next(t for t in model.graph.initializer if t.name == "conv_b"))
+    plan = layer(plan_for(model=model), "conv")
+    fitted = DFP.for_weights(32, float(np.abs(bias).max())).fl
+    assert all(b.fl <= fitted for b in plan.bias)
+    assert all(
+        b.fl <= plan.inputs[0].fl + w.fl for b, w in zip(plan.bias, plan.weights, strict=True)
+    )
+
+
+def test_bias_stays_on_the_grid_of_a_channel_with_near_zero_weights():
+    """A channel of weights about 1e-9 (a folded BatchNorm with gamma near 0) would get a
+    product grid so fine that its bias overflows 32 bits, forcing the bias out of the layer."""
+    model = network(bias_scale=2.0)
+    weight = next(t for t in model.graph.initializer if t.name == "conv_w")
+    values = numpy_helper.to_array(weight).copy()
+    values[2] *= 1e-8
+    weight.CopyFrom(numpy_helper.from_array(values, "conv_w"))
+    plan = layer(plan_for(model=model), "conv")
+    assert [b.fl for b in plan.bias] == [plan.inputs[0].fl + w.fl for w in plan.weights]
+    bias = numpy_helper.to_array(next(t for t in model.graph.initializer if t.name == "conv_b"))
+    assert all(abs(b) * 2.0**fmt.fl < 2**31 for b, fmt in zip(bias, plan.bias, strict=True))
+
+
+def test_weights_bias_mode_uses_the_weight_rule():
+    model = network()
+    bias = numpy_helper.to_array(next(t for t in model.graph.initializer if t.name == "conv_b"))
+    plan = layer(plan_for(options=PlanOptions(bias="weights")), "conv")
+    assert plan.bias == (DFPRule(8).for_weights(float(np.abs(bias).max()), bias),)
+
+
+def test_pow2_bias_sits_on_the_grid_of_input_times_shift():
+    plan = layer(plan_for("pow2"), "conv")
+    input_fl = plan.inputs[0].fl
+    assert [b.fl for b in plan.bias] == [input_fl - w.exp_min for w in plan.weights]
+
+
+def test_ristretto_fit_gives_activations_one_integer_bit_less_than_max_fit():
+    ristretto = layer(plan_for(options=PlanOptions(fit="ristretto")), "gemm")
+    maximum = layer(plan_for(options=PlanOptions(fit="max")), "gemm")
+    assert ristretto.inputs[0].fl == maximum.inputs[0].fl + 1
+    assert ristretto.output.fl == maximum.output.fl + 1
+
+
+def test_max_fit_weights_hold_their_largest_value():
+    plan = layer(plan_for(options=PlanOptions(fit="max")), "conv")
+    weight = conv_weight()
+    maxima = np.abs(weight).reshape(4, -1).max(axis=1)
+    assert all(fmt.max + fmt.step >= m for fmt, m in zip(plan.weights, maxima, strict=True))
+
+
+def test_minifloat_scheme_gives_every_tensor_its_format():
+    plan = layer(plan_for("fp8e4m3"), "conv")
+    fp8 = MiniFloat(4, 3, "fn")
+    assert (plan.inputs, plan.output, plan.weights) == ((fp8,), fp8, (fp8,))
+
+
+@pytest.mark.parametrize(
+    ("bias", "fit"), [("weights", "bogus"), ("accumulator", "least"), ("float", "mse")]
+)
+def test_unknown_plan_option_raises(bias, fit):
+    with pytest.raises(SchemeError, match="must be one of"):
+        PlanOptions(bias=bias, fit=fit)
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+def test_override_by_exact_node_name_beats_a_pattern(reverse):
+    overrides = (Override("conv", weights=DFPRule(4)), Override("c*", weights=DFPRule(6)))
+    plan = plan_for(overrides=overrides[::-1] if reverse else overrides)
+    assert {fmt.bw for fmt in layer(plan, "conv").weights} == {4}
+
+
+def test_override_by_op_type_applies_to_that_op_only():
+    plan = plan_for(overrides=(Override("Gemm", input=DFPRule(16)),))
+    assert layer(plan, "gemm").inputs[0].bw == 16
+    assert layer(plan, "conv").inputs[0].bw == 8
+
+
+def test_skipped_layer_is_left_out_of_the_plan_and_listed():
+    plan = plan_for(overrides=(Override("gemm", skip=True),))
+    assert [p.layer.node for p in plan.layers] == ["conv"]
+    assert plan.skipped == ("gemm",)
+
+
+def test_pinned_exact_format_is_used_as_given(tmp_path):
+    path = tmp_path / "overrides.json"
+    path.write_text(json.dumps({"conv": {"weights": "dfp8f3"}}))
+    plan = plan_for(overrides=load_overrides(path))
+    assert layer(plan, "conv").weights == (DFP(8, 3),)
+
+
+def test_activations_setting_overrides_input_and_output(tmp_path):
+    path = tmp_path / "overrides.json"
+    path.write_text(json.dumps({"conv": {"activations": "dfp16"}}))
+    (override,) = load_overrides(path)
+    assert (override.input, override.output) == (DFPRule(16), DFPRule(16))
+    plan = layer(plan_for(overrides=(override,)), "conv")
+    assert (plan.inputs[0].bw, plan.output.bw) == (16, 16)
+
+
+def test_explicit_input_wins_over_activations(tmp_path):
+    path = tmp_path / "overrides.json"
+    path.write_text(json.dumps({"conv": {"activations": "dfp16", "input": "dfp4"}}))
+    (override,) = load_overrides(path)
+    assert (override.input, override.output) == (DFPRule(4), DFPRule(16))
+
+
+def test_power_of_two_activations_are_refused():
+    with pytest.raises(SchemeError, match="layer 'conv': power-of-two is for weights"):
+        plan_for(overrides=(Override("conv", input=Pow2Rule(4)),))
+
+
+def test_override_matching_no_layer_raises_listing_the_layers():
+    with pytest.raises(SchemeError, match=r"'fc9' matches no quantizable layer.*conv, gemm"):
+        plan_for(overrides=(Override("fc9", weights=DFPRule(4)),))
+
+
+def test_unknown_override_key_raises(tmp_path):
+    path = tmp_path / "overrides.json"
+    path.write_text(json.dumps({"conv": {"weight": "dfp8"}}))
+    with pytest.raises(SchemeError, match="unknown key 'weight' for 'conv'"):
+        load_overrides(path)
+
+
+def test_overrides_load_from_json(tmp_path):
+    path = tmp_path / "overrides.json"
+    path.write_text(json.dumps({"conv": {"weights": "dfp4", "bias": "dfp16"}, "Gemm": {}}))
+    assert load_overrides(path) == (
+        Override("conv", weights=DFPRule(4), bias=DFPRule(16)),
+        Override("Gemm"),
+    )
+
+
+def test_overrides_load_from_yaml(tmp_path):
+    path = tmp_path / "overrides.yaml"
+    path.write_text("conv:\n  weights: dfp8f3\n  output: fp8e4m3\nGemm:\n  skip: true\n")
+    assert load_overrides(path) == (
+        Override("conv", weights=FixedRule(DFP(8, 3)), output=FixedRule(MiniFloat(4, 3, "fn"))),
+        Override("Gemm", skip=True),
+    )
+
+
+@pytest.mark.parametrize(("name", "text"), [("o.json", "{not json"), ("o.yml", "a: [1, 2")])
+def test_unparseable_overrides_file_raises(tmp_path, name, text):
+    path = tmp_path / name
+    path.write_text(text)
+    with pytest.raises(SchemeError, match="cannot parse"):
+        load_overrides(path)
+
+
+@pytest.mark.parametrize(("name", "text"), [("o.json", "[1, 2]"), ("o.yaml", "- conv\n")])
+def test_overrides_file_that_is_not_a_mapping_raises(tmp_path, name, text):
+    path = tmp_path / name
+    path.write_text(text)
+    with pytest.raises(SchemeError, match="expected a mapping"):
+        load_overrides(path)
+
+
+def test_settings_that_are_not_a_mapping_raise(tmp_path):
+    path = tmp_path / "overrides.json"
+    path.write_text(json.dumps({"conv": "dfp8"}))
+    with pytest.raises(SchemeError, match="settings for 'conv' must be a mapping"):
+        load_overrides(path)
+
+
+def test_missing_overrides_file_raises(tmp_path):
+    with pytest.raises(SchemeError, match="no such overrides file"):
+        load_overrides(tmp_path / "absent.json")
+
+
+def test_plan_as_dict_names_every_format():
+    plan = plan_for(overrides=(Override("gemm", skip=True),)).as_dict()
+    assert plan["scheme"] == "dfp8"
+    assert plan["skipped"] == ["gemm"]
+    (conv,) = plan["layers"]
+    assert (conv["node"], conv["op_type"], len(conv["weights"])) == ("conv", "Conv", 4)
+    assert conv["output"].startswith("udfp8f")
+    assert len(conv["bias"]) == 4
