@@ -54,16 +54,43 @@ def compile(
     """Quantize `model` with `scheme`, calibrating on `calib` (a folder of images, .npz or
     .npy); with `val`, score the FP32 and the quantized model on it for the report."""
     options = options or PlanOptions()
-    source = load_model(model) if not isinstance(model, onnx.ModelProto) else prepare_model(model)
-    label = str(model) if not isinstance(model, onnx.ModelProto) else source.graph.name or "model"
+    source, label = load_source(model)
     parsed = parse_scheme(scheme)
     if not isinstance(overrides, tuple):
         overrides = load_overrides(overrides)
     layers = find_layers(source)
-    statistics, calibration = _statistics(
+    statistics, calibration = collect_statistics(
         source, layers, parsed, calib, calib_count, preprocessing, batch_size, show_progress
     )
     plan = make_plan(layers, statistics, parsed, options, overrides)
+    accuracy_of = None
+    if val is not None:
+
+        def accuracy_of(quantized: onnx.ModelProto) -> dict:
+            return _accuracy(source, quantized, val, preprocessing, batch_size, show_progress)
+
+    return finish(source, label, plan, options, calibration, accuracy_of)
+
+
+def load_source(model: str | Path | onnx.ModelProto) -> tuple[onnx.ModelProto, str]:
+    """The imported model and a label for reports."""
+    if isinstance(model, onnx.ModelProto):
+        source = prepare_model(model)
+        return source, source.graph.name or "model"
+    return load_model(model), str(model)
+
+
+def finish(
+    source: onnx.ModelProto,
+    label: str,
+    plan: Plan,
+    options: PlanOptions,
+    calibration: dict,
+    accuracy_of=None,
+    extra: dict | None = None,
+) -> CompileResult:
+    """Rewrite `source` by `plan`, record the provenance in the model, and build the report
+    (`accuracy_of(quantized_model)` fills its accuracy; `extra` adds report sections)."""
     quantized = rewrite(source, plan).model
     option_values = {
         "per_channel": options.per_channel,
@@ -74,31 +101,31 @@ def compile(
     quantized = finish_model(
         quantized,
         {
-            "rcompile.scheme": parsed.name,
+            "rcompile.scheme": plan.scheme,
             "rcompile.options": option_values,
             "rcompile.calibration": calibration,
             "rcompile.plan": plan.as_dict(),
         },
     )
-    accuracy = None
-    if val is not None:
-        accuracy = _accuracy(source, quantized, val, preprocessing, batch_size, show_progress)
     report = Report(
         model=label,
-        scheme=parsed.name,
+        scheme=plan.scheme,
         options=option_values,
         calibration=calibration,
         layers=layer_rows(source, plan),
         unquantized=unquantized_ops(source, plan),
         skipped=plan.skipped,
-        accuracy=accuracy,
+        accuracy=accuracy_of(quantized) if accuracy_of else None,
+        extra=extra or {},
     )
     return CompileResult(quantized, report, plan)
 
 
-def _statistics(
+def collect_statistics(
     model, layers, scheme: Scheme, calib, calib_count, preprocessing, batch_size, show_progress
 ) -> tuple[Statistics, dict]:
+    """Weight ranges, and activation ranges from the calibration data where the scheme needs
+    them; with a summary of the calibration for the report."""
     weights = weight_ranges(model, layers)
     if calib is None:
         if not (

@@ -13,10 +13,12 @@ from __future__ import annotations
 import json
 import sys
 import traceback
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.console import Console
 from typer.core import TyperGroup
 
 import rcompile
@@ -31,6 +33,16 @@ from rcompile.report_build import inspect_layers
 from rcompile.report_markdown import render_markdown
 from rcompile.scheme import SCHEME_GRAMMAR
 from rcompile.score import predictions, score
+from rcompile.search import search as run_search
+
+SEARCH_EXAMPLES = """
+
+Example:
+
+\b
+  rcompile search models/lenet5.onnx --calib models/mnist_calib.npz \\
+      --val models/mnist_test.npz --error-margin 1.0 -o lenet5_search.onnx
+"""
 
 EXAMPLES = """
 
@@ -72,6 +84,14 @@ Preprocess = Annotated[
     ),
 ]
 BatchSize = Annotated[int, typer.Option(help="Samples per onnxruntime run.")]
+MaxDrop = Annotated[
+    float | None,
+    typer.Option(
+        help="Fail (exit status 3, nothing written) if the result loses more than this many "
+        "points on the validation data."
+    ),
+]
+ACCURACY_CONTRACT_FAILED = 3
 
 
 def _version(value: bool) -> None:
@@ -137,10 +157,13 @@ def compile_command(
             help="Report path (.json; the .md goes beside it). Default: beside the output."
         ),
     ] = None,
+    max_drop: MaxDrop = None,
     batch_size: BatchSize = DEFAULT_BATCH_SIZE,
     as_json: AsJson = False,
     debug: Debug = False,
 ) -> None:
+    if max_drop is not None and val is None:
+        raise UserError("--max-drop needs --val, the data to measure the drop on")
     options = PlanOptions(
         per_channel=not per_tensor, unsigned=not signed_activations, bias=bias, fit=fit
     )
@@ -160,19 +183,53 @@ def compile_command(
         show_progress=sys.stderr.isatty(),
     )
     report_data = result.report.as_dict()
-    write_model(result.model, output, protected=(model,))
-    write_bytes(json.dumps(report_data, indent=2).encode() + b"\n", report_json, (model,))
-    write_bytes(render_markdown(report_data).encode(), report_md, (model,))
     summary = {
+        "status": "written",
         "output": str(output),
         "report": str(report_json),
         "report_markdown": str(report_md),
-        "bytes": output.stat().st_size,
         "fp32_bytes": model.stat().st_size,
         "totals": report_data["totals"],
         "accuracy": report_data["accuracy"],
     }
+    if max_drop is not None:
+        _enforce(summary, _drop(report_data["accuracy"]), max_drop, as_json)
+    _write_outputs(result, report_data, output, report_json, model)
+    summary["bytes"] = output.stat().st_size
     _emit(summary, as_json, _compile_lines)
+
+
+def _drop(accuracy: dict) -> tuple[float, str]:
+    """Points lost on the validation data: top-1 with labels, else top-1 agreement."""
+    fp32, quantized = accuracy["fp32"], accuracy["quantized"]
+    if fp32.get("top1") is not None:
+        return 100 * (fp32["top1"] - quantized["top1"]), "top-1"
+    return 100 * (1 - quantized["agreement"]), "top-1 agreement"
+
+
+def _enforce(summary: dict, drop: tuple[float, str], max_drop: float, as_json: bool) -> None:
+    """The CI contract: more than `max_drop` points lost writes nothing and exits with 3."""
+    points, metric = drop
+    summary["drop"] = round(points, 4)
+    if points <= max_drop:
+        return
+    summary.update(
+        status="rejected",
+        reason=f"the quantized model loses {points:.2f} points of {metric}, more than "
+        f"--max-drop {max_drop:g}; nothing was written",
+    )
+    for key in ("output", "report", "report_markdown"):
+        summary.pop(key, None)
+    if as_json:
+        typer.echo(json.dumps(summary, indent=2))
+    print(f"rcompile: {summary['reason']}", file=sys.stderr)
+    raise typer.Exit(ACCURACY_CONTRACT_FAILED)
+
+
+def _write_outputs(result, report_data: dict, output: Path, report_json: Path, model: Path) -> None:
+    write_model(result.model, output, protected=(model,))
+    write_bytes(json.dumps(report_data, indent=2).encode() + b"\n", report_json, (model,))
+    write_bytes(render_markdown(report_data).encode(), report_json.with_suffix(".md"), (model,))
 
 
 def _compile_lines(summary: dict) -> list[str]:
@@ -193,6 +250,119 @@ def _compile_lines(summary: dict) -> list[str]:
             )
         lines.append(f"top-1 agreement with FP32 {100 * quantized['agreement']:.2f} %")
     return lines
+
+
+@app.command(
+    "search",
+    help="Find the fewest bits that keep the metric within an error margin of FP32, and "
+    "write that model (see docs/search.md)." + SEARCH_EXAMPLES,
+)
+def search_command(
+    model: Annotated[Path, typer.Argument(help="The FP32 .onnx model.")],
+    output: Annotated[
+        Path, typer.Option("-o", "--output", help="Where to write the chosen model.")
+    ],
+    calib: Annotated[Path, typer.Option(help="Calibration data (folder of images, .npz, .npy).")],
+    val: Annotated[Path, typer.Option(help="Validation data the metric is measured on.")],
+    error_margin: Annotated[
+        float, typer.Option(help="Points of the metric the result may lose against FP32.")
+    ] = 1.0,
+    scheme: Annotated[
+        str, typer.Option(help="Families to search: dfp, minifloat, pow2 or all.")
+    ] = "dfp",
+    mode: Annotated[
+        str,
+        typer.Option(
+            help="ristretto (16/8/4/2 bits per group), widths (every width per group) or "
+            "layerwise (widths, then per-layer allocation)."
+        ),
+    ] = "layerwise",
+    cost: Annotated[
+        str, typer.Option(help="What to minimise: weights, activations or bitops.")
+    ] = "weights",
+    metric: Annotated[
+        str, typer.Option(help="top1, top5, agreement, module:function, or auto.")
+    ] = "auto",
+    jobs: Annotated[int, typer.Option(help="Candidates scored in parallel processes.")] = 1,
+    budget: Annotated[int, typer.Option(help="At most this many evaluations.")] = 200,
+    preprocess: Preprocess = "imagenet",
+    report: Annotated[Path | None, typer.Option(help="Report path (.json).")] = None,
+    max_drop: MaxDrop = None,
+    batch_size: BatchSize = DEFAULT_BATCH_SIZE,
+    as_json: AsJson = False,
+    debug: Debug = False,
+) -> None:
+    report_json = report or output.with_name(f"{output.stem}.report.json")
+    plot = report_json.with_suffix(".svg")
+    check_targets([output, report_json, report_json.with_suffix(".md"), plot], protected=(model,))
+    with _search_progress(sys.stderr.isatty()) as progress:
+        found = run_search(
+            model,
+            calib,
+            val,
+            error_margin,
+            families=scheme,
+            mode=mode,
+            cost=cost,
+            metric=metric,
+            jobs=jobs,
+            budget=budget,
+            preprocessing=parse_preprocessing(preprocess),
+            batch_size=batch_size,
+            report_progress=progress,
+        )
+    report_data = found.result.report.as_dict()
+    details = report_data["search"]
+    if not as_json:
+        for line in found.summary:
+            typer.echo(line)
+    summary = {
+        "status": "written",
+        "output": str(output),
+        "report": str(report_json),
+        "plot": str(plot),
+        "interrupted": found.interrupted,
+        "search": {key: value for key, value in details.items() if key != "table"},
+    }
+    if max_drop is not None:
+        drop = details["fp32_score"] - details["chosen_score"]
+        _enforce(summary, (drop, details["metric"]), max_drop, as_json)
+    _write_outputs(found.result, report_data, output, report_json, model)
+    write_bytes(found.plot.encode(), plot, (model,))
+    _emit(summary, as_json, _search_lines)
+
+
+def _search_lines(summary: dict) -> list[str]:
+    details = summary["search"]
+    lines = [
+        f"wrote {summary['output']}, report {summary['report']}, plot {summary['plot']}",
+        f"{details['evaluations']} evaluations; one costs "
+        f"{details['evaluation_cost_vs_fp32']['median']}x an FP32 evaluation (median)",
+    ]
+    if summary["interrupted"]:
+        lines.insert(0, "interrupted: wrote the best configuration found so far")
+    return lines
+
+
+@contextmanager
+def _search_progress(show: bool):
+    """A status line naming the candidate being scored and the best so far."""
+    if not show:
+        yield lambda label, best: None
+        return
+    console = Console(stderr=True)
+    with console.status("searching") as status:
+
+        def update(label: str, best) -> None:
+            text = f"scoring {label}"
+            if best is not None:
+                text += (
+                    f" | best so far: {best.configuration.label} "
+                    f"({best.score:.2f}, {best.cost:,} bits)"
+                )
+            status.update(text)
+
+        yield update
 
 
 @app.command("inspect", help="List the quantizable layers of a model: shapes, MACs, parameters.")
@@ -282,7 +452,7 @@ def main(argv: list[str] | None = None) -> int:
     args = (sys.argv[1:] if argv is None else argv) or ["--help"]
     debug = "--debug" in args
     try:
-        app(args=args, prog_name="rcompile", standalone_mode=False)
+        status = app(args=args, prog_name="rcompile", standalone_mode=False)
     except (UserError, typer.TyperException) as error:
         if debug:
             traceback.print_exc()
@@ -302,7 +472,7 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    return 0
+    return status if isinstance(status, int) else 0
 
 
 def entry_point() -> None:

@@ -1,0 +1,168 @@
+"""The bit-width search: given a model, calibration data, labelled (or unlabelled) validation
+data and an error margin, find the cheapest configuration whose metric stays within the margin
+of the FP32 model's, and build that model with its report (see docs/search.md)."""
+
+from __future__ import annotations
+
+import statistics as stats
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from rcompile.api import DEFAULT_BATCH_SIZE, CompileResult, collect_statistics, finish, load_source
+from rcompile.batching import model_batches
+from rcompile.data import Preprocessing, input_specs, open_data
+from rcompile.errors import SchemeError, UserError
+from rcompile.passes.layers import find_layers
+from rcompile.plan import PlanOptions
+from rcompile.scheme import parse_scheme
+from rcompile.search.cost import COSTS, layer_sizes
+from rcompile.search.evaluator import EvaluationData, Evaluator
+from rcompile.search.layerwise import allocate
+from rcompile.search.metrics import load_metric
+from rcompile.search.procedures import (
+    Outcome,
+    ristretto_dfp,
+    ristretto_minifloat,
+    ristretto_pow2,
+)
+from rcompile.search.runner import Runner
+from rcompile.search.table import plot_svg, ristretto_summary, rows
+
+FAMILIES = ("dfp", "minifloat", "pow2", "all")
+MODES = ("ristretto", "widths", "layerwise")
+
+
+class NoConfigurationError(UserError):
+    """No configuration scored stays within the margin."""
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    result: CompileResult
+    summary: list[str]
+    plot: str
+    interrupted: bool
+
+
+def search(
+    model: str | Path | onnx.ModelProto,
+    calib: str | Path,
+    val: str | Path,
+    margin: float,
+    *,
+    families: str = "dfp",
+    mode: str = "layerwise",
+    cost: str = "weights",
+    metric: str = "auto",
+    jobs: int = 1,
+    budget: int = 200,
+    options: PlanOptions | None = None,
+    preprocessing: Preprocessing | None = None,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    report_progress=lambda label, best: None,
+) -> SearchResult:
+    """Search; an interrupt (Ctrl-C) ends it early with the best configuration found so far."""
+    _check(families, mode, cost, margin)
+    options = options or PlanOptions()
+    source, label = load_source(model)
+    layers = find_layers(source)
+    statistics, calibration = collect_statistics(
+        source, layers, parse_scheme("dfp8"), calib, None, preprocessing, batch_size, False
+    )
+    data = open_data(val, input_specs(source), preprocessing)
+    batches = list(model_batches(source, data, batch_size))
+    evaluator = Evaluator(
+        EvaluationData(
+            model=source.SerializeToString(),
+            layers=tuple(layers),
+            statistics=statistics,
+            sizes=layer_sizes(source),
+            batches=tuple(batch.inputs for batch in batches),
+            labels=data.labels,
+            metric=load_metric(metric, data.has_labels),
+            options=options,
+            cost=cost,
+            threads=0 if jobs <= 1 else 1,
+        )
+    )
+    threshold = evaluator.fp32_score - margin
+    runner = Runner(evaluator, threshold, jobs, report_progress)
+    outcomes: list[Outcome] = []
+    interrupted = False
+    try:
+        _run(runner, layers, statistics, families, mode, cost, budget, outcomes)
+    except KeyboardInterrupt:
+        interrupted = True
+    finally:
+        runner.close()
+    chosen = runner.best
+    metric_name = evaluator.data.metric.name
+    sweeps = [sweep for outcome in outcomes for sweep in outcome.sweeps]
+    summary = ristretto_summary(evaluator.fp32_score, metric_name, sweeps, chosen, margin)
+    if chosen is None:
+        best = max(runner.history, key=lambda e: e.score, default=None)
+        detail = f"; the best scored {best.score:.2f} ({best.configuration.label})" if best else ""
+        raise NoConfigurationError(
+            f"no configuration stays within {margin:g} points of FP32's {metric_name} "
+            f"{evaluator.fp32_score:.2f}{detail}; widen the margin or fine-tune"
+        )
+    ratios = [e.seconds / evaluator.fp32_seconds for e in runner.history]
+    section = {
+        "search": {
+            "metric": metric_name,
+            "margin": margin,
+            "families": families,
+            "mode": mode,
+            "cost": cost,
+            "fp32_score": evaluator.fp32_score,
+            "threshold": threshold,
+            "chosen": chosen.configuration.label,
+            "chosen_score": chosen.score,
+            "chosen_cost": chosen.cost,
+            "evaluations": len(runner.history),
+            "interrupted": interrupted,
+            "evaluation_cost_vs_fp32": {
+                "median": round(stats.median(ratios), 3),
+                "max": round(max(ratios), 3),
+                "fp32_seconds": round(evaluator.fp32_seconds, 3),
+            },
+            "table": rows(runner.history, threshold),
+        }
+    }
+    accuracy = {
+        "data": str(val),
+        "samples": int(sum(len(next(iter(b.values()))) for b in evaluator.data.batches)),
+        "fp32": {metric_name: evaluator.fp32_score},
+        "quantized": {metric_name: chosen.score},
+    }
+    result = finish(source, label, chosen.plan, options, calibration, lambda _: accuracy, section)
+    plot = plot_svg(runner.history, threshold, chosen, cost, metric_name)
+    return SearchResult(result, summary, plot, interrupted)
+
+
+def _check(families: str, mode: str, cost: str, margin: float) -> None:
+    for value, allowed, name in (
+        (families, FAMILIES, "scheme"),
+        (mode, MODES, "mode"),
+        (cost, COSTS, "cost"),
+    ):
+        if value not in allowed:
+            raise SchemeError(f"search {name} must be one of {', '.join(allowed)}; got {value!r}")
+    if not np.isfinite(margin) or margin < 0:
+        raise SchemeError(f"the error margin must be a number >= 0, got {margin}")
+
+
+def _run(runner, layers, statistics, families, mode, cost, budget, outcomes) -> None:
+    if families in ("dfp", "all"):
+        outcome = ristretto_dfp(runner, layers, every_width=mode != "ristretto")
+        outcomes.append(outcome)
+        if mode == "layerwise" and outcome.assignment is not None:
+            sizes = runner.evaluator.data.sizes
+            allocate(runner, layers, outcome.assignment, sizes, cost, families == "all", budget)
+    if families in ("minifloat", "all"):
+        outcomes.append(ristretto_minifloat(runner, statistics))
+    if families in ("pow2", "all"):
+        outcomes.append(ristretto_pow2(runner))

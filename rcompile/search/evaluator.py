@@ -1,0 +1,98 @@
+"""Scoring configurations of one model on one validation set.
+
+Everything that does not depend on the configuration is computed once: the imported model,
+its layers and sizes, the calibration statistics, the decoded validation batches and the
+FP32 model's outputs (for the agreement metric and the baseline score). A configuration is a
+scheme plus per-layer overrides; scoring it costs one rewrite, one onnxruntime session and
+one pass over the validation set.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+from rcompile.passes.calibrate import Statistics
+from rcompile.passes.layers import Layer
+from rcompile.passes.rewrite import rewrite
+from rcompile.plan import Override, Plan, PlanOptions, make_plan
+from rcompile.scheme import Scheme
+from rcompile.search.cost import LayerSize, plan_cost
+from rcompile.search.metrics import Metric
+
+
+@dataclass(frozen=True)
+class Configuration:
+    """What to score: a scheme with per-layer overrides, and a label for people."""
+
+    label: str
+    scheme: Scheme
+    overrides: tuple[Override, ...] = ()
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """A scored configuration: its plan, metric value, cost and the seconds scoring took."""
+
+    configuration: Configuration
+    plan: Plan
+    score: float
+    cost: int
+    seconds: float
+
+
+@dataclass(frozen=True, eq=False)
+class EvaluationData:
+    """The configuration-independent inputs of scoring (picklable, for worker processes)."""
+
+    model: bytes
+    layers: tuple[Layer, ...]
+    statistics: Statistics
+    sizes: dict[str, LayerSize]
+    batches: tuple[dict[str, np.ndarray], ...]
+    labels: np.ndarray | None
+    metric: Metric
+    options: PlanOptions
+    cost: str
+    threads: int = 0
+
+
+class Evaluator:
+    """Scores configurations; `reference` holds the FP32 outputs, `fp32_seconds` the time
+    scoring the FP32 model took (the yardstick of an evaluation's cost)."""
+
+    def __init__(self, data: EvaluationData) -> None:
+        self.data = data
+        self.model = onnx.load_from_string(data.model)
+        start = time.perf_counter()
+        self.reference = self._outputs(data.model)
+        self.fp32_seconds = time.perf_counter() - start
+        self.fp32_score = data.metric(self.reference, data.labels, self.reference)
+
+    def evaluate(self, configuration: Configuration) -> Evaluation:
+        plan = make_plan(
+            list(self.data.layers),
+            self.data.statistics,
+            configuration.scheme,
+            self.data.options,
+            configuration.overrides,
+        )
+        start = time.perf_counter()
+        quantized = rewrite(self.model, plan).model.SerializeToString()
+        outputs = self._outputs(quantized)
+        seconds = time.perf_counter() - start
+        score = self.data.metric(outputs, self.data.labels, self.reference)
+        cost = plan_cost(plan, self.data.sizes, self.data.cost)
+        return Evaluation(configuration, plan, score, cost, seconds)
+
+    def _outputs(self, model: bytes) -> np.ndarray:
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        if self.data.threads:
+            options.intra_op_num_threads = self.data.threads
+        session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+        return np.concatenate([session.run(None, batch)[0] for batch in self.data.batches])

@@ -1,0 +1,132 @@
+"""Per-layer mixed precision, beyond Ristretto's uniform widths.
+
+1. Sensitivity: each knob (a layer's weights, or its activations) is lowered alone, with the
+   rest of the network FP32, and the metric it loses is measured.
+2. Greedy allocation: from Ristretto's uniform solution, the knobs are visited from the least
+   sensitive (per bit of cost saved) to the most, and each is lowered to the smallest width
+   (bisection) at which the whole network stays within the margin. With `mixed_families`, a
+   layer whose weights stay above 4 bits also tries 4-bit power-of-two weights.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from rcompile.passes.layers import Layer
+from rcompile.scheme import DFPRule, Pow2Rule
+from rcompile.search.cost import LayerSize
+from rcompile.search.evaluator import Configuration, Evaluation
+from rcompile.search.runner import Runner
+from rcompile.search.space import ALL_FP32, LayerWidths, overrides, weight_bits
+
+MIN_WIDTH = 2
+POW2_BITS = 4
+
+
+@dataclass(frozen=True)
+class Knob:
+    node: str
+    role: str  # "weights" or "activations"
+
+    @property
+    def label(self) -> str:
+        return f"{self.node} {self.role}"
+
+
+def knobs_for(layers: list[Layer], cost: str) -> list[Knob]:
+    """The knobs that move the chosen cost."""
+    roles = {"weights": ("weights",), "activations": ("activations",)}.get(
+        cost, ("weights", "activations")
+    )
+    return [
+        Knob(layer.node, role)
+        for layer in layers
+        for role in roles
+        if role == "activations" or layer.weight
+    ]
+
+
+def _get(widths: LayerWidths, knob: Knob):
+    return widths.weights if knob.role == "weights" else widths.activations
+
+
+def _set(assignment: dict[str, LayerWidths], knob: Knob, rule) -> dict[str, LayerWidths]:
+    updated = dict(assignment)
+    field = "weights" if knob.role == "weights" else "activations"
+    updated[knob.node] = replace(assignment[knob.node], **{field: rule})
+    return updated
+
+
+def _configuration(label: str, assignment: dict[str, LayerWidths]) -> Configuration:
+    return Configuration(label, ALL_FP32, overrides(assignment))
+
+
+def sensitivities(
+    runner: Runner, knobs: list[Knob], start: dict[str, LayerWidths]
+) -> dict[Knob, float]:
+    """Metric lost when a knob alone goes to half its uniform width, everything else FP32."""
+    configurations = []
+    for knob in knobs:
+        width = max(MIN_WIDTH, weight_bits(_get(start[knob.node], knob)) // 2)
+        alone = {knob.node: LayerWidths(None, None)}
+        alone = _set(alone, knob, DFPRule(width))
+        configurations.append(_configuration(f"sensitivity {knob.label} {width}-bit", alone))
+    baseline = runner.evaluator.fp32_score
+    evaluations = runner.many(configurations)
+    return {knob: baseline - e.score for knob, e in zip(knobs, evaluations, strict=True)}
+
+
+def allocate(
+    runner: Runner,
+    layers: list[Layer],
+    start: dict[str, LayerWidths],
+    sizes: dict[str, LayerSize],
+    cost: str,
+    mixed_families: bool,
+    budget: int,
+) -> tuple[dict[str, LayerWidths], Evaluation | None]:
+    """Lower knobs greedily from the uniform assignment `start` (which is within the margin)."""
+    knobs = knobs_for(layers, cost)
+    sensitivity = sensitivities(runner, knobs, start)
+
+    def order(knob: Knob) -> tuple[float, float, str]:
+        size = sizes[knob.node]
+        bits_saved_per_step = size.weights if knob.role == "weights" else size.outputs
+        return (sensitivity[knob] / max(bits_saved_per_step, 1), -bits_saved_per_step, knob.label)
+
+    assignment, best = dict(start), None
+    for knob in sorted(knobs, key=order):
+        if len(runner.history) >= budget:
+            break
+        assignment, found = _lowest(runner, assignment, knob, budget)
+        best = found or best
+        if mixed_families and knob.role == "weights":
+            assignment, found = _try_pow2(runner, assignment, knob)
+            best = found or best
+    return assignment, best
+
+
+def _lowest(runner: Runner, assignment, knob: Knob, budget: int):
+    """Bisect the knob's width between MIN_WIDTH and its current width."""
+    current = _get(assignment[knob.node], knob)
+    if not isinstance(current, DFPRule):
+        return assignment, None
+    low, high, best = MIN_WIDTH, current.bits, None
+    while low < high and len(runner.history) < budget:
+        middle = (low + high) // 2
+        trial = _set(assignment, knob, DFPRule(middle))
+        evaluation = runner.one(_configuration(f"lower {knob.label} to {middle}-bit", trial))
+        if runner.passes(evaluation):
+            high, best, assignment = middle, evaluation, trial
+        else:
+            low = middle + 1
+    return assignment, best
+
+
+def _try_pow2(runner: Runner, assignment, knob: Knob):
+    current = _get(assignment[knob.node], knob)
+    if not isinstance(current, DFPRule) or current.bits <= POW2_BITS:
+        return assignment, None
+    trial = _set(assignment, knob, Pow2Rule(POW2_BITS))
+    evaluation = runner.one(_configuration(f"{knob.label} as power of two", trial))
+    return (trial, evaluation) if runner.passes(evaluation) else (assignment, None)
