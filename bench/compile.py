@@ -104,16 +104,25 @@ def top1(model_path: Path, case: Case) -> float:
     return hits / data.count
 
 
-def latency(model_path: Path, inputs: dict, repeats: int = 15) -> float:
-    session = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
-    for _ in range(3):
-        session.run(None, inputs)
-    times = []
+def latency_ratio(model_path: Path, fp32_path: Path, inputs: dict, repeats: int = 15) -> float:
+    """Median over alternating runs of (model time / FP32 time): interleaving keeps a change
+    in the machine's load from landing on one side only."""
+    sessions = [
+        ort.InferenceSession(str(p), providers=["CPUExecutionProvider"])
+        for p in (model_path, fp32_path)
+    ]
+    for session in sessions:
+        for _ in range(3):
+            session.run(None, inputs)
+    ratios = []
     for _ in range(repeats):
-        start = time.perf_counter()
-        session.run(None, inputs)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        times = []
+        for session in sessions:
+            start = time.perf_counter()
+            session.run(None, inputs)
+            times.append(time.perf_counter() - start)
+        ratios.append(times[0] / times[1])
+    return statistics.median(ratios)
 
 
 def timing_inputs(case: Case) -> dict:
@@ -173,7 +182,8 @@ def section(results: dict[str, list[Row]], counts: dict[str, str]) -> str:
         f"{platform.python_version()}, onnx {onnx.__version__}, onnxruntime {ort.__version__}.",
         "Compile time is the whole tool run from files (calibration, rewrite, export) relative to",
         "onnxruntime's `quantize_static` (per tensor) in the same run; latency is one batch in",
-        "onnxruntime CPU relative to the FP32 model, median of 15 runs.",
+        "onnxruntime CPU relative to the FP32 model (median of 15 ratios, runs alternating",
+        "with FP32's).",
         "",
     ]
     for name, rows in results.items():
