@@ -164,9 +164,14 @@ def run_case(case: Case, work: Path) -> list[Row]:
         )
         outputs.append((label, path, time.perf_counter() - start))
     inputs = timing_inputs(case)
-    base = latency(case.model, inputs)
     return [
-        Row(label, top1(path, case), seconds, path.stat().st_size, latency(path, inputs) / base)
+        Row(
+            label,
+            top1(path, case),
+            seconds,
+            path.stat().st_size,
+            latency_ratio(path, case.model, inputs),
+        )
         for label, path, seconds in outputs
     ]
 
