@@ -14,7 +14,6 @@ from hypothesis.extra.numpy import arrays
 from rcompile.formats import DFP, Format, MiniFloat, Pow2
 from rcompile.onnx_ops import (
     DOMAIN,
-    functions_for,
     minifloat,
     quantizer_node,
     single_quantizer_model,
@@ -85,13 +84,13 @@ def test_model_passes_the_full_checker():
 
 
 def test_function_bodies_use_standard_ops_only():
-    for function in functions_for(FEW):
+    for function in single_quantizer_model(FEW).functions:
         assert function.domain == DOMAIN
         assert {node.domain for node in function.node} == {""}
 
 
 def test_each_function_is_defined_once():
-    keys = [(f.name, f.overload) for f in functions_for(FORMATS)]
+    keys = [(f.name, f.overload) for f in single_quantizer_model(FORMATS).functions]
     assert len(keys) == len(set(keys))
     assert ("QuantizeDFP", "uint8") in keys and ("QuantizeDFP", "float") in keys
 

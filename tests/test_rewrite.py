@@ -4,12 +4,15 @@ what a NumPy model of the fixed-point datapath computes."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+import rcompile
 from rcompile.formats import DFP
 from rcompile.graph import producers
 from rcompile.onnx_ops import DOMAIN, IR_VERSION, OPSET
@@ -23,7 +26,7 @@ from rcompile.passes.layers import find_layers
 from rcompile.passes.rewrite import rewrite
 from rcompile.passes.store_weights import quantize_values
 from rcompile.plan import Override, Plan, PlanOptions, make_plan
-from rcompile.scheme import FixedRule, parse_scheme
+from rcompile.scheme import FixedRule, parse_rule, parse_scheme
 
 F32 = np.float32
 SHAPE = (2, 2, 5, 5)
@@ -233,3 +236,24 @@ def test_tensor_feeding_two_layers_in_one_format_gets_one_quantizer():
     assert len(quantizers) == 1
     convs = [n for n in result.graph.node if n.op_type == "Conv"]
     assert {conv.input[0] for conv in convs} == {quantizers[0].output[0]}
+
+
+def test_fp32_weights_stay_fp32_under_onnxruntime_optimizations():
+    """onnxruntime's WeightBiasQuantization quantizes the float weights of a layer fed by a
+    DequantizeLinear; rcompile's input quantizers for such layers must not give it the chance."""
+    root = Path(__file__).resolve().parents[1] / "models"
+    result = rcompile.compile(
+        root / "lenet5.onnx",
+        "dfp8",
+        root / "mnist_calib.npz",
+        overrides=(Override("*", weights=parse_rule("fp32")),),
+    )
+    images = np.load(root / "mnist_test.npz")["input"][:64]
+    model = result.model.SerializeToString()
+    default = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
+    guarded = ort.InferenceSession(
+        model, providers=["CPUExecutionProvider"], disabled_optimizers=["WeightBiasQuantization"]
+    )
+    np.testing.assert_array_equal(
+        default.run(None, {"input": images})[0], guarded.run(None, {"input": images})[0]
+    )

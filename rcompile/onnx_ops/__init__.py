@@ -36,18 +36,23 @@ def function_key(fmt: Format) -> tuple[str, str]:
     return module.NAME, module.overload(fmt)
 
 
-def quantizer_node(fmt: Format, source: str, target: str, name: str) -> onnx.NodeProto:
-    """A node that quantizes `source` to `fmt` and writes `target`."""
+def quantizer_node(
+    fmt: Format, source: str, target: str, name: str, arithmetic: bool = False
+) -> onnx.NodeProto:
+    """A node that quantizes `source` to `fmt` and writes `target`. With `arithmetic`, a DFP
+    quantizer uses the float-arithmetic body instead of QuantizeLinear/DequantizeLinear."""
     op_type, overload = function_key(fmt)
+    if arithmetic and isinstance(fmt, DFP):
+        overload = "float"
     attributes = _OPS[type(fmt)].attributes(fmt)
     node = helper.make_node(op_type, [source], [target], name=name, domain=DOMAIN, **attributes)
     node.overload = overload
     return node
 
 
-def functions_for(formats: list[Format]) -> list[onnx.FunctionProto]:
-    """The function definitions that a model using `formats` needs, each once, in a fixed order."""
-    keys = sorted({function_key(fmt) for fmt in formats})
+def functions_for(nodes: list[onnx.NodeProto]) -> list[onnx.FunctionProto]:
+    """The function definitions that quantizer `nodes` need, each once, in a fixed order."""
+    keys = sorted({(node.op_type, node.overload) for node in nodes if node.domain == DOMAIN})
     return [_BY_NAME[name].build(overload) for name, overload in keys]
 
 
@@ -67,6 +72,6 @@ def single_quantizer_model(formats: list[Format]) -> onnx.ModelProto:
     return helper.make_model(
         graph,
         opset_imports=[helper.make_opsetid("", OPSET), helper.make_opsetid(DOMAIN, DOMAIN_VERSION)],
-        functions=functions_for(formats),
+        functions=functions_for(nodes),
         ir_version=IR_VERSION,
     )

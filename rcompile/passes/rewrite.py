@@ -27,16 +27,19 @@ class _Rewriter:
     def __init__(self, graph: onnx.GraphProto) -> None:
         self.graph = graph
         self.names = Names(graph)
-        self.quantized: dict[tuple[str, Format], str] = {}
+        self.quantized: dict[tuple[str, Format, bool], str] = {}
 
     def layer(self, node: onnx.NodeProto, plan: LayerPlan) -> list[onnx.NodeProto]:
         emitted: list[onnx.NodeProto] = []
         layer = onnx.NodeProto()
         layer.CopyFrom(node)
+        # onnxruntime's WeightBiasQuantization would quantize the FP32 weights of a layer fed
+        # by a DequantizeLinear to int8, so such a layer gets arithmetic input quantizers.
+        arithmetic = bool(plan.layer.weight) and not plan.weights
         for source, fmt in zip(plan.layer.inputs, plan.inputs, strict=True):
             if fmt is not None:
                 position = list(node.input).index(source)
-                layer.input[position] = self.quantizer(source, fmt, node.name, emitted)
+                layer.input[position] = self.quantizer(source, fmt, node.name, emitted, arithmetic)
         if plan.weights:
             layer.input[1] = self.weights(node, plan, emitted)
         result = self.names.fresh(f"{plan.layer.output}_unquantized")
@@ -59,15 +62,17 @@ class _Rewriter:
             return emitted
         name = self.names.fresh(f"{node.name}_output_quantizer")
         emitted.append(quantizer_node(plan.output, result, plan.layer.output, name))
-        self.quantized[(plan.layer.output, plan.output)] = plan.layer.output
+        self.quantized[(plan.layer.output, plan.output, False)] = plan.layer.output
         return emitted
 
-    def quantizer(self, source: str, fmt: Format, owner: str, emitted: list) -> str:
-        key = (source, fmt)
+    def quantizer(
+        self, source: str, fmt: Format, owner: str, emitted: list, arithmetic: bool = False
+    ) -> str:
+        key = (source, fmt, arithmetic)
         if key not in self.quantized:
             target = self.names.fresh(f"{source}_{fmt.name}")
             name = self.names.fresh(f"{owner}_input_quantizer")
-            emitted.append(quantizer_node(fmt, source, target, name))
+            emitted.append(quantizer_node(fmt, source, target, name, arithmetic))
             self.quantized[key] = target
         return self.quantized[key]
 
@@ -113,15 +118,10 @@ def rewrite(model: onnx.ModelProto, plan: Plan) -> PassResult:
     del result.graph.node[:]
     result.graph.node.extend(nodes)
     _drop_unused_initializers(result.graph)
-    formats = [
-        fmt
-        for layer_plan in plan.layers
-        for fmt in (*layer_plan.inputs, layer_plan.output)
-        if fmt is not None
-    ]
-    if formats:
+    quantizers = [node for node in nodes if node.domain == DOMAIN]
+    if quantizers:
         result.opset_import.append(onnx.helper.make_opsetid(DOMAIN, DOMAIN_VERSION))
-        result.functions.extend(functions_for(formats))
+        result.functions.extend(functions_for(quantizers))
     return PassResult(result, bool(plan.layers))
 
 
