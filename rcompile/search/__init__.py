@@ -18,6 +18,7 @@ from rcompile.errors import SchemeError, UserError
 from rcompile.passes.layers import find_layers
 from rcompile.plan import PlanOptions
 from rcompile.scheme import parse_scheme
+from rcompile.score import score
 from rcompile.search.cost import COSTS, layer_sizes
 from rcompile.search.evaluator import EvaluationData, Evaluator
 from rcompile.search.layerwise import allocate
@@ -28,7 +29,7 @@ from rcompile.search.procedures import (
     ristretto_minifloat,
     ristretto_pow2,
 )
-from rcompile.search.runner import Runner
+from rcompile.search.runner import BudgetSpent, Runner
 from rcompile.search.table import plot_svg, ristretto_summary, rows
 
 FAMILIES = ("dfp", "minifloat", "pow2", "all")
@@ -89,13 +90,15 @@ def search(
         )
     )
     threshold = evaluator.fp32_score - margin
-    runner = Runner(evaluator, threshold, jobs, report_progress)
+    runner = Runner(evaluator, threshold, jobs, report_progress, budget)
     outcomes: list[Outcome] = []
-    interrupted = False
+    interrupted = budget_spent = False
     try:
-        _run(runner, layers, statistics, families, mode, cost, budget, outcomes)
+        _run(runner, layers, statistics, families, mode, cost, outcomes)
     except KeyboardInterrupt:
         interrupted = True
+    except BudgetSpent:
+        budget_spent = True
     finally:
         runner.close()
     chosen = runner.best
@@ -124,6 +127,7 @@ def search(
             "chosen_cost": chosen.cost,
             "evaluations": len(runner.history),
             "interrupted": interrupted,
+            "budget_spent": budget_spent,
             "evaluation_cost_vs_fp32": {
                 "median": round(stats.median(ratios), 3),
                 "max": round(max(ratios), 3),
@@ -132,13 +136,17 @@ def search(
             "table": rows(runner.history, threshold),
         }
     }
-    accuracy = {
-        "data": str(val),
-        "samples": int(sum(len(next(iter(b.values()))) for b in evaluator.data.batches)),
-        "fp32": {metric_name: evaluator.fp32_score},
-        "quantized": {metric_name: chosen.score},
-    }
-    result = finish(source, label, chosen.plan, options, calibration, lambda _: accuracy, section)
+
+    def accuracy(quantized: onnx.ModelProto) -> dict:
+        outputs = Evaluator.outputs_of(quantized.SerializeToString(), evaluator.data)
+        return {
+            "data": str(val),
+            "samples": len(outputs),
+            "fp32": score(evaluator.reference, evaluator.data.labels).as_dict(),
+            "quantized": score(outputs, evaluator.data.labels, evaluator.reference).as_dict(),
+        }
+
+    result = finish(source, label, chosen.plan, options, calibration, accuracy, section)
     plot = plot_svg(runner.history, threshold, chosen, cost, metric_name)
     return SearchResult(result, summary, plot, interrupted)
 
@@ -155,13 +163,13 @@ def _check(families: str, mode: str, cost: str, margin: float) -> None:
         raise SchemeError(f"the error margin must be a number >= 0, got {margin}")
 
 
-def _run(runner, layers, statistics, families, mode, cost, budget, outcomes) -> None:
+def _run(runner, layers, statistics, families, mode, cost, outcomes) -> None:
     if families in ("dfp", "all"):
         outcome = ristretto_dfp(runner, layers, every_width=mode != "ristretto")
         outcomes.append(outcome)
         if mode == "layerwise" and outcome.assignment is not None:
             sizes = runner.evaluator.data.sizes
-            allocate(runner, layers, outcome.assignment, sizes, cost, families == "all", budget)
+            allocate(runner, layers, outcome.assignment, sizes, cost, families == "all")
     if families in ("minifloat", "all"):
         outcomes.append(ristretto_minifloat(runner, statistics))
     if families in ("pow2", "all"):

@@ -27,11 +27,14 @@ from rcompile.search.metrics import Metric
 
 @dataclass(frozen=True)
 class Configuration:
-    """What to score: a scheme with per-layer overrides, and a label for people."""
+    """What to score: a scheme with per-layer overrides, and a label for people. Only a
+    `final` configuration (a whole network, not a probe of one group or layer with the rest
+    FP32) can be the search's result."""
 
     label: str
     scheme: Scheme
     overrides: tuple[Override, ...] = ()
+    final: bool = True
 
 
 @dataclass(frozen=True)
@@ -90,9 +93,14 @@ class Evaluator:
         return Evaluation(configuration, plan, score, cost, seconds)
 
     def _outputs(self, model: bytes) -> np.ndarray:
+        return self.outputs_of(model, self.data)
+
+    @staticmethod
+    def outputs_of(model: bytes, data: EvaluationData) -> np.ndarray:
+        """The model's first output over the validation batches."""
         options = ort.SessionOptions()
         options.log_severity_level = 3
-        if self.data.threads:
-            options.intra_op_num_threads = self.data.threads
+        if data.threads:
+            options.intra_op_num_threads = data.threads
         session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
-        return np.concatenate([session.run(None, batch)[0] for batch in self.data.batches])
+        return np.concatenate([session.run(None, batch)[0] for batch in data.batches])

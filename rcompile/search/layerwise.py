@@ -17,7 +17,7 @@ from rcompile.scheme import DFPRule, Pow2Rule
 from rcompile.search.cost import LayerSize
 from rcompile.search.evaluator import Configuration, Evaluation
 from rcompile.search.runner import Runner
-from rcompile.search.space import ALL_FP32, LayerWidths, overrides, weight_bits
+from rcompile.search.space import MIXED, LayerWidths, overrides, weight_bits
 
 MIN_WIDTH = 2
 POW2_BITS = 4
@@ -57,8 +57,8 @@ def _set(assignment: dict[str, LayerWidths], knob: Knob, rule) -> dict[str, Laye
     return updated
 
 
-def _configuration(label: str, assignment: dict[str, LayerWidths]) -> Configuration:
-    return Configuration(label, ALL_FP32, overrides(assignment))
+def _configuration(label: str, assignment, final: bool = True) -> Configuration:
+    return Configuration(label, MIXED, overrides(assignment), final)
 
 
 def sensitivities(
@@ -70,7 +70,8 @@ def sensitivities(
         width = max(MIN_WIDTH, weight_bits(_get(start[knob.node], knob)) // 2)
         alone = {knob.node: LayerWidths(None, None)}
         alone = _set(alone, knob, DFPRule(width))
-        configurations.append(_configuration(f"sensitivity {knob.label} {width}-bit", alone))
+        label = f"sensitivity {knob.label} {width}-bit"
+        configurations.append(_configuration(label, alone, final=False))
     baseline = runner.evaluator.fp32_score
     evaluations = runner.many(configurations)
     return {knob: baseline - e.score for knob, e in zip(knobs, evaluations, strict=True)}
@@ -83,7 +84,6 @@ def allocate(
     sizes: dict[str, LayerSize],
     cost: str,
     mixed_families: bool,
-    budget: int,
 ) -> tuple[dict[str, LayerWidths], Evaluation | None]:
     """Lower knobs greedily from the uniform assignment `start` (which is within the margin)."""
     knobs = knobs_for(layers, cost)
@@ -96,9 +96,7 @@ def allocate(
 
     assignment, best = dict(start), None
     for knob in sorted(knobs, key=order):
-        if len(runner.history) >= budget:
-            break
-        assignment, found = _lowest(runner, assignment, knob, budget)
+        assignment, found = _lowest(runner, assignment, knob)
         best = found or best
         if mixed_families and knob.role == "weights":
             assignment, found = _try_pow2(runner, assignment, knob)
@@ -106,13 +104,13 @@ def allocate(
     return assignment, best
 
 
-def _lowest(runner: Runner, assignment, knob: Knob, budget: int):
+def _lowest(runner: Runner, assignment, knob: Knob):
     """Bisect the knob's width between MIN_WIDTH and its current width."""
     current = _get(assignment[knob.node], knob)
     if not isinstance(current, DFPRule):
         return assignment, None
     low, high, best = MIN_WIDTH, current.bits, None
-    while low < high and len(runner.history) < budget:
+    while low < high:
         middle = (low + high) // 2
         trial = _set(assignment, knob, DFPRule(middle))
         evaluation = runner.one(_configuration(f"lower {knob.label} to {middle}-bit", trial))

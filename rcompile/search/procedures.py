@@ -25,7 +25,7 @@ from rcompile.scheme import DFPRule, FixedRule, Scheme, parse_scheme
 from rcompile.search.evaluator import Configuration, Evaluation
 from rcompile.search.runner import Runner
 from rcompile.search.space import (
-    ALL_FP32,
+    MIXED,
     LayerWidths,
     conv_layers,
     fc_layers,
@@ -108,8 +108,9 @@ def ristretto_dfp(runner: Runner, layers: list[Layer], every_width: bool = False
             widths = LayerWidths(rule, None) if role == "weights" else LayerWidths(None, rule)
             return Configuration(
                 f"{title} {width}-bit",
-                ALL_FP32,
+                MIXED,
                 overrides({layer.node: widths for layer in members}),
+                final=False,
             )
 
         return _sweep(runner, title, make, RISTRETTO_WIDTHS, every_width)
@@ -138,7 +139,7 @@ def _combine(runner: Runner, layers: list[Layer], sweeps, every_width: bool) -> 
             rule[id(activations)],
         )
         label = "combined " + ", ".join(f"{s.title} {widths[id(s)]}-bit" for s in present)
-        evaluation = runner.one(Configuration(label, ALL_FP32, overrides(assignment)))
+        evaluation = runner.one(Configuration(label, MIXED, overrides(assignment)))
         if runner.passes(evaluation):
             return Outcome(present, evaluation, assignment)
         widenable = [s for s in present if widths[id(s)] < MAX_WIDTH]

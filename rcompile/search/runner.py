@@ -20,8 +20,13 @@ def _evaluate_in_worker(configuration: Configuration) -> Evaluation:
     return _WORKER.evaluate(configuration)
 
 
+class BudgetSpent(Exception):
+    """The search has made as many evaluations as it may."""
+
+
 class Runner:
-    """Scores configurations against `threshold` (the lowest acceptable metric value)."""
+    """Scores configurations against `threshold` (the lowest acceptable metric value), at
+    most `budget` of them."""
 
     def __init__(
         self,
@@ -29,9 +34,11 @@ class Runner:
         threshold: float,
         jobs: int = 1,
         report: Callable[[str, Evaluation | None], None] = lambda label, best: None,
+        budget: int | None = None,
     ) -> None:
         self.evaluator = evaluator
         self.threshold = threshold
+        self.budget = budget
         self.history: list[Evaluation] = []
         self._report = report
         self._pool = None
@@ -45,16 +52,19 @@ class Runner:
 
     @property
     def best(self) -> Evaluation | None:
-        """The cheapest configuration within the margin so far (ties: higher score, then
-        the earlier one)."""
-        passing = [e for e in self.history if self.passes(e)]
+        """The cheapest final configuration within the margin so far (ties: higher score,
+        then the earlier one)."""
+        passing = [e for e in self.history if e.configuration.final and self.passes(e)]
         return min(passing, key=lambda e: (e.cost, -e.score), default=None)
 
     def one(self, configuration: Configuration) -> Evaluation:
         return self.many([configuration])[0]
 
     def many(self, configurations: list[Configuration]) -> list[Evaluation]:
-        """Score every configuration; results in the order given."""
+        """Score every configuration; results in the order given. Raises BudgetSpent before
+        going over the budget."""
+        if self.budget is not None and len(self.history) + len(configurations) > self.budget:
+            raise BudgetSpent
         if self._pool is None or len(configurations) == 1:
             results = []
             for configuration in configurations:

@@ -10,7 +10,8 @@ from rcompile.passes.layers import Layer
 from rcompile.plan import Override
 from rcompile.scheme import FP32, DFPRule, Pow2Rule, Rule, Scheme
 
-ALL_FP32 = Scheme("fp32", FP32, FP32)
+# The base of every configuration: FP32, with per-layer overrides saying what is quantized.
+MIXED = Scheme("mixed", FP32, FP32)
 CONV_OPS = ("Conv", "ConvTranspose")
 
 
