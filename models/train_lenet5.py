@@ -10,6 +10,7 @@ It writes, next to itself:
 - `lenet5.onnx`: opset 17, input `input` (N, 1, 28, 28) float32, output `logits` (N, 10);
 - `mnist_test.npz`: the 1,000 test images (`input`, `labels`);
 - `mnist_calib.npz`: 500 training images for calibration (`input`, `labels`);
+- `mnist_train.npz`: the 4,000 training images (`input`, `labels`), for fine-tuning;
 
 and prints the FP32 test accuracy that onnxruntime measures on `mnist_test.npz`.
 
@@ -151,6 +152,9 @@ def main() -> None:
     np.savez_compressed(OUT_DIR / "mnist_test.npz", input=images[test_idx], labels=labels[test_idx])
     np.savez_compressed(
         OUT_DIR / "mnist_calib.npz", input=images[calib_idx], labels=labels[calib_idx]
+    )
+    np.savez_compressed(
+        OUT_DIR / "mnist_train.npz", input=images[train_idx], labels=labels[train_idx]
     )
 
     model = lenet5()

@@ -167,11 +167,10 @@ def _weights(rule: Rule, statistics: Statistics, layer: Layer, options: PlanOpti
         return ()
     observed = statistics.weights[layer.weight]
     per_channel = options.per_channel and layer.weight_axis is not None
-    if per_channel and isinstance(rule, DFPRule | Pow2Rule):
-        return tuple(
-            rule.for_weights(maximum, channel, options.fit)
-            for maximum, channel in zip(observed.channel_max_abs, observed.channels, strict=True)
-        )
+    if per_channel and isinstance(rule, DFPRule):
+        return rule.for_channels(observed.channel_max_abs, observed.channels, options.fit)
+    if per_channel and isinstance(rule, Pow2Rule):
+        return tuple(rule.for_weights(m, None, options.fit) for m in observed.channel_max_abs)
     values = observed.channels.ravel()
     return (rule.for_weights(observed.overall.max_abs, values, options.fit),)
 
@@ -185,9 +184,11 @@ def _bias(rule, statistics, layer, input_format, weights, options: PlanOptions):
         return ()
     observed = statistics.weights[layer.bias]
     grids = [accumulator_fl(input_format, w) for w in weights]
+    fitted = DFP.for_weights(32, observed.overall.max_abs).fl
     if options.bias == "accumulator" and None not in grids:
-        fitted = DFP.for_weights(32, observed.overall.max_abs).fl
         return tuple(DFP(32, min(grid, fitted)) for grid in grids)
+    if options.bias == "accumulator" and all(isinstance(w, DFP | Pow2) for w in weights):
+        return (DFP(32, fitted),)  # an FP32 input: no grid, but still the accumulator's width
     return (rule.for_weights(observed.overall.max_abs, observed.channels.ravel(), options.fit),)
 
 

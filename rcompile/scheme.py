@@ -20,6 +20,7 @@ import numpy as np
 
 from rcompile.errors import SchemeError
 from rcompile.formats import DFP, Format, MiniFloat, Pow2, parse_format
+from rcompile.formats.dfp import quantize_fixed_point
 
 # How DFP fractional lengths follow from the data. `mse`: weights take the least squared
 # quantization error among the format that holds the largest weight and up to two finer ones
@@ -40,8 +41,13 @@ class DFPRule:
     bits: int
 
     def for_weights(self, max_abs: float, values: np.ndarray, fit: str = "mse") -> DFP:
-        base = DFP.for_weights(self.bits, max_abs)
-        return base if fit != "mse" else least_error(base, values)
+        return self.for_channels((max_abs,), values.reshape(1, -1), fit)[0]
+
+    def for_channels(self, maxima, rows: np.ndarray, fit: str = "mse") -> tuple[DFP, ...]:
+        """One format per row of `rows` (a channel's weights), whose largest magnitude is the
+        matching entry of `maxima`."""
+        bases = [DFP.for_weights(self.bits, maximum) for maximum in maxima]
+        return tuple(bases) if fit != "mse" else least_error(bases, rows)
 
     def for_activations(self, max_abs: float, signed: bool, fit: str = "mse") -> DFP:
         if fit == "ristretto":
@@ -53,20 +59,25 @@ class DFPRule:
         return f"dfp{self.bits}"
 
 
-def least_error(base: DFP, values: np.ndarray, extra_bits: int = 2) -> DFP:
-    """Among `base` and the formats with 1..extra_bits more fractional bits (which saturate
-    the largest values to resolve the rest finer), the one with the least squared error."""
-    candidates = [base] + [
-        DFP(base.bw, base.fl + k, base.signed)
-        for k in range(1, extra_bits + 1)
-        if base.fl + k <= DFP.fl_range(base.bw)[1]
-    ]
-    if values.size == 0:
-        return base
-    errors = [
-        float(np.sum(np.square(c.quantize(values) - values, dtype=np.float64))) for c in candidates
-    ]
-    return candidates[int(np.argmin(errors))]
+def least_error(bases: list[DFP], rows: np.ndarray, extra_bits: int = 2) -> tuple[DFP, ...]:
+    """For each row of values (a channel) and its base format: among the base and the formats
+    with 1..extra_bits more fractional bits (which saturate the largest values to resolve the
+    rest finer), the one with the least squared error. All rows are scored at once."""
+    if rows.size == 0:
+        return tuple(bases)
+    highest = np.array([DFP.fl_range(b.bw)[1] for b in bases])[:, None]
+    base_fl = np.array([b.fl for b in bases])[:, None]
+    low = np.array([b.code_min for b in bases])[:, None]
+    high = np.array([b.code_max for b in bases])[:, None]
+    errors = []
+    for extra in range(extra_bits + 1):
+        quantized = quantize_fixed_point(rows, np.minimum(base_fl + extra, highest), low, high)
+        errors.append(np.sum(np.square(quantized - rows, dtype=np.float64), axis=1))
+    extra = np.argmin(np.stack(errors), axis=0)
+    return tuple(
+        DFP(b.bw, min(b.fl + int(k), int(top[0])), b.signed)
+        for b, k, top in zip(bases, extra, highest, strict=True)
+    )
 
 
 @dataclass(frozen=True)

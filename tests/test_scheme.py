@@ -121,23 +121,32 @@ def test_least_error_takes_a_finer_format_when_the_largest_weight_is_an_outlier(
     rng = np.random.default_rng(0)
     values = np.append(rng.uniform(-0.1, 0.1, 1000), 0.52).astype(F32)
     base = DFP.for_weights(8, 0.52)
-    assert least_error(base, values) == DFP(8, base.fl + 1)
+    assert least_error([base], values.reshape(1, -1)) == (DFP(8, base.fl + 1),)
 
 
 def test_least_error_keeps_the_base_format_for_evenly_spread_weights():
     rng = np.random.default_rng(0)
     values = rng.uniform(-1.0, 1.0, 1000).astype(F32)
     base = DFP.for_weights(8, float(np.abs(values).max()))
-    assert least_error(base, values) == base
+    assert least_error([base], values.reshape(1, -1)) == (base,)
+
+
+def test_least_error_chooses_per_row_when_scoring_many_channels_at_once():
+    rng = np.random.default_rng(0)
+    outlier = np.append(rng.uniform(-0.1, 0.1, 999), 0.52).astype(F32)
+    spread = rng.uniform(-0.52, 0.52, 1000).astype(F32)
+    base = DFP.for_weights(8, 0.52)
+    rows = np.stack([outlier, spread])
+    assert least_error([base, base], rows) == (DFP(8, base.fl + 1), base)
 
 
 def test_least_error_keeps_the_base_format_for_no_values():
-    assert least_error(DFP(8, 5), np.zeros(0, F32)) == DFP(8, 5)
+    assert least_error([DFP(8, 5)], np.zeros((1, 0), F32)) == (DFP(8, 5),)
 
 
 def test_least_error_stays_within_the_fractional_length_range():
     high = DFP.fl_range(8)[1]
-    assert least_error(DFP(8, high), np.full(4, 1e-30, F32)) == DFP(8, high)
+    assert least_error([DFP(8, high)], np.full((1, 4), 1e-30, F32)) == (DFP(8, high),)
 
 
 def test_dfp_rule_max_fit_keeps_ristrettos_weight_format():
@@ -149,5 +158,5 @@ def test_dfp_rule_max_fit_keeps_ristrettos_weight_format():
 def test_dfp_rule_mse_fit_uses_least_error():
     rng = np.random.default_rng(0)
     values = np.append(rng.uniform(-0.1, 0.1, 1000), 0.52).astype(F32)
-    expected = least_error(DFP.for_weights(8, 0.52), values)
+    expected = least_error([DFP.for_weights(8, 0.52)], values.reshape(1, -1))[0]
     assert DFPRule(8).for_weights(0.52, values) == expected

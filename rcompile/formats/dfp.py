@@ -77,11 +77,7 @@ class DFP:
         value: fixed point has no NaN code, so NaN is rejected before data reaches a quantizer.
         `seed` selects stochastic rounding (see `rcompile.formats.rounding`).
         """
-        x = np.asarray(x, dtype=F32)
-        with np.errstate(over="ignore", invalid="ignore"):
-            codes = round_values(x * pow2(self.fl), seed)
-            codes = np.clip(codes, F32(self.code_min), F32(self.code_max))
-            return (codes * pow2(-self.fl) + F32(0.0)).astype(F32)
+        return quantize_fixed_point(x, self.fl, self.code_min, self.code_max, seed)
 
     @classmethod
     def for_weights(cls, bw: int, max_abs: float) -> DFP:
@@ -116,6 +112,18 @@ class DFP:
     def _from_integer_length(cls, bw: int, integer_length: int, signed: bool) -> DFP:
         low, high = cls.fl_range(bw)
         return cls(bw=bw, fl=min(max(bw - integer_length, low), high), signed=signed)
+
+
+def quantize_fixed_point(x, fl, code_min, code_max, seed: int | None = None) -> np.ndarray:
+    """DFP quantization with parameters that may be arrays broadcast against `x` (one per
+    output channel, for per-channel weights): the same float32 operations either way."""
+    x = np.asarray(x, dtype=F32)
+    low = np.asarray(code_min, dtype=np.float64).astype(F32)
+    high = np.asarray(code_max, dtype=np.float64).astype(F32)
+    fl = np.asarray(fl)
+    with np.errstate(over="ignore", invalid="ignore"):
+        codes = np.clip(round_values(x * pow2(fl), seed), low, high)
+        return (codes * pow2(-fl) + F32(0.0)).astype(F32)
 
 
 def _integer_length(max_abs: float) -> int:

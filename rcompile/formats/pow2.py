@@ -69,20 +69,7 @@ class Pow2:
         x < 0, so -0 gives +2**exp_min without a zero code (as in Ristretto); the zero code is +0
         (a code has no signed zero). NaN passes through; +-inf saturate.
         """
-        x = np.asarray(x, dtype=F32)
-        magnitude = np.clip(np.abs(x), pow2(self.exp_min - 1), pow2(self.exp_max + 1))
-        magnitude = np.where(np.isnan(x), F32(1), magnitude)
-        if seed is None:
-            exponent = round_log2(magnitude)
-        else:
-            floor_exp = floor_log2(magnitude)
-            fraction = magnitude / pow2(floor_exp) - F32(1)
-            exponent = floor_exp + round_values(fraction, seed).astype(np.int32)
-        power = pow2(np.clip(exponent, self.exp_min, self.exp_max))
-        if self.zero:
-            power = np.where(exponent < self.exp_min, F32(0), power)
-        sign = np.where(x < 0, F32(-1), F32(1))
-        return np.where(np.isnan(x), x, sign * power + F32(0)).astype(F32)
+        return quantize_power_of_two(x, self.exp_min, self.exp_max, self.zero, seed)
 
     @classmethod
     def for_weights(cls, bit_width: int, max_abs: float, zero: bool = True) -> Pow2:
@@ -96,3 +83,22 @@ class Pow2:
         exp_max = min(max(exp_max, MIN_EXP), MAX_EXP)
         exponents = 2 ** (bit_width - 1) - (1 if zero else 0)
         return cls(max(exp_max - exponents + 1, MIN_EXP), exp_max, zero)
+
+
+def quantize_power_of_two(x, exp_min, exp_max, zero, seed: int | None = None) -> np.ndarray:
+    """Pow2 quantization with parameters that may be arrays broadcast against `x` (one per
+    output channel): the same operations either way."""
+    x = np.asarray(x, dtype=F32)
+    exp_min, exp_max = np.asarray(exp_min), np.asarray(exp_max)
+    magnitude = np.clip(np.abs(x), pow2(exp_min - 1), pow2(exp_max + 1))
+    magnitude = np.where(np.isnan(x), F32(1), magnitude)
+    if seed is None:
+        exponent = round_log2(magnitude)
+    else:
+        floor_exp = floor_log2(magnitude)
+        fraction = magnitude / pow2(floor_exp) - F32(1)
+        exponent = floor_exp + round_values(fraction, seed).astype(np.int32)
+    power = pow2(np.clip(exponent, exp_min, exp_max))
+    power = np.where(np.asarray(zero) & (exponent < exp_min), F32(0), power)
+    sign = np.where(x < 0, F32(-1), F32(1))
+    return np.where(np.isnan(x), x, sign * power + F32(0)).astype(F32)

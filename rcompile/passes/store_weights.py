@@ -16,6 +16,8 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from rcompile.formats import DFP, Format, MiniFloat, Pow2
+from rcompile.formats.dfp import quantize_fixed_point
+from rcompile.formats.pow2 import quantize_power_of_two
 
 F32 = np.float32
 # (type, smallest, largest) from narrowest to widest
@@ -44,10 +46,33 @@ def quantize_values(
     values = values.astype(F32)
     if len(formats) == 1:
         return formats[0].quantize(values)
+    if all(isinstance(f, DFP) for f in formats):
+        return quantize_fixed_point(
+            values,
+            *(
+                _along([getattr(f, k) for f in formats], values, axis)
+                for k in ("fl", "code_min", "code_max")
+            ),
+        )
+    if all(isinstance(f, Pow2) for f in formats):
+        return quantize_power_of_two(
+            values,
+            *(
+                _along([getattr(f, k) for f in formats], values, axis)
+                for k in ("exp_min", "exp_max", "zero")
+            ),
+        )
     moved = np.moveaxis(values, axis, 0)
     return np.moveaxis(
         np.stack([f.quantize(s) for f, s in zip(formats, moved, strict=True)]), 0, axis
     )
+
+
+def _along(values: list, like: np.ndarray, axis: int) -> np.ndarray:
+    """Per-channel parameters shaped to broadcast along `axis` of `like`."""
+    shape = [1] * like.ndim
+    shape[axis] = len(values)
+    return np.array(values).reshape(shape)
 
 
 def store(

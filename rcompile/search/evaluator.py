@@ -77,6 +77,7 @@ class Evaluator:
         self.fp32_score = data.metric(self.reference, data.labels, self.reference)
 
     def evaluate(self, configuration: Configuration) -> Evaluation:
+        start = time.perf_counter()
         plan = make_plan(
             list(self.data.layers),
             self.data.statistics,
@@ -84,7 +85,6 @@ class Evaluator:
             self.data.options,
             configuration.overrides,
         )
-        start = time.perf_counter()
         quantized = rewrite(self.model, plan).model.SerializeToString()
         outputs = self._outputs(quantized)
         seconds = time.perf_counter() - start

@@ -145,7 +145,9 @@ def _combine(runner: Runner, layers: list[Layer], sweeps, every_width: bool) -> 
         widenable = [s for s in present if widths[id(s)] < MAX_WIDTH]
         if not widenable:
             return Outcome(present, None)
-        worst = min(widenable, key=lambda s: s.scores[widths[id(s)]])
+        # The group that lost most at its width alone (bisection may not have scored the
+        # width it has been widened to: then its own chosen width's score stands in).
+        worst = min(widenable, key=lambda s: s.scores.get(widths[id(s)], s.scores[s.chosen]))
         widths[id(worst)] = _wider(widths[id(worst)], every_width)
 
 

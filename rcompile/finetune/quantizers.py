@@ -1,0 +1,160 @@
+"""The three quantizers in PyTorch, bit for bit the NumPy reference in the forward pass, with
+the straight-through estimator in the backward pass (the gradient passes unchanged where the
+input lies inside the format's range, and is zero where it saturates).
+
+Every step mirrors `rcompile.formats` operation by operation in float32; stochastic rounding
+draws its uniform numbers from the reference generator itself, so CPU training rounds
+exactly as the NumPy reference would.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from rcompile.formats import DFP, Format, MiniFloat, Pow2
+from rcompile.formats.exact import SQRT2_F32
+from rcompile.formats.rounding import uniform
+
+
+def _pow2(exponent: torch.Tensor) -> torch.Tensor:
+    return torch.ldexp(torch.ones_like(exponent, dtype=torch.float32), exponent)
+
+
+def _floor_log2(value: torch.Tensor) -> torch.Tensor:
+    return torch.frexp(value).exponent - 1
+
+
+def _round(y: torch.Tensor, seed: int | None) -> torch.Tensor:
+    if seed is None:
+        return torch.round(y)
+    down = torch.floor(y)
+    u = torch.from_numpy(uniform(seed, np.arange(y.numel(), dtype=np.uint64))).reshape(y.shape)
+    rounded = torch.copysign(down + (u < (y - down)).to(torch.float32), y)
+    return torch.where(torch.isfinite(y), rounded, y)
+
+
+def _dfp(x: torch.Tensor, fmt: DFP, seed: int | None) -> torch.Tensor:
+    codes = _round(x * 2.0**fmt.fl, seed)
+    codes = torch.clamp(codes, float(np.float32(fmt.code_min)), float(np.float32(fmt.code_max)))
+    return codes * 2.0**-fmt.fl + 0.0
+
+
+def _minifloat(x: torch.Tensor, fmt: MiniFloat, seed: int | None) -> torch.Tensor:
+    largest = float(np.float32(fmt.max))
+    clamped = torch.clamp(x, -largest, largest)
+    magnitude = clamped.abs()
+    normal = float(np.float32(fmt.smallest_normal))
+    exponent = _floor_log2(torch.clamp(magnitude, min=normal))
+    quantum = _pow2(exponent - fmt.mant_bits)
+    result = _round(clamped / quantum, seed) * quantum
+    if not fmt.has_subnormals:
+        result = torch.where(magnitude < normal, clamped * 0.0, result)
+    if fmt.has_inf:
+        result = torch.where(torch.isinf(x), x, result)
+    return torch.where(torch.isnan(x), x, result)
+
+
+def _power_of_two(x: torch.Tensor, fmt: Pow2, seed: int | None) -> torch.Tensor:
+    low, high = 2.0 ** (fmt.exp_min - 1), 2.0 ** (fmt.exp_max + 1)
+    magnitude = torch.clamp(x.abs(), low, high)
+    magnitude = torch.where(torch.isnan(x), torch.ones_like(x), magnitude)
+    floor_exp = _floor_log2(magnitude)
+    mantissa = magnitude / _pow2(floor_exp)
+    if seed is None:
+        exponent = floor_exp + (mantissa > float(SQRT2_F32)).to(torch.int32)
+    else:
+        exponent = floor_exp + _round(mantissa - 1.0, seed).to(torch.int32)
+    power = _pow2(torch.clamp(exponent, fmt.exp_min, fmt.exp_max))
+    if fmt.zero:
+        power = torch.where(exponent < fmt.exp_min, torch.zeros_like(power), power)
+    sign = torch.where(x < 0, -1.0, 1.0)
+    return torch.where(torch.isnan(x), x, sign * power + 0.0)
+
+
+_QUANTIZERS = {DFP: _dfp, MiniFloat: _minifloat, Pow2: _power_of_two}
+
+
+def quantize(x: torch.Tensor, fmt: Format, seed: int | None = None) -> torch.Tensor:
+    """`fmt.quantize` on a float32 tensor, without gradient."""
+    return _QUANTIZERS[type(fmt)](x.to(torch.float32), fmt, seed)
+
+
+class _StraightThrough(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, fmt, seed):
+        ctx.save_for_backward(x)
+        ctx.limits = (fmt.min, fmt.max)
+        return quantize(x.detach(), fmt, seed)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        low, high = ctx.limits
+        inside = (x >= low) & (x <= high)
+        return grad * inside.to(grad.dtype), None, None
+
+
+def fake_quantize(x: torch.Tensor, fmt: Format, seed: int | None = None) -> torch.Tensor:
+    """Quantize in the forward pass; pass the gradient straight through inside the range."""
+    return _StraightThrough.apply(x, fmt, seed)
+
+
+def per_channel(x: torch.Tensor, formats: tuple[Format, ...], axis: int, seed=None) -> torch.Tensor:
+    """Quantize each slice along `axis` with its own format (one format: the whole tensor).
+    Per-channel DFP and power-of-two sets run vectorised: the same arithmetic, with each
+    channel's constants broadcast along `axis`."""
+    if len(formats) == 1:
+        return fake_quantize(x, formats[0], seed)
+    if len({type(f) for f in formats}) == 1 and isinstance(formats[0], DFP | Pow2) and seed is None:
+        return _Channels.apply(x, formats, axis)
+    slices = torch.unbind(x, dim=axis)
+    seeds = [None if seed is None else seed + i for i in range(len(slices))]
+    quantized = [fake_quantize(s, f, k) for s, f, k in zip(slices, formats, seeds, strict=True)]
+    return torch.stack(quantized, dim=axis)
+
+
+def _along(values: list[float], x: torch.Tensor, axis: int) -> torch.Tensor:
+    shape = [1] * x.dim()
+    shape[axis] = len(values)
+    return torch.tensor(np.array(values, dtype=np.float32)).reshape(shape)
+
+
+def _channels_dfp(x: torch.Tensor, formats: tuple[DFP, ...], axis: int) -> torch.Tensor:
+    up = _along([2.0**f.fl for f in formats], x, axis)
+    down = _along([2.0**-f.fl for f in formats], x, axis)
+    low = _along([float(np.float32(f.code_min)) for f in formats], x, axis)
+    high = _along([float(np.float32(f.code_max)) for f in formats], x, axis)
+    return torch.clamp(torch.round(x * up), low, high) * down + 0.0
+
+
+def _channels_pow2(x: torch.Tensor, formats: tuple[Pow2, ...], axis: int) -> torch.Tensor:
+    exp_min = _along([f.exp_min for f in formats], x, axis).to(torch.int32)
+    exp_max = _along([f.exp_max for f in formats], x, axis).to(torch.int32)
+    magnitude = torch.clamp(x.abs(), _pow2(exp_min - 1), _pow2(exp_max + 1))
+    magnitude = torch.where(torch.isnan(x), torch.ones_like(x), magnitude)
+    floor_exp = _floor_log2(magnitude)
+    exponent = floor_exp + (magnitude / _pow2(floor_exp) > float(SQRT2_F32)).to(torch.int32)
+    power = _pow2(torch.minimum(torch.maximum(exponent, exp_min), exp_max))
+    zero = _along([float(f.zero) for f in formats], x, axis) > 0
+    power = torch.where(zero & (exponent < exp_min), torch.zeros_like(power), power)
+    sign = torch.where(x < 0, -1.0, 1.0)
+    return torch.where(torch.isnan(x), x, sign * power + 0.0)
+
+
+class _Channels(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, formats, axis):
+        ctx.save_for_backward(x)
+        ctx.limits = (
+            _along([f.min for f in formats], x, axis),
+            _along([f.max for f in formats], x, axis),
+        )
+        quantize_all = _channels_dfp if isinstance(formats[0], DFP) else _channels_pow2
+        return quantize_all(x.detach().to(torch.float32), formats, axis)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        low, high = ctx.limits
+        return grad * ((x >= low) & (x <= high)).to(grad.dtype), None, None
