@@ -6,6 +6,7 @@ group combination of Ristretto's procedure."""
 from __future__ import annotations
 
 import math
+import re
 import textwrap
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -28,6 +29,7 @@ from rcompile.search.procedures import (
     RISTRETTO_WIDTHS,
     Sweep,
     _bisect,
+    _combine,
     _sweep,
     ristretto_dfp,
 )
@@ -472,3 +474,33 @@ def test_ristretto_dfp_gives_no_choice_when_a_group_fails_at_16_bits() -> None:
     assert outcome.chosen is None
     assert [s.chosen for s in outcome.sweeps] == [4, None, 4]
     assert not any(label.startswith("combined") for label in runner.labels)
+
+
+class CombinationRunner:
+    """Passes a combined network only when its activations have at least `needed` bits."""
+
+    def __init__(self, needed: int) -> None:
+        self.needed = needed
+        self.labels: list[str] = []
+
+    def one(self, configuration):
+        self.labels.append(configuration.label)
+        bits = int(re.search(r"layer activations (\d+)-bit", configuration.label).group(1))
+        return SimpleNamespace(score=100.0 if bits >= self.needed else 90.0)
+
+    def passes(self, evaluation) -> bool:
+        return evaluation.score >= 99.0
+
+
+def test_combination_widens_to_widths_bisection_never_scored() -> None:
+    layers = [Layer("conv", "Conv", ("x",), "w", None, "y", 0, None)]
+    conv = Sweep("CONV weights", {16: 100.0, 3: 100.0}, 3)
+    activations = Sweep("layer activations", {16: 100.0, 9: 99.5, 8: 98.0}, 9)
+    runner = CombinationRunner(needed=11)
+    outcome = _combine(runner, layers, [conv, None, activations], every_width=True)
+    assert outcome.chosen is not None
+    assert [re.search(r"activations (\d+)", label).group(1) for label in runner.labels] == [
+        "9",
+        "10",
+        "11",
+    ]
