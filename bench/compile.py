@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import re
 import statistics
 import sys
 import tempfile
@@ -27,6 +26,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 from onnxruntime.quantization import CalibrationDataReader, QuantFormat, quantize_static
+from sections import markers, replace_section
 
 import rcompile
 from rcompile.data import input_specs, open_data, parse_preprocessing
@@ -35,7 +35,7 @@ from rcompile.plan import PlanOptions
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
-BEGIN, END = "<!-- bench/compile.py:begin -->", "<!-- bench/compile.py:end -->"
+BEGIN, END = markers("compile.py")
 
 
 @dataclass(frozen=True)
@@ -229,14 +229,7 @@ def main() -> int:
     text = section(results, counts)
     print(text)
     if args.write:
-        benchmarks = ROOT / "BENCHMARKS.md"
-        current = benchmarks.read_text()
-        pattern = re.compile(re.escape(BEGIN) + ".*?" + re.escape(END), re.S)
-        if pattern.search(current):
-            updated = pattern.sub(lambda _: text, current)
-        else:
-            updated = f"{current}\n{text}\n"
-        benchmarks.write_text(updated)
+        replace_section("compile.py", text)
     return 0
 
 

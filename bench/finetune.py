@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import re
 import sys
 import tempfile
 import time
@@ -24,6 +23,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import torch
+from sections import markers, replace_section
 
 import rcompile
 from rcompile.data import input_specs, open_data, parse_preprocessing
@@ -34,7 +34,7 @@ from rcompile.score import predictions, score
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
-BEGIN, END = "<!-- bench/finetune.py:begin -->", "<!-- bench/finetune.py:end -->"
+BEGIN, END = markers("finetune.py")
 
 
 def top1(model: onnx.ModelProto | Path, data: Path, preprocess: str | None) -> float:
@@ -162,15 +162,7 @@ def main() -> int:
     text = section(rows)
     print(text)
     if args.write:
-        benchmarks = ROOT / "BENCHMARKS.md"
-        current = benchmarks.read_text()
-        pattern = re.compile(re.escape(BEGIN) + ".*?" + re.escape(END), re.S)
-        updated = (
-            pattern.sub(lambda _: text, current)
-            if pattern.search(current)
-            else f"{current}\n{text}\n"
-        )
-        benchmarks.write_text(updated)
+        replace_section("finetune.py", text)
     return 0
 
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import re
 import sys
 import tempfile
 import time
@@ -26,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import onnxruntime as ort
+from sections import markers, replace_section
 
 import rcompile
 from rcompile.data import input_specs, open_data, parse_preprocessing
@@ -34,7 +34,7 @@ from rcompile.search import search
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
-BEGIN, END = "<!-- bench/search.py:begin -->", "<!-- bench/search.py:end -->"
+BEGIN, END = markers("search.py")
 MARGIN = 1.0
 
 
@@ -204,14 +204,7 @@ def main() -> int:
     text = section(results)
     print(text)
     if args.write:
-        benchmarks = ROOT / "BENCHMARKS.md"
-        current = benchmarks.read_text()
-        pattern = re.compile(re.escape(BEGIN) + ".*?" + re.escape(END), re.S)
-        if pattern.search(current):
-            updated = pattern.sub(lambda _: text, current)
-        else:
-            updated = f"{current}\n{text}\n"
-        benchmarks.write_text(updated)
+        replace_section("search.py", text)
     return 0
 
 

@@ -50,6 +50,16 @@ def replace_initializer(graph: onnx.GraphProto, name: str, value: np.ndarray) ->
     graph.initializer.append(tensor)
 
 
+def remove_initializers(graph: onnx.GraphProto, names: set[str]) -> None:
+    """Remove the named initializers, and their graph inputs where old IR versions list them."""
+    kept = [tensor for tensor in graph.initializer if tensor.name not in names]
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+    inputs = [value for value in graph.input if value.name not in names]
+    del graph.input[:]
+    graph.input.extend(inputs)
+
+
 def output_names(graph: onnx.GraphProto) -> set[str]:
     return {value.name for value in graph.output}
 

@@ -181,7 +181,9 @@ def constant(node, inputs, attrs):
 
 def constant_of_shape(node, inputs, attrs):
     value = attrs.get("value")
-    array = onnx.numpy_helper.to_array(value) if value is not None else np.zeros(1, np.float32)
+    array = np.array(
+        onnx.numpy_helper.to_array(value) if value is not None else np.zeros(1, np.float32)
+    )
     return [
         torch.full(
             _ints(inputs[0]), array.reshape(-1)[0].item(), dtype=torch.from_numpy(array).dtype

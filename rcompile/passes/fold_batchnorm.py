@@ -10,7 +10,14 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from rcompile.graph import consumers, initializers, output_names, producers, replace_initializer
+from rcompile.graph import (
+    consumers,
+    initializers,
+    output_names,
+    producers,
+    remove_initializers,
+    replace_initializer,
+)
 from rcompile.passes import PassResult
 
 
@@ -44,13 +51,7 @@ def _used_names(graph: onnx.GraphProto) -> set[str]:
 def _drop_initializers(graph: onnx.GraphProto, names: set[str]) -> None:
     """Remove the constants that folding left unread (BatchNorm parameters, replaced weights),
     so the model carries no dead weights and onnxruntime has none to warn about."""
-    dropped = {tensor.name for tensor in graph.initializer} & names
-    kept = [tensor for tensor in graph.initializer if tensor.name not in dropped]
-    del graph.initializer[:]
-    graph.initializer.extend(kept)
-    inputs = [value for value in graph.input if value.name not in dropped]
-    del graph.input[:]
-    graph.input.extend(inputs)
+    remove_initializers(graph, {tensor.name for tensor in graph.initializer} & names)
 
 
 def _fold(graph: onnx.GraphProto, bn: onnx.NodeProto) -> bool:

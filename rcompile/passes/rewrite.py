@@ -14,7 +14,7 @@ import onnx
 from onnx import TensorProto
 
 from rcompile.formats import DFP, Format
-from rcompile.graph import Names, constant_value
+from rcompile.graph import Names, constant_value, remove_initializers
 from rcompile.onnx_ops import DOMAIN, DOMAIN_VERSION, functions_for, quantizer_node
 from rcompile.passes import PassResult
 from rcompile.passes.store_weights import StoredTensor, quantize_values, store
@@ -152,10 +152,4 @@ def _drop_unused_initializers(graph: onnx.GraphProto) -> None:
     """Remove the FP32 parameters that their quantized versions replaced."""
     used = {name for node in graph.node for name in node.input}
     used |= {value.name for value in graph.output}
-    dropped = {tensor.name for tensor in graph.initializer if tensor.name not in used}
-    kept = [tensor for tensor in graph.initializer if tensor.name not in dropped]
-    del graph.initializer[:]
-    graph.initializer.extend(kept)
-    inputs = [value for value in graph.input if value.name not in dropped]
-    del graph.input[:]
-    graph.input.extend(inputs)
+    remove_initializers(graph, {t.name for t in graph.initializer if t.name not in used})
