@@ -84,7 +84,7 @@ def efficientnet(work: Path) -> Case | None:
         work / "search",
         work / "kept",
         "inception",
-        60,
+        150,
         "calibration: sorted images 0-99; search: 100-299; kept aside: 300-499",
     )
 

@@ -535,7 +535,7 @@ def _broken_compile(*args, **kwargs):
 
 
 def test_internal_error_exits_two_and_says_so(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(rcompile.cli, "compile_model", _broken_compile)
+    monkeypatch.setattr(rcompile.cli.compile, "compile_model", _broken_compile)
     assert main(compile_args(tmp_path / "q.onnx")) == 2
     stderr = capsys.readouterr().err
     assert stderr.startswith("rcompile: internal error: RuntimeError: simulated bug")
@@ -544,6 +544,6 @@ def test_internal_error_exits_two_and_says_so(tmp_path, monkeypatch, capsys):
 
 
 def test_internal_error_with_debug_shows_the_traceback(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(rcompile.cli, "compile_model", _broken_compile)
+    monkeypatch.setattr(rcompile.cli.compile, "compile_model", _broken_compile)
     assert main([*compile_args(tmp_path / "q.onnx"), "--debug"]) == 2
     assert "Traceback" in capsys.readouterr().err

@@ -1,0 +1,98 @@
+"""`rcompile inspect` and `rcompile eval`."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from rcompile.api import DEFAULT_BATCH_SIZE
+from rcompile.cli.app import (
+    AsJson,
+    BatchSize,
+    Debug,
+    Preprocess,
+    app,
+    emit,
+)
+from rcompile.data import input_specs, open_data, parse_preprocessing
+from rcompile.errors import UserError
+from rcompile.importer import load_model
+from rcompile.report_build import inspect_layers
+from rcompile.score import predictions, score
+
+
+@app.command("inspect", help="List the quantizable layers of a model: shapes, MACs, parameters.")
+def inspect_command(
+    model: Annotated[Path, typer.Argument(help="The .onnx model.")],
+    as_json: AsJson = False,
+    debug: Debug = False,
+) -> None:
+    layers = inspect_layers(load_model(model))
+    emit({"model": str(model), "layers": layers}, as_json, _inspect_lines)
+
+
+def _inspect_lines(summary: dict) -> list[str]:
+    lines = [f"{'layer':40} {'op':12} {'input':>18} {'weights':>18} {'MACs':>14} {'params':>10}"]
+    for row in summary["layers"]:
+        shape = "x".join(map(str, row["input_shapes"][0] or ["?"]))
+        weights = "x".join(map(str, row["weight_shape"] or ["-"]))
+        macs = f"{row['macs']:,}" if row["macs"] is not None else "?"
+        lines.append(
+            f"{row['node']:40} {row['op_type']:12} {shape:>18} {weights:>18} {macs:>14} "
+            f"{row['parameters']:>10,}"
+        )
+    total = sum(row["macs"] or 0 for row in summary["layers"])
+    lines.append(f"{len(summary['layers'])} quantizable layers, {total:,} MACs per sample")
+    return lines
+
+
+@app.command("eval", help="Score a model: top-1/top-5 against labels, agreement with a reference.")
+def eval_command(
+    model: Annotated[Path, typer.Argument(help="The .onnx model to score.")],
+    data: Annotated[
+        Path,
+        typer.Option(
+            help="A folder of images (labels from NNNN_ prefixes or class folders) "
+            "or a .npz with `labels`."
+        ),
+    ],
+    reference: Annotated[
+        Path | None, typer.Option(help="An FP32 model to compare top-1 predictions with.")
+    ] = None,
+    preprocess: Preprocess = "imagenet",
+    batch_size: BatchSize = DEFAULT_BATCH_SIZE,
+    as_json: AsJson = False,
+    debug: Debug = False,
+) -> None:
+    scored = load_model(model)
+    dataset = open_data(data, input_specs(scored), parse_preprocessing(preprocess))
+    if not dataset.has_labels and reference is None:
+        raise UserError(f"{data}: no labels found; add labels or give --reference to compare with")
+    show = sys.stderr.isatty()
+    scores = predictions(scored, dataset, batch_size, "scoring", show)
+    baseline = (
+        predictions(load_model(reference), dataset, batch_size, "scoring reference", show)
+        if reference
+        else None
+    )
+    summary = {
+        "model": str(model),
+        "data": str(data),
+        **score(scores, dataset.labels, baseline).as_dict(),
+    }
+    emit(summary, as_json, _eval_lines)
+
+
+def _eval_lines(summary: dict) -> list[str]:
+    lines = [f"{summary['model']} on {summary['data']} ({summary['samples']} samples)"]
+    for key, label in (
+        ("top1", "top-1"),
+        ("top5", "top-5"),
+        ("agreement", "top-1 agreement with reference"),
+    ):
+        if summary[key] is not None:
+            lines.append(f"{label}: {100 * summary[key]:.2f} %")
+    return lines
