@@ -14,6 +14,7 @@ from hypothesis.extra.numpy import arrays
 from rcompile.formats import DFP, Format, MiniFloat, Pow2
 from rcompile.onnx_ops import (
     DOMAIN,
+    dfp,
     minifloat,
     quantizer_node,
     single_quantizer_model,
@@ -121,6 +122,22 @@ def test_editing_node_attributes_changes_the_format(before, edits, after):
     x = sweep_inputs()
     model = edited(single_quantizer_model([before]), **edits)
     assert_same_bits(after, x, after.quantize(x), session(model).run(None, {"x": x})[0])
+
+
+@pytest.mark.parametrize(
+    "fmt",
+    [DFP(bw, fl, signed) for bw in (2, 5, 7, 12) for fl in (-3, 4) for signed in (True, False)],
+    ids=lambda f: f.name,
+)
+def test_late_clipped_overload_matches_the_reference(fmt):
+    model = single_quantizer_model([fmt])
+    node = model.graph.node[0]
+    node.overload = dfp.overload(fmt, late=True)
+    del model.functions[:]
+    model.functions.append(dfp.build(node.overload))
+    assert node.overload.endswith("_clipped_late")
+    x = sweep_inputs()
+    assert_same_bits(fmt, x, fmt.quantize(x), session(model).run(None, {"x": x})[0])
 
 
 def test_overloads_follow_the_code_width():

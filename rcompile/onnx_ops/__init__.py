@@ -37,13 +37,19 @@ def function_key(fmt: Format) -> tuple[str, str]:
 
 
 def quantizer_node(
-    fmt: Format, source: str, target: str, name: str, arithmetic: bool = False
+    fmt: Format,
+    source: str,
+    target: str,
+    name: str,
+    arithmetic: bool = False,
+    late: bool = False,
 ) -> onnx.NodeProto:
-    """A node that quantizes `source` to `fmt` and writes `target`. With `arithmetic`, a DFP
-    quantizer uses the float-arithmetic body instead of QuantizeLinear/DequantizeLinear."""
+    """A node that quantizes `source` to `fmt` and writes `target`. For DFP: with
+    `arithmetic`, the float-arithmetic body instead of QuantizeLinear/DequantizeLinear; with
+    `late`, narrow codes clipped after that pair (for layer outputs, see `dfp.overload`)."""
     op_type, overload = function_key(fmt)
-    if arithmetic and isinstance(fmt, DFP):
-        overload = "float"
+    if isinstance(fmt, DFP):
+        overload = "float" if arithmetic else dfp.overload(fmt, late)
     attributes = _OPS[type(fmt)].attributes(fmt)
     node = helper.make_node(op_type, [source], [target], name=name, domain=DOMAIN, **attributes)
     node.overload = overload

@@ -20,17 +20,27 @@ NAME = "QuantizeDFP"
 ATTRIBUTES = ["bw", "fl", "signed"]
 STORAGE = {"uint8": (np.uint8, 8), "uint16": (np.uint16, 16)}
 CLIPPED = "_clipped"
-OVERLOADS = (*STORAGE, *(name + CLIPPED for name in STORAGE), "float")
+LATE = "_late"
+OVERLOADS = (
+    *STORAGE,
+    *(name + CLIPPED for name in STORAGE),
+    *(name + CLIPPED + LATE for name in STORAGE),
+    "float",
+)
 
 
-def overload(fmt: DFP) -> str:
+def overload(fmt: DFP, late: bool = False) -> str:
     """`uint8`/`uint16` when `bw` is exactly that width (QuantizeLinear saturates by itself),
-    `uint8_clipped`/`uint16_clipped` for narrower codes, `float` for codes over 16 bits."""
+    `uint8_clipped`/`uint16_clipped` for narrower codes, `float` for codes over 16 bits.
+    With `late` (for a layer's output), narrower codes are clipped after the
+    QuantizeLinear/DequantizeLinear pair instead of before: the same values (the clip bounds
+    lie on the grid, and the wider pair saturates beyond them), but the layer's output goes
+    straight into QuantizeLinear, as onnxruntime needs to fuse the layer into integer kernels."""
     for name, (_, width) in STORAGE.items():
         if fmt.bw == width:
             return name
         if fmt.bw < width:
-            return name + CLIPPED
+            return name + CLIPPED + (LATE if late else "")
     return "float"
 
 
@@ -63,14 +73,21 @@ def build(overload: str) -> onnx.FunctionProto:
     step = body.pow2(body.op("Neg", fl))
     source = "X"
     if overload.endswith(CLIPPED):
-        lowest, highest = _code_range(body)
-        source = body.op("Clip", "X", body.op("Mul", lowest, step), body.op("Mul", highest, step))
-    storage, width = STORAGE[overload.removesuffix(CLIPPED)]
+        source = _clip(body, "X", step)
+    storage, width = STORAGE[overload.removesuffix(LATE).removesuffix(CLIPPED)]
     middle = body.op("Mul", body.attribute("signed", "int"), body.const(2 ** (width - 1)))
     zero_point = body.op("Cast", middle, to=onnx.helper.np_dtype_to_tensor_dtype(np.dtype(storage)))
     codes = body.op("QuantizeLinear", source, step, zero_point)
     values = body.op("DequantizeLinear", codes, step, zero_point)
+    if overload.endswith(LATE):
+        values = _clip(body, values, step)
     return body.function(NAME, ATTRIBUTES, values, overload)
+
+
+def _clip(body: FunctionBody, value: str, step: str) -> str:
+    """Clip to the values of the codes of `bw` bits."""
+    lowest, highest = _code_range(body)
+    return body.op("Clip", value, body.op("Mul", lowest, step), body.op("Mul", highest, step))
 
 
 def attributes(fmt: DFP) -> dict[str, int]:

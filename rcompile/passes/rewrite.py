@@ -16,6 +16,7 @@ from onnx import TensorProto
 from rcompile.formats import DFP, Format
 from rcompile.graph import Names, constant_value, remove_initializers
 from rcompile.onnx_ops import DOMAIN, DOMAIN_VERSION, functions_for, quantizer_node
+from rcompile.onnx_ops.dfp import LATE
 from rcompile.passes import PassResult
 from rcompile.passes.store_weights import StoredTensor, quantize_values, store
 from rcompile.plan import LayerPlan, Plan, accumulator_fl
@@ -61,8 +62,12 @@ class _Rewriter:
             layer.output[0] = plan.layer.output
             return emitted
         name = self.names.fresh(f"{node.name}_output_quantizer")
-        emitted.append(quantizer_node(plan.output, result, plan.layer.output, name))
-        self.quantized[(plan.layer.output, plan.output, False)] = plan.layer.output
+        quantizer = quantizer_node(plan.output, result, plan.layer.output, name, late=True)
+        emitted.append(quantizer)
+        if not quantizer.overload.endswith(LATE):
+            # A late clip ends in Clip, not DequantizeLinear: a consumer layer then gets its own
+            # input quantizer (idempotent), so that it too can be fused.
+            self.quantized[(plan.layer.output, plan.output, False)] = plan.layer.output
         return emitted
 
     def quantizer(
