@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import numpy as np
+import onnx
 import pytest
+from onnx import TensorProto, helper
 
 from rcompile.formats import DFP, Format, MiniFloat, Pow2
+from rcompile.onnx_ops import IR_VERSION, OPSET
+from rcompile.search import evaluator as evaluator_module
 
 F32 = np.float32
 
@@ -89,3 +93,31 @@ def assert_same_bits(fmt: Format, x: np.ndarray, expected: np.ndarray, actual: n
             f"{fmt.name}: {(~same).sum()} of {same.size} differ, e.g. x={x.ravel()[where]} "
             f"expected={expected.ravel()[where]} actual={actual.ravel()[where]}"
         )
+
+
+def make_model(nodes, inputs, outputs, initializers=()) -> onnx.ModelProto:
+    """A small checked model at rcompile's opset, for tests that build their own graphs."""
+    graph = helper.make_graph(nodes, "g", inputs, outputs, list(initializers))
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+    model.ir_version = IR_VERSION
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def tensor(name: str, shape) -> onnx.ValueInfoProto:
+    return helper.make_tensor_value_info(name, TensorProto.FLOAT, shape)
+
+
+@pytest.fixture
+def ctrl_c_after_20(monkeypatch) -> None:
+    """Ctrl-C during the 21st evaluation of a search (layerwise: after the uniform widths)."""
+    evaluate = evaluator_module.Evaluator.evaluate
+    calls = []
+
+    def interrupted_after_20(self, configuration):
+        calls.append(configuration.label)
+        if len(calls) > 20:
+            raise KeyboardInterrupt
+        return evaluate(self, configuration)
+
+    monkeypatch.setattr(evaluator_module.Evaluator, "evaluate", interrupted_after_20)

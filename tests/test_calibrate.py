@@ -6,10 +6,10 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
+from conftest import make_model, tensor
+from onnx import helper, numpy_helper
 
 from rcompile.errors import CalibrationError, ModelImportError
-from rcompile.onnx_ops import IR_VERSION, OPSET
 from rcompile.passes.calibrate import (
     Range,
     activation_ranges,
@@ -19,18 +19,6 @@ from rcompile.passes.calibrate import (
 from rcompile.passes.layers import find_layers
 
 F32 = np.float32
-
-
-def make_model(nodes, inputs, outputs, initializers=()) -> onnx.ModelProto:
-    graph = helper.make_graph(nodes, "g", inputs, outputs, list(initializers))
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
-    model.ir_version = IR_VERSION
-    onnx.checker.check_model(model, full_check=True)
-    return model
-
-
-def tensor(name: str, shape) -> onnx.ValueInfoProto:
-    return helper.make_tensor_value_info(name, TensorProto.FLOAT, shape)
 
 
 def constant(name: str, value) -> onnx.TensorProto:

@@ -8,9 +8,9 @@ import math
 import numpy as np
 import onnx
 import pytest
+from conftest import make_model, tensor
 from onnx import TensorProto, helper, numpy_helper
 
-from rcompile.onnx_ops import IR_VERSION, OPSET
 from rcompile.passes.layers import Layer, find_layers
 
 F32 = np.float32
@@ -23,18 +23,6 @@ def constant(name: str, shape: tuple[int, ...], seed: int = 0) -> onnx.TensorPro
 
 def scalar(name: str, value: float) -> onnx.TensorProto:
     return numpy_helper.from_array(np.array(value, dtype=F32), name)
-
-
-def make_model(nodes, inputs, outputs, initializers=()) -> onnx.ModelProto:
-    graph = helper.make_graph(nodes, "g", inputs, outputs, list(initializers))
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
-    model.ir_version = IR_VERSION
-    onnx.checker.check_model(model, full_check=True)
-    return model
-
-
-def tensor(name: str, shape) -> onnx.ValueInfoProto:
-    return helper.make_tensor_value_info(name, TensorProto.FLOAT, shape)
 
 
 def result(name: str, rank: int) -> onnx.ValueInfoProto:

@@ -217,17 +217,7 @@ def test_plot_has_one_point_per_evaluation_and_the_ring(ristretto) -> None:
 # --- interrupt, budget, unlabelled data -------------------------------------------------------
 
 
-def test_interrupt_returns_the_best_configuration_so_far(monkeypatch) -> None:
-    evaluate = evaluator_module.Evaluator.evaluate
-    calls = []
-
-    def interrupted_after_20(self, configuration):
-        calls.append(configuration.label)
-        if len(calls) > 20:
-            raise KeyboardInterrupt
-        return evaluate(self, configuration)
-
-    monkeypatch.setattr(evaluator_module.Evaluator, "evaluate", interrupted_after_20)
+def test_interrupt_returns_the_best_configuration_so_far(ctrl_c_after_20) -> None:
     found = run("layerwise")
     section = details(found)
     assert found.interrupted is True

@@ -19,7 +19,6 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-import rcompile.search.evaluator as evaluator_module
 from rcompile.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -354,21 +353,6 @@ def test_jobs_2_chooses_the_same_configuration_as_jobs_1(tmp_path) -> None:
     ]
     assert reports[0]["layers"] == reports[1]["layers"]
     assert (tmp_path / "jobs1.onnx").read_bytes() == (tmp_path / "jobs2.onnx").read_bytes()
-
-
-@pytest.fixture
-def ctrl_c_after_20(monkeypatch) -> None:
-    """Ctrl-C during the 21st evaluation (layerwise: after the uniform widths are found)."""
-    evaluate = evaluator_module.Evaluator.evaluate
-    calls = []
-
-    def interrupted_after_20(self, configuration):
-        calls.append(configuration.label)
-        if len(calls) > 20:
-            raise KeyboardInterrupt
-        return evaluate(self, configuration)
-
-    monkeypatch.setattr(evaluator_module.Evaluator, "evaluate", interrupted_after_20)
 
 
 def test_ctrl_c_writes_the_best_so_far_and_says_so(tmp_path, capsys, ctrl_c_after_20) -> None:
