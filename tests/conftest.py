@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import onnx
 import pytest
@@ -121,3 +125,18 @@ def ctrl_c_after_20(monkeypatch) -> None:
         return evaluate(self, configuration)
 
     monkeypatch.setattr(evaluator_module.Evaluator, "evaluate", interrupted_after_20)
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def rcompile_run(*args: object, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
+    """`python -m rcompile ARGS` as a user runs it, stdout and stderr captured."""
+    return subprocess.run(
+        [sys.executable, "-m", "rcompile", *map(str, args)],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )

@@ -9,13 +9,13 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from conftest import rcompile_run
 from PIL import Image
 
 import rcompile.cli
@@ -27,18 +27,6 @@ CALIB = ROOT / "models" / "mnist_calib.npz"
 TEST = ROOT / "models" / "mnist_test.npz"
 FP32_TOP1 = 0.979
 CALIB_COUNT = "100"
-
-
-def rcompile_run(*args: object, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
-    """`python -m rcompile ARGS` as a user runs it, stdout and stderr captured."""
-    return subprocess.run(
-        [sys.executable, "-m", "rcompile", *map(str, args)],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
 
 
 def compile_args(output: Path, *extra: object, model: Path = LENET) -> list[str]:

@@ -8,8 +8,6 @@ rest call `rcompile.cli.main` in-process, which is faster."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import textwrap
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -18,6 +16,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from conftest import rcompile_run
 
 from rcompile.cli import main
 
@@ -27,17 +26,6 @@ CALIB = ROOT / "models" / "mnist_calib.npz"
 TEST = ROOT / "models" / "mnist_test.npz"
 SVG = "{http://www.w3.org/2000/svg}"
 ROW_KEYS = {"label", "score", "cost", "within_margin", "pareto"}
-
-
-def rcompile_run(*args: object) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "rcompile", *map(str, args)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=180,
-        check=False,
-    )
 
 
 def search_args(output: Path, *extra: object) -> list[str]:

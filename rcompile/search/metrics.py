@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from rcompile.errors import SchemeError
+from rcompile.score import score
 
 MetricFunction = Callable[[np.ndarray, "np.ndarray | None", np.ndarray], float]
 
@@ -30,22 +31,19 @@ class Metric:
         return float(self.function(outputs, labels, reference))
 
 
-def _top_k(k: int) -> MetricFunction:
+def _share_of(key: str) -> MetricFunction:
+    """A built-in metric: `rcompile.score`'s share, in points."""
+
     def metric(outputs: np.ndarray, labels, reference: np.ndarray) -> float:
-        best = np.argsort(-outputs, axis=1, kind="stable")[:, :k]
-        return 100.0 * float(np.mean(np.any(best == labels[: len(outputs), None], axis=1)))
+        return 100.0 * getattr(score(outputs, labels, reference), key)
 
     return metric
 
 
-def _agreement(outputs: np.ndarray, labels, reference: np.ndarray) -> float:
-    return 100.0 * float(np.mean(outputs.argmax(1) == reference.argmax(1)))
-
-
 BUILT_IN = {
-    "top1": Metric("top1", _top_k(1), True),
-    "top5": Metric("top5", _top_k(5), True),
-    "agreement": Metric("agreement", _agreement, False),
+    "top1": Metric("top1", _share_of("top1"), True),
+    "top5": Metric("top5", _share_of("top5"), True),
+    "agreement": Metric("agreement", _share_of("agreement"), False),
 }
 
 
