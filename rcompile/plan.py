@@ -107,16 +107,35 @@ def make_plan(
     overrides: tuple[Override, ...] = (),
 ) -> Plan:
     """Choose every format of every layer."""
-    options = options or PlanOptions()
-    _check_overrides_match(layers, overrides)
-    planned, skipped = [], []
-    for layer in layers:
-        rules = _rules_for(layer, scheme, overrides)
-        if rules.skip:
-            skipped.append(layer.node)
-            continue
-        planned.append(_layer_plan(layer, statistics, rules, options))
-    return Plan(scheme.name, tuple(planned), tuple(skipped))
+    return Planner(layers, statistics, options).plan(scheme, overrides)
+
+
+class Planner:
+    """Plans configurations of one model, reusing each layer's formats for rules it has seen:
+    a search plans hundreds of configurations that differ in a layer or two, and choosing
+    per-channel weight formats is the costly part of planning."""
+
+    def __init__(
+        self, layers: list[Layer], statistics: Statistics, options: PlanOptions | None = None
+    ) -> None:
+        self.layers = layers
+        self.statistics = statistics
+        self.options = options or PlanOptions()
+        self._layer_plans: dict[tuple[str, Override], LayerPlan] = {}
+
+    def plan(self, scheme: Scheme, overrides: tuple[Override, ...] = ()) -> Plan:
+        _check_overrides_match(self.layers, overrides)
+        planned, skipped = [], []
+        for layer in self.layers:
+            rules = _rules_for(layer, scheme, overrides)
+            if rules.skip:
+                skipped.append(layer.node)
+                continue
+            key = (layer.node, rules)
+            if key not in self._layer_plans:
+                self._layer_plans[key] = _layer_plan(layer, self.statistics, rules, self.options)
+            planned.append(self._layer_plans[key])
+        return Plan(scheme.name, tuple(planned), tuple(skipped))
 
 
 def _rules_for(layer: Layer, scheme: Scheme, overrides: tuple[Override, ...]) -> Override:

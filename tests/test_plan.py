@@ -15,7 +15,7 @@ from rcompile.formats import DFP, MiniFloat
 from rcompile.onnx_ops import IR_VERSION, OPSET
 from rcompile.passes.calibrate import Range, Statistics, weight_ranges
 from rcompile.passes.layers import find_layers
-from rcompile.plan import Override, Plan, PlanOptions, load_overrides, make_plan
+from rcompile.plan import Override, Plan, Planner, PlanOptions, load_overrides, make_plan
 from rcompile.scheme import DFPRule, FixedRule, Pow2Rule, parse_scheme
 
 F32 = np.float32
@@ -316,3 +316,25 @@ def test_plan_as_dict_names_every_format():
     assert (conv["node"], conv["op_type"], len(conv["weights"])) == ("conv", "Conv", 4)
     assert conv["output"].startswith("udfp8f")
     assert len(conv["bias"]) == 4
+
+
+def planner() -> Planner:
+    model = network()
+    layers = find_layers(model)
+    return Planner(layers, Statistics(ACTIVATIONS, weight_ranges(model, layers), samples=10))
+
+
+@pytest.mark.parametrize("scheme", ["dfp8", "dfp:w4a6", "pow2"])
+def test_planner_plans_what_make_plan_plans(scheme):
+    reused = planner()
+    reused.plan(parse_scheme("dfp:w4a6"), (Override("gemm", weights=DFPRule(3)),))
+    assert reused.plan(parse_scheme(scheme)) == plan_for(scheme)
+
+
+def test_planner_reuses_the_plans_of_layers_whose_rules_did_not_change():
+    reused = planner()
+    first = reused.plan(parse_scheme("dfp8"))
+    second = reused.plan(parse_scheme("dfp8"), (Override("gemm", weights=DFPRule(4)),))
+    assert layer(second, "conv") is layer(first, "conv")
+    assert layer(second, "gemm").weights[0].bw == 4
+    assert layer(first, "gemm").weights[0].bw == 8

@@ -257,3 +257,84 @@ def test_fp32_weights_stay_fp32_under_onnxruntime_optimizations():
     np.testing.assert_array_equal(
         default.run(None, {"input": images})[0], guarded.run(None, {"input": images})[0]
     )
+
+
+def padded_conv_model(pad_value: float = 0.0, pad_feeds_output: bool = False) -> onnx.ModelProto:
+    """x -> Pad (constant `pad_value`, one pixel each side) -> Conv (no pads, bias) -> y; the
+    Pad's result is also a graph output when `pad_feeds_output`."""
+    nodes = [
+        helper.make_node("Pad", ["x", "pads", "value"], ["padded"], name="pad"),
+        helper.make_node("Conv", ["padded", "w", "b"], ["y"], name="conv"),
+    ]
+    outputs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3, 5, 5])]
+    if pad_feeds_output:
+        outputs.append(helper.make_tensor_value_info("padded", TensorProto.FLOAT, None))
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 2, 5, 5])],
+        outputs,
+        [
+            numpy_helper.from_array(weights(), "w"),
+            numpy_helper.from_array(ON_GRID_BIAS, "b"),
+            numpy_helper.from_array(np.array([0, 0, 1, 1, 0, 0, 1, 1], np.int64), "pads"),
+            numpy_helper.from_array(F32(pad_value), "value"),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+    model.ir_version = IR_VERSION
+    return model
+
+
+@pytest.fixture(scope="module")
+def padded() -> tuple[Plan, onnx.ModelProto]:
+    model = padded_conv_model()
+    plan = plan_for(model)
+    return plan, rewrite(model, plan).model
+
+
+def test_zero_pad_moves_behind_the_input_quantizer(padded):
+    _, result = padded
+    made_by = producers(result.graph)
+    (pad,) = [n for n in result.graph.node if n.op_type == "Pad"]
+    assert made_by[pad.input[0]].op_type == "QuantizeDFP"
+    assert made_by[pad.input[0]].input[0] == "x"
+    assert node(result, "Conv").input[0] == pad.output[0]
+
+
+@pytest.mark.parametrize("optimization", OPTIMIZATIONS)
+def test_moved_pad_gives_the_datapath_bit_for_bit(padded, optimization):
+    plan, result = padded
+    x = inputs(seed=7)
+    np.testing.assert_array_equal(run(result, x, optimization), reference(x, ON_GRID_BIAS, plan))
+
+
+def test_moved_pad_folds_into_the_fused_integer_convolution(padded, tmp_path):
+    """The point of the move: onnxruntime folds a Pad that feeds a convolution into it."""
+    _, result = padded
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    ort.InferenceSession(result.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    optimized = [n.op_type for n in onnx.load(options.optimized_model_filepath).graph.node]
+    assert "Pad" not in optimized and "QLinearConv" in optimized
+
+
+def test_pad_with_a_nonzero_value_stays_before_the_quantizer():
+    model = padded_conv_model(pad_value=0.5)
+    result = rewrite(model, plan_for(model)).model
+    (pad,) = [n for n in result.graph.node if n.op_type == "Pad"]
+    assert pad.input[0] == "x"
+    assert producers(result.graph)[node(result, "Conv").input[0]].op_type == "QuantizeDFP"
+
+
+def test_pad_with_other_users_is_kept_beside_the_moved_copy():
+    model = padded_conv_model(pad_feeds_output=True)
+    result = rewrite(model, plan_for(model)).model
+    pads = {n.input[0]: n for n in result.graph.node if n.op_type == "Pad"}
+    assert pads["x"].output[0] == "padded"
+    assert len(pads) == 2
+    x = inputs(seed=3)
+    padded_output = ort.InferenceSession(
+        result.SerializeToString(), providers=["CPUExecutionProvider"]
+    ).run(["padded"], {"x": x})[0]
+    np.testing.assert_array_equal(padded_output, np.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1))))

@@ -5,6 +5,10 @@ For every planned layer (Ristretto's layer model) each activation input passes t
 quantizer before the layer and the output through one after it; the output keeps its name,
 so consumers and graph outputs see the quantized value. Parameters are quantized offline.
 A tensor already quantized to a format is not quantized to it again.
+
+An input that a zero-padding Pad produces is quantized before the Pad instead, and padded
+after: the same values (quantizing +0 gives +0), but the Pad then feeds the layer directly,
+so onnxruntime folds it into the convolution, as hardware does, rather than running it alone.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ import onnx
 from onnx import TensorProto
 
 from rcompile.formats import DFP, Format
-from rcompile.graph import Names, constant_value, remove_initializers
+from rcompile.graph import Names, constant_value, output_names, producers, remove_initializers
 from rcompile.onnx_ops import DOMAIN, DOMAIN_VERSION, functions_for, quantizer_node
 from rcompile.onnx_ops.dfp import LATE
 from rcompile.passes import PassResult
@@ -28,6 +32,8 @@ class _Rewriter:
     def __init__(self, graph: onnx.GraphProto) -> None:
         self.graph = graph
         self.names = Names(graph)
+        self.producers = producers(graph)
+        self.moved_pads: set[str] = set()
         self.quantized: dict[tuple[str, Format, bool], str] = {}
 
     def layer(self, node: onnx.NodeProto, plan: LayerPlan) -> list[onnx.NodeProto]:
@@ -74,12 +80,34 @@ class _Rewriter:
         self, source: str, fmt: Format, owner: str, emitted: list, arithmetic: bool = False
     ) -> str:
         key = (source, fmt, arithmetic)
+        pad = self.producers.get(source)
+        if key not in self.quantized and pad is not None and self._pads_with_zero(pad):
+            padded = self.quantizer(pad.input[0], fmt, owner, emitted, arithmetic)
+            copy = onnx.NodeProto()
+            copy.CopyFrom(pad)
+            copy.name = self.names.fresh(f"{pad.name}_{fmt.name}")
+            copy.input[0] = padded
+            copy.output[0] = self.names.fresh(f"{source}_{fmt.name}")
+            emitted.append(copy)
+            self.moved_pads.add(pad.name)
+            self.quantized[key] = copy.output[0]
         if key not in self.quantized:
             target = self.names.fresh(f"{source}_{fmt.name}")
             name = self.names.fresh(f"{owner}_input_quantizer")
             emitted.append(quantizer_node(fmt, source, target, name, arithmetic))
             self.quantized[key] = target
         return self.quantized[key]
+
+    def _pads_with_zero(self, node: onnx.NodeProto) -> bool:
+        """A constant-mode Pad whose pad value is +0 (absent means +0)."""
+        if node.op_type != "Pad" or any(
+            a.name == "mode" and a.s not in (b"", b"constant") for a in node.attribute
+        ):
+            return False
+        if len(node.input) < 3 or not node.input[2]:
+            return True
+        value = constant_value(self.graph, node.input[2])
+        return value is not None and value.size == 1 and not np.signbit(value) and value == 0
 
     def weights(self, node: onnx.NodeProto, plan: LayerPlan, emitted: list) -> str:
         values = constant_value(self.graph, plan.layer.weight).astype(np.float32)
@@ -121,7 +149,7 @@ def rewrite(model: onnx.ModelProto, plan: Plan) -> PassResult:
         layer_plan = by_node.get(node.name)
         nodes.extend(rewriter.layer(node, layer_plan) if layer_plan else [node])
     del result.graph.node[:]
-    result.graph.node.extend(nodes)
+    result.graph.node.extend(_without_unused(nodes, rewriter.moved_pads, result.graph))
     _drop_unused_initializers(result.graph)
     quantizers = [node for node in nodes if node.domain == DOMAIN]
     if quantizers:
@@ -151,6 +179,25 @@ def _on_accumulator_grid(name: str, bias: np.ndarray, plan: LayerPlan) -> Stored
     return store(
         name, bias, (DFP(32, 0),) * bias.size, 0, steps.astype(np.float32), (TensorProto.INT32,)
     )
+
+
+def _without_unused(nodes: list[onnx.NodeProto], pads: set[str], graph) -> list[onnx.NodeProto]:
+    """`nodes` less the original `pads` that nothing uses any more (their layer now reads a
+    copy placed after its quantizer)."""
+    used = output_names(graph) | {name for node in nodes for name in _inputs(node)}
+    return [node for node in nodes if node.name not in pads or node.output[0] in used]
+
+
+def _inputs(node: onnx.NodeProto) -> set[str]:
+    """The values a node reads, those its subgraphs read from the outer scope included."""
+    names = set(node.input)
+    for attribute in node.attribute:
+        for subgraph in (attribute.g, *attribute.graphs) if attribute.type in _GRAPHS else ():
+            names |= {name for inner in subgraph.node for name in _inputs(inner)}
+    return names
+
+
+_GRAPHS = (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
 
 
 def _drop_unused_initializers(graph: onnx.GraphProto) -> None:

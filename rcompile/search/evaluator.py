@@ -19,7 +19,7 @@ import onnxruntime as ort
 from rcompile.passes.calibrate import Statistics
 from rcompile.passes.layers import Layer
 from rcompile.passes.rewrite import rewrite
-from rcompile.plan import Override, Plan, PlanOptions, make_plan
+from rcompile.plan import Override, Plan, Planner, PlanOptions
 from rcompile.scheme import Scheme
 from rcompile.search.cost import LayerSize, plan_cost
 from rcompile.search.metrics import Metric
@@ -71,6 +71,7 @@ class Evaluator:
     def __init__(self, data: EvaluationData) -> None:
         self.data = data
         self.model = onnx.load_from_string(data.model)
+        self.planner = Planner(list(data.layers), data.statistics, data.options)
         start = time.perf_counter()
         self.reference = self._outputs(data.model)
         self.fp32_seconds = time.perf_counter() - start
@@ -78,13 +79,7 @@ class Evaluator:
 
     def evaluate(self, configuration: Configuration) -> Evaluation:
         start = time.perf_counter()
-        plan = make_plan(
-            list(self.data.layers),
-            self.data.statistics,
-            configuration.scheme,
-            self.data.options,
-            configuration.overrides,
-        )
+        plan = self.planner.plan(configuration.scheme, configuration.overrides)
         quantized = rewrite(self.model, plan).model.SerializeToString()
         outputs = self._outputs(quantized)
         seconds = time.perf_counter() - start
