@@ -9,6 +9,9 @@ A tensor already quantized to a format is not quantized to it again.
 An input that a zero-padding Pad produces is quantized before the Pad instead, and padded
 after: the same values (quantizing +0 gives +0), but the Pad then feeds the layer directly,
 so onnxruntime folds it into the convolution, as hardware does, rather than running it alone.
+
+The search scores hundreds of configurations, so it asks for an evaluation form (see
+`rewrite`), which sessions that disable onnxruntime's WeightBiasQuantization run faster.
 """
 
 from __future__ import annotations
@@ -22,15 +25,20 @@ from rcompile.graph import Names, constant_value, output_names, producers, remov
 from rcompile.onnx_ops import DOMAIN, DOMAIN_VERSION, functions_for, quantizer_node
 from rcompile.onnx_ops.dfp import LATE
 from rcompile.passes import PassResult
-from rcompile.passes.store_weights import StoredTensor, quantize_values, store
+from rcompile.passes.store_weights import StoredTensor, float_tensor, quantize_values, store
 from rcompile.plan import LayerPlan, Plan, accumulator_fl
+
+# What the evaluation form needs disabled: onnxruntime's WeightBiasQuantization rounds the
+# float weights of a layer fed by a DequantizeLinear to int8.
+EVALUATION_DISABLED_OPTIMIZERS = ("WeightBiasQuantization",)
 
 
 class _Rewriter:
     """The state of one rewrite: fresh names and the quantizers placed so far."""
 
-    def __init__(self, graph: onnx.GraphProto) -> None:
+    def __init__(self, graph: onnx.GraphProto, evaluation: bool) -> None:
         self.graph = graph
+        self.evaluation = evaluation
         self.names = Names(graph)
         self.producers = producers(graph)
         self.moved_pads: set[str] = set()
@@ -42,7 +50,7 @@ class _Rewriter:
         layer.CopyFrom(node)
         # onnxruntime's WeightBiasQuantization would quantize the FP32 weights of a layer fed
         # by a DequantizeLinear to int8, so such a layer gets arithmetic input quantizers.
-        arithmetic = bool(plan.layer.weight) and not plan.weights
+        arithmetic = bool(plan.layer.weight) and not plan.weights and not self.evaluation
         for source, fmt in zip(plan.layer.inputs, plan.inputs, strict=True):
             if fmt is not None:
                 position = list(node.input).index(source)
@@ -113,8 +121,10 @@ class _Rewriter:
         values = constant_value(self.graph, plan.layer.weight).astype(np.float32)
         axis = _normalised_axis(plan.layer.weight_axis, values.ndim)
         quantized = quantize_values(values, plan.weights, axis)
-        stored = store(self.names.fresh(f"{node.name}_weight"), quantized, plan.weights, axis)
-        return self._emit(stored, emitted)
+        name = self.names.fresh(f"{node.name}_weight")
+        if self._float_parameters(plan):
+            return self._emit(float_tensor(name, quantized), emitted)
+        return self._emit(store(name, quantized, plan.weights, axis), emitted)
 
     def bias(self, node: onnx.NodeProto, plan: LayerPlan, emitted: list) -> tuple[str, bool]:
         """The quantized bias, and whether it is stored on the accumulator grid (as int32
@@ -130,7 +140,15 @@ class _Rewriter:
         if plan.layer.op_type in ("Conv", "ConvTranspose"):
             weight_rank = constant_value(self.graph, plan.layer.weight).ndim
             quantized = quantized.reshape(-1, *([1] * (weight_rank - 2)))
+        if self._float_parameters(plan):
+            return self._emit(float_tensor(target, quantized), emitted), False
         return self._emit(store(target, quantized, plan.bias, 0), emitted), False
+
+    def _float_parameters(self, plan: LayerPlan) -> bool:
+        """In the evaluation form, a layer with FP32 inputs gets its quantized parameters as
+        float constants: its arithmetic is float anyway, and onnxruntime runs its fastest
+        convolutions only on constant weights."""
+        return self.evaluation and all(fmt is None for fmt in plan.inputs)
 
     def _emit(self, stored: StoredTensor, emitted: list) -> str:
         self.graph.initializer.extend(stored.initializers)
@@ -138,11 +156,19 @@ class _Rewriter:
         return stored.output
 
 
-def rewrite(model: onnx.ModelProto, plan: Plan) -> PassResult:
-    """Apply `plan` to a copy of `model`."""
+def rewrite(model: onnx.ModelProto, plan: Plan, evaluation: bool = False) -> PassResult:
+    """Apply `plan` to a copy of `model`.
+
+    With `evaluation`, the form the search scores, for a session that disables
+    WeightBiasQuantization (`EVALUATION_DISABLED_OPTIMIZERS`): the same values computed faster.
+    Layers with FP32 weights get QuantizeLinear/DequantizeLinear input quantizers instead of
+    the float-arithmetic ones (six elementwise passes each), and layers with FP32 inputs get
+    their quantized parameters as float constants instead of codes (a layer with FP32 inputs
+    accumulates in float in either form, though its summation order may differ).
+    """
     result = onnx.ModelProto()
     result.CopyFrom(model)
-    rewriter = _Rewriter(result.graph)
+    rewriter = _Rewriter(result.graph, evaluation)
     by_node = {layer_plan.layer.node: layer_plan for layer_plan in plan.layers}
     nodes: list[onnx.NodeProto] = []
     for node in model.graph.node:

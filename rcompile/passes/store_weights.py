@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import ml_dtypes
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
@@ -27,7 +28,12 @@ INTEGER_TYPES = (
     (TensorProto.INT16, -(2**15), 2**15 - 1),
     (TensorProto.INT32, -(2**31), 2**31 - 1),
 )
-_NUMPY = {TensorProto.INT8: np.int8, TensorProto.INT16: np.int16, TensorProto.INT32: np.int32}
+_NUMPY = {
+    TensorProto.INT4: ml_dtypes.int4,
+    TensorProto.INT8: np.int8,
+    TensorProto.INT16: np.int16,
+    TensorProto.INT32: np.int32,
+}
 
 
 @dataclass(frozen=True)
@@ -102,9 +108,12 @@ def store(
             "Cast", [half.name], [name], name=f"{name}_cast", to=TensorProto.FLOAT
         )
         return StoredTensor((half,), (cast,), name)
-    return StoredTensor(
-        (numpy_helper.from_array(quantized.astype(F32), f"{name}_float32"),), (), f"{name}_float32"
-    )
+    return float_tensor(f"{name}_float32", quantized)
+
+
+def float_tensor(name: str, values: np.ndarray) -> StoredTensor:
+    """The values as a plain float32 initializer."""
+    return StoredTensor((numpy_helper.from_array(values.astype(F32), name),), (), name)
 
 
 def _step(fmt: Format) -> float:
@@ -136,18 +145,10 @@ def _integer_codes(
     data_type = next((t for t in types if ranges[t][0] <= low and high <= ranges[t][1]), None)
     if data_type is None:
         return None
-    if data_type == TensorProto.INT4:
-        tensor = helper.make_tensor(
-            f"{name}_codes", data_type, codes.shape, codes.astype(np.int64).ravel().tolist()
-        )
-        zero = helper.make_tensor(
-            f"{name}_zero", data_type, [steps.size] if steps.size > 1 else [], [0] * steps.size
-        )
-    else:
-        tensor = numpy_helper.from_array(codes.astype(_NUMPY[data_type]), f"{name}_codes")
-        zero = numpy_helper.from_array(
-            np.zeros(steps.shape if steps.size > 1 else (), _NUMPY[data_type]), f"{name}_zero"
-        )
+    tensor = numpy_helper.from_array(codes.astype(_NUMPY[data_type]), f"{name}_codes")
+    zero = numpy_helper.from_array(
+        np.zeros(steps.shape if steps.size > 1 else (), _NUMPY[data_type]), f"{name}_zero"
+    )
     scale = numpy_helper.from_array(
         steps.astype(F32) if steps.size > 1 else F32(steps[0]), f"{name}_scale"
     )

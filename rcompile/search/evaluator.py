@@ -3,8 +3,8 @@
 Everything that does not depend on the configuration is computed once: the imported model,
 its layers and sizes, the calibration statistics, the decoded validation batches and the
 FP32 model's outputs (for the agreement metric and the baseline score). A configuration is a
-scheme plus per-layer overrides; scoring it costs one rewrite, one onnxruntime session and
-one pass over the validation set.
+scheme plus per-layer overrides; scoring it costs one rewrite (in the evaluation form, see
+`rewrite`), one onnxruntime session and one pass over the validation set.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import onnxruntime as ort
 
 from rcompile.passes.calibrate import Statistics
 from rcompile.passes.layers import Layer
-from rcompile.passes.rewrite import rewrite
+from rcompile.passes.rewrite import EVALUATION_DISABLED_OPTIMIZERS, rewrite
 from rcompile.plan import Override, Plan, Planner, PlanOptions
 from rcompile.scheme import Scheme
 from rcompile.search.cost import LayerSize, plan_cost
@@ -73,29 +73,33 @@ class Evaluator:
         self.model = onnx.load_from_string(data.model)
         self.planner = Planner(list(data.layers), data.statistics, data.options)
         start = time.perf_counter()
-        self.reference = self._outputs(data.model)
+        self.reference = self.outputs_of(data.model, data)
         self.fp32_seconds = time.perf_counter() - start
         self.fp32_score = data.metric(self.reference, data.labels, self.reference)
 
     def evaluate(self, configuration: Configuration) -> Evaluation:
         start = time.perf_counter()
         plan = self.planner.plan(configuration.scheme, configuration.overrides)
-        quantized = rewrite(self.model, plan).model.SerializeToString()
-        outputs = self._outputs(quantized)
+        quantized = rewrite(self.model, plan, evaluation=True).model.SerializeToString()
+        outputs = self.outputs_of(quantized, self.data, EVALUATION_DISABLED_OPTIMIZERS)
         seconds = time.perf_counter() - start
         score = self.data.metric(outputs, self.data.labels, self.reference)
         cost = plan_cost(plan, self.data.sizes, self.data.cost)
         return Evaluation(configuration, plan, score, cost, seconds)
 
-    def _outputs(self, model: bytes) -> np.ndarray:
-        return self.outputs_of(model, self.data)
-
     @staticmethod
-    def outputs_of(model: bytes, data: EvaluationData) -> np.ndarray:
+    def outputs_of(
+        model: bytes, data: EvaluationData, disabled_optimizers: tuple[str, ...] = ()
+    ) -> np.ndarray:
         """The model's first output over the validation batches."""
         options = ort.SessionOptions()
         options.log_severity_level = 3
         if data.threads:
             options.intra_op_num_threads = data.threads
-        session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+        session = ort.InferenceSession(
+            model,
+            options,
+            providers=["CPUExecutionProvider"],
+            disabled_optimizers=list(disabled_optimizers),
+        )
         return np.concatenate([session.run(None, batch)[0] for batch in data.batches])
