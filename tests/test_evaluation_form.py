@@ -81,3 +81,29 @@ def test_layers_with_fp32_inputs_get_float_constant_parameters(lenet):
     assert not any(n.op_type == "DequantizeLinear" for n in evaluation.graph.node)
     np.testing.assert_allclose(evaluation_out, written_out, rtol=1e-5, atol=1e-5)
     np.testing.assert_array_equal(evaluation_out.argmax(1), written_out.argmax(1))
+
+
+def dequantized_codes(model: onnx.ModelProto) -> set[str]:
+    """The names of the layers whose weights are integer codes behind a DequantizeLinear."""
+    return {
+        n.output[0].removesuffix("_weight")
+        for n in model.graph.node
+        if n.op_type == "DequantizeLinear" and n.output[0].endswith("_weight")
+    }
+
+
+def test_wide_weights_that_float32_sums_exactly_become_float_constants(lenet):
+    written, evaluation, written_out, evaluation_out = both_forms(lenet, "dfp:w10a6")
+    assert dequantized_codes(written) and not dequantized_codes(evaluation)
+    np.testing.assert_array_equal(evaluation_out, written_out)
+
+
+def test_wide_weights_whose_sums_could_round_stay_codes(lenet):
+    """16-bit weights times 8-bit inputs over a 5x5x6 window can pass 2**24 steps."""
+    _, evaluation, _, _ = both_forms(lenet, "dfp:w16a8")
+    assert dequantized_codes(evaluation)
+
+
+def test_int8_weights_stay_codes_to_fuse_into_integer_kernels(lenet):
+    written, evaluation, _, _ = both_forms(lenet, "dfp8")
+    assert dequantized_codes(evaluation) == dequantized_codes(written) != set()

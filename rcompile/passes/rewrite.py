@@ -20,12 +20,18 @@ import numpy as np
 import onnx
 from onnx import TensorProto
 
-from rcompile.formats import DFP, Format
+from rcompile.formats import DFP, Format, Pow2
 from rcompile.graph import Names, constant_value, output_names, producers, remove_initializers
 from rcompile.onnx_ops import DOMAIN, DOMAIN_VERSION, functions_for, quantizer_node
 from rcompile.onnx_ops.dfp import LATE
 from rcompile.passes import PassResult
-from rcompile.passes.store_weights import StoredTensor, float_tensor, quantize_values, store
+from rcompile.passes.store_weights import (
+    StoredTensor,
+    float_tensor,
+    quantize_values,
+    store,
+    weight_step,
+)
 from rcompile.plan import LayerPlan, Plan, accumulator_fl
 
 # What the evaluation form needs disabled: onnxruntime's WeightBiasQuantization rounds the
@@ -55,19 +61,20 @@ class _Rewriter:
             if fmt is not None:
                 position = list(node.input).index(source)
                 layer.input[position] = self.quantizer(source, fmt, node.name, emitted, arithmetic)
+        bias = None
         if plan.weights:
-            layer.input[1] = self.weights(node, plan, emitted)
+            layer.input[1], bias = self.parameters(node, plan, emitted)
         result = self.names.fresh(f"{plan.layer.output}_unquantized")
         layer.output[0] = result
-        if plan.bias:
-            bias, on_grid = self.bias(node, plan, emitted)
-            if on_grid:
-                layer.input[2] = bias
+        if bias is not None:
+            bias_name, inside = bias
+            if inside:
+                layer.input[2] = bias_name
             else:
                 del layer.input[2]
                 layer.output[0] = self.names.fresh(f"{plan.layer.output}_without_bias")
                 add = onnx.helper.make_node(
-                    "Add", [layer.output[0], bias], [result], name=f"{node.name}_add_bias"
+                    "Add", [layer.output[0], bias_name], [result], name=f"{node.name}_add_bias"
                 )
                 emitted.append(layer)
                 layer = add
@@ -117,40 +124,54 @@ class _Rewriter:
         value = constant_value(self.graph, node.input[2])
         return value is not None and value.size == 1 and not np.signbit(value) and value == 0
 
-    def weights(self, node: onnx.NodeProto, plan: LayerPlan, emitted: list) -> str:
-        values = constant_value(self.graph, plan.layer.weight).astype(np.float32)
-        axis = _normalised_axis(plan.layer.weight_axis, values.ndim)
-        quantized = quantize_values(values, plan.weights, axis)
-        name = self.names.fresh(f"{node.name}_weight")
-        if self._float_parameters(plan):
-            return self._emit(float_tensor(name, quantized), emitted)
-        return self._emit(store(name, quantized, plan.weights, axis), emitted)
-
-    def bias(self, node: onnx.NodeProto, plan: LayerPlan, emitted: list) -> tuple[str, bool]:
-        """The quantized bias, and whether it is stored on the accumulator grid (as int32
-        inside the layer, fusable). Otherwise it is added by a separate Add after the layer:
+    def parameters(
+        self, node: onnx.NodeProto, plan: LayerPlan, emitted: list
+    ) -> tuple[str, tuple[str, bool] | None]:
+        """The quantized weights, and the quantized bias (if any) with whether it goes inside
+        the layer: as int32 codes on the accumulator grid, where integer hardware adds it and
+        onnxruntime fuses it. Otherwise it is added by a separate Add after the layer:
         onnxruntime's WeightBiasQuantization would re-quantize a float bias left inside a
         layer with quantized inputs onto that grid, overflowing int32 where it does not fit."""
+        values = constant_value(self.graph, plan.layer.weight).astype(np.float32)
+        axis = _normalised_axis(plan.layer.weight_axis, values.ndim)
+        weights = quantize_values(values, plan.weights, axis)
+        stored_weights = store(self.names.fresh(f"{node.name}_weight"), weights, plan.weights, axis)
+        if not plan.bias:
+            floats = self._float_parameters(plan, weights, axis, stored_weights, None, None)
+            return self._emit(stored_weights, weights, floats, emitted), None
         values = constant_value(self.graph, plan.layer.bias).astype(np.float32).reshape(-1)
-        quantized = quantize_values(values, plan.bias, 0)
+        bias = quantize_values(values, plan.bias, 0)
+        steps = _accumulator_steps(bias, plan)
+        floats = self._float_parameters(plan, weights, axis, stored_weights, bias, steps)
+        weight_name = self._emit(stored_weights, weights, floats, emitted)
         target = self.names.fresh(f"{node.name}_bias")
-        stored = _on_accumulator_grid(target, quantized, plan)
-        if stored is not None:
-            return self._emit(stored, emitted), True
+        if steps is not None:
+            types = (TensorProto.INT32,)
+            stored = store(target, bias, (DFP(32, 0),) * bias.size, 0, steps, types)
+            return weight_name, (self._emit(stored, bias, floats, emitted), True)
         if plan.layer.op_type in ("Conv", "ConvTranspose"):
-            weight_rank = constant_value(self.graph, plan.layer.weight).ndim
-            quantized = quantized.reshape(-1, *([1] * (weight_rank - 2)))
-        if self._float_parameters(plan):
-            return self._emit(float_tensor(target, quantized), emitted), False
-        return self._emit(store(target, quantized, plan.bias, 0), emitted), False
+            bias = bias.reshape(-1, *([1] * (weights.ndim - 2)))
+        stored = store(target, bias, plan.bias, 0)
+        return weight_name, (self._emit(stored, bias, floats, emitted), False)
 
-    def _float_parameters(self, plan: LayerPlan) -> bool:
-        """In the evaluation form, a layer with FP32 inputs gets its quantized parameters as
-        float constants: its arithmetic is float anyway, and onnxruntime runs its fastest
-        convolutions only on constant weights."""
-        return self.evaluation and all(fmt is None for fmt in plan.inputs)
+    def _float_parameters(self, plan, weights, axis, stored_weights, bias, steps) -> bool:
+        """Whether the evaluation form takes the parameters as float constants (onnxruntime
+        runs its fastest convolutions only on constant weights). It does where no bit of the
+        result changes for it: the layer's inputs are FP32 (its arithmetic is float either
+        way), or its weights do not fuse into integer kernels (not int8 codes) and float32
+        sums the layer exactly in any order, the bias inside it (see `_float_sums_exactly`)."""
+        if not self.evaluation:
+            return False
+        if all(fmt is None for fmt in plan.inputs):
+            return True
+        int8_codes = stored_weights.initializers[0].data_type == TensorProto.INT8
+        if int8_codes or (bias is not None and steps is None):
+            return False
+        return _float_sums_exactly(plan, weights, axis, bias, steps)
 
-    def _emit(self, stored: StoredTensor, emitted: list) -> str:
+    def _emit(self, stored: StoredTensor, values: np.ndarray, as_float: bool, emitted: list) -> str:
+        if as_float:
+            stored = float_tensor(stored.output, values)
         self.graph.initializer.extend(stored.initializers)
         emitted.extend(stored.nodes)
         return stored.output
@@ -190,11 +211,10 @@ def _normalised_axis(axis: int | None, ndim: int) -> int | None:
     return axis + ndim if axis < 0 else axis
 
 
-def _on_accumulator_grid(name: str, bias: np.ndarray, plan: LayerPlan) -> StoredTensor | None:
-    """The bias as int32 codes on the grid of the input-times-weight products, when that grid
-    holds it exactly. That is where integer hardware adds the bias, and the form onnxruntime
-    needs to fuse the layer into integer kernels. Only this bias may be int32: onnxruntime
-    fuses any int32 bias assuming this grid."""
+def _accumulator_steps(bias: np.ndarray, plan: LayerPlan) -> np.ndarray | None:
+    """The steps of the grid of the input-times-weight products, one per bias element, when
+    that grid holds the bias exactly as 32-bit codes. Only such a bias may be stored int32:
+    onnxruntime fuses any int32 bias assuming this grid."""
     grids = [accumulator_fl(plan.inputs[0], w) for w in plan.weights]
     if None in grids or len(grids) not in (1, bias.size):
         return None
@@ -202,9 +222,32 @@ def _on_accumulator_grid(name: str, bias: np.ndarray, plan: LayerPlan) -> Stored
     codes = bias.astype(np.float64) / steps
     if not (np.array_equal(codes, np.rint(codes)) and np.all(np.abs(codes) < 2**31)):
         return None
-    return store(
-        name, bias, (DFP(32, 0),) * bias.size, 0, steps.astype(np.float32), (TensorProto.INT32,)
-    )
+    return steps.astype(np.float32)
+
+
+def _float_sums_exactly(
+    plan: LayerPlan,
+    weights: np.ndarray,
+    axis: int | None,
+    bias: np.ndarray | None,
+    steps: np.ndarray | None,
+) -> bool:
+    """Whether float32 sums a layer with a DFP input exactly, in any order: every product and
+    partial sum is a whole number of steps of the product grid, so none rounds while the
+    largest possible sum of an output channel (the largest input code times the channel's
+    absolute weight codes, plus its bias codes) stays within 2**24 steps."""
+    source = plan.inputs[0]
+    if not isinstance(source, DFP) or not all(isinstance(f, DFP | Pow2) for f in plan.weights):
+        return False
+    weight_steps = np.array([weight_step(f) for f in plan.weights], np.float64)
+    by_channel = np.moveaxis(weights, axis, 0) if axis is not None else weights.reshape(1, -1)
+    by_channel = by_channel.reshape(by_channel.shape[0], -1).astype(np.float64)
+    codes = np.abs(by_channel) / weight_steps.reshape(-1, 1)
+    input_codes = max(-source.code_min, source.code_max)
+    largest = input_codes * codes.sum(axis=1)
+    if bias is not None:
+        largest = largest + np.abs(bias.astype(np.float64) / steps.astype(np.float64))
+    return bool(np.all(largest <= 2**24))
 
 
 def _without_unused(nodes: list[onnx.NodeProto], pads: set[str], graph) -> list[onnx.NodeProto]:

@@ -96,7 +96,7 @@ def store(
     first (by default `parameter_types(formats)`); values no type holds stay float32.
     """
     if all(isinstance(f, DFP | Pow2) for f in formats):
-        steps = scales if scales is not None else np.array([_step(f) for f in formats], F32)
+        steps = scales if scales is not None else np.array([weight_step(f) for f in formats], F32)
         codes = _divide(quantized, steps, axis)
         if np.array_equal(codes, np.rint(codes)):
             stored = _integer_codes(name, codes, steps, axis, types or parameter_types(formats))
@@ -116,7 +116,8 @@ def float_tensor(name: str, values: np.ndarray) -> StoredTensor:
     return StoredTensor((numpy_helper.from_array(values.astype(F32), name),), (), name)
 
 
-def _step(fmt: Format) -> float:
+def weight_step(fmt: Format) -> float:
+    """The value of code 1: a DFP format's step, a power-of-two format's smallest power."""
     return fmt.step if isinstance(fmt, DFP) else 2.0**fmt.exp_min
 
 
