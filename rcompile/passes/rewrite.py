@@ -27,12 +27,13 @@ from rcompile.onnx_ops.dfp import LATE
 from rcompile.passes import PassResult
 from rcompile.passes.store_weights import (
     StoredTensor,
+    families,
     float_tensor,
     quantize_values,
     store,
-    weight_step,
+    weight_steps,
 )
-from rcompile.plan import LayerPlan, Plan, accumulator_fl
+from rcompile.plan import LayerPlan, Plan
 
 # What the evaluation form needs disabled: onnxruntime's WeightBiasQuantization rounds the
 # float weights of a layer fed by a DequantizeLinear to int8.
@@ -215,10 +216,14 @@ def _accumulator_steps(bias: np.ndarray, plan: LayerPlan) -> np.ndarray | None:
     """The steps of the grid of the input-times-weight products, one per bias element, when
     that grid holds the bias exactly as 32-bit codes. Only such a bias may be stored int32:
     onnxruntime fuses any int32 bias assuming this grid."""
-    grids = [accumulator_fl(plan.inputs[0], w) for w in plan.weights]
-    if None in grids or len(grids) not in (1, bias.size):
+    source = plan.inputs[0]
+    if not isinstance(source, DFP) or len(plan.weights) not in (1, bias.size):
         return None
-    steps = np.ldexp(1.0, -np.array(grids * (bias.size // len(grids)), dtype=np.int64))
+    if not families(plan.weights) <= {DFP, Pow2}:
+        return None
+    # The product of codes of steps 2**-fl and s is a code of step s * 2**-fl.
+    steps = weight_steps(plan.weights) * source.step
+    steps = np.broadcast_to(steps, bias.shape)
     codes = bias.astype(np.float64) / steps
     if not (np.array_equal(codes, np.rint(codes)) and np.all(np.abs(codes) < 2**31)):
         return None
@@ -237,12 +242,12 @@ def _float_sums_exactly(
     largest possible sum of an output channel (the largest input code times the channel's
     absolute weight codes, plus its bias codes) stays within 2**24 steps."""
     source = plan.inputs[0]
-    if not isinstance(source, DFP) or not all(isinstance(f, DFP | Pow2) for f in plan.weights):
+    if not isinstance(source, DFP) or not families(plan.weights) <= {DFP, Pow2}:
         return False
-    weight_steps = np.array([weight_step(f) for f in plan.weights], np.float64)
+    steps_of_weights = weight_steps(plan.weights)
     by_channel = np.moveaxis(weights, axis, 0) if axis is not None else weights.reshape(1, -1)
     by_channel = by_channel.reshape(by_channel.shape[0], -1).astype(np.float64)
-    codes = np.abs(by_channel) / weight_steps.reshape(-1, 1)
+    codes = np.abs(by_channel) / steps_of_weights.reshape(-1, 1)
     input_codes = max(-source.code_min, source.code_max)
     largest = input_codes * codes.sum(axis=1)
     if bias is not None:

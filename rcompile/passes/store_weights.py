@@ -52,15 +52,16 @@ def quantize_values(
     values = values.astype(F32)
     if len(formats) == 1:
         return formats[0].quantize(values)
-    if all(isinstance(f, DFP) for f in formats):
-        return quantize_fixed_point(
-            values,
-            *(
-                _along([getattr(f, k) for f in formats], values, axis)
-                for k in ("fl", "code_min", "code_max")
-            ),
+    if families(formats) == {DFP}:
+        fl, bw, signed = (
+            np.array([getattr(f, k) for f in formats]) for k in ("fl", "bw", "signed")
         )
-    if all(isinstance(f, Pow2) for f in formats):
+        code_min = np.where(signed, -(2 ** (bw - 1)), 0)
+        code_max = 2 ** (bw - signed) - 1
+        return quantize_fixed_point(
+            values, *(_along(p, values, axis) for p in (fl, code_min, code_max))
+        )
+    if families(formats) == {Pow2}:
         return quantize_power_of_two(
             values,
             *(
@@ -74,11 +75,16 @@ def quantize_values(
     )
 
 
-def _along(values: list, like: np.ndarray, axis: int) -> np.ndarray:
+def families(formats: tuple[Format, ...]) -> set[type]:
+    """The format classes among `formats` (a layer has thousands of per-channel formats)."""
+    return set(map(type, formats))
+
+
+def _along(values, like: np.ndarray, axis: int) -> np.ndarray:
     """Per-channel parameters shaped to broadcast along `axis` of `like`."""
     shape = [1] * like.ndim
     shape[axis] = len(values)
-    return np.array(values).reshape(shape)
+    return np.asarray(values).reshape(shape)
 
 
 def store(
@@ -95,14 +101,14 @@ def store(
     on the accumulator's grid. `types` are the integer types the codes may take, narrowest
     first (by default `parameter_types(formats)`); values no type holds stay float32.
     """
-    if all(isinstance(f, DFP | Pow2) for f in formats):
-        steps = scales if scales is not None else np.array([weight_step(f) for f in formats], F32)
+    if families(formats) <= {DFP, Pow2}:
+        steps = scales if scales is not None else weight_steps(formats).astype(F32)
         codes = _divide(quantized, steps, axis)
         if np.array_equal(codes, np.rint(codes)):
             stored = _integer_codes(name, codes, steps, axis, types or parameter_types(formats))
             if stored is not None:
                 return stored
-    if all(isinstance(f, MiniFloat) for f in formats) and _exact_in_float16(quantized):
+    if families(formats) == {MiniFloat} and _exact_in_float16(quantized):
         half = numpy_helper.from_array(quantized.astype(np.float16), f"{name}_float16")
         cast = helper.make_node(
             "Cast", [half.name], [name], name=f"{name}_cast", to=TensorProto.FLOAT
@@ -116,9 +122,11 @@ def float_tensor(name: str, values: np.ndarray) -> StoredTensor:
     return StoredTensor((numpy_helper.from_array(values.astype(F32), name),), (), name)
 
 
-def weight_step(fmt: Format) -> float:
-    """The value of code 1: a DFP format's step, a power-of-two format's smallest power."""
-    return fmt.step if isinstance(fmt, DFP) else 2.0**fmt.exp_min
+def weight_steps(formats: tuple[Format, ...]) -> np.ndarray:
+    """The value of code 1 of each format (float64): a DFP format's step, a power-of-two
+    format's smallest power."""
+    exponents = [-f.fl if isinstance(f, DFP) else f.exp_min for f in formats]
+    return np.ldexp(1.0, np.array(exponents, np.int64))
 
 
 def _divide(values: np.ndarray, steps: np.ndarray, axis: int | None) -> np.ndarray:
