@@ -11,8 +11,16 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from onnx import TensorProto, helper, numpy_helper
 
 from rcompile.api import collect_statistics, load_source
+from rcompile.onnx_ops import IR_VERSION, OPSET
+from rcompile.passes.calibrate import (
+    Statistics,
+    activation_ranges,
+    activation_tensors,
+    weight_ranges,
+)
 from rcompile.passes.layers import find_layers
 from rcompile.passes.rewrite import EVALUATION_DISABLED_OPTIMIZERS, rewrite
 from rcompile.plan import Override, Planner
@@ -107,3 +115,129 @@ def test_wide_weights_whose_sums_could_round_stay_codes(lenet):
 def test_int8_weights_stay_codes_to_fuse_into_integer_kernels(lenet):
     written, evaluation, _, _ = both_forms(lenet, "dfp8")
     assert dequantized_codes(evaluation) == dequantized_codes(written) != set()
+
+
+def relu6_network() -> onnx.ModelProto:
+    """x -> Conv -> Clip(0, 6) -> Pad -> depthwise Conv -> Clip(0, 6) -> Conv -> y, the
+    pattern of EfficientNet-Lite, where the evaluation form drops clips and quantizers that
+    change nothing. Each convolution has a channel of near-zero weights, whose fine grid
+    makes its bias a huge number of accumulator steps."""
+    rng = np.random.default_rng(0)
+
+    def weights(*shape: int) -> np.ndarray:
+        values = rng.normal(size=shape)
+        values[0] *= 1e-4
+        return values
+
+    initializers = {
+        "w1": weights(8, 3, 3, 3),
+        "b1": rng.normal(size=8),
+        "w2": weights(8, 1, 3, 3),
+        "b2": rng.normal(size=8),
+        "w3": weights(4, 8, 1, 1),
+        "b3": rng.normal(size=4),
+        "low": np.array(0.0),
+        "high": np.array(6.0),
+        "pads": np.array([0, 0, 1, 1, 0, 0, 1, 1]),
+    }
+    nodes = [
+        helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
+        helper.make_node("Clip", ["c1", "low", "high"], ["r1"], name="relu6_1"),
+        helper.make_node("Pad", ["r1", "pads"], ["p1"], name="pad"),
+        helper.make_node("Conv", ["p1", "w2", "b2"], ["c2"], name="depthwise", group=8),
+        helper.make_node("Clip", ["c2", "low", "high"], ["r2"], name="relu6_2"),
+        helper.make_node("Conv", ["r2", "w3", "b3"], ["y"], name="project"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4, 8, 8])],
+        [
+            numpy_helper.from_array(v.astype(np.int64 if k == "pads" else np.float32), k)
+            for k, v in initializers.items()
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+    model.ir_version = IR_VERSION
+    return model
+
+
+@pytest.fixture(scope="module")
+def relu6():
+    model = relu6_network()
+    layers = find_layers(model)
+    feeds = [
+        {"x": np.random.default_rng(seed).normal(size=(4, 3, 8, 8)).astype(np.float32)}
+        for seed in range(3)
+    ]
+    ranges, samples = activation_ranges(model, activation_tensors(layers), feeds)
+    statistics = Statistics(ranges, weight_ranges(model, layers), samples)
+    images = np.random.default_rng(9).normal(size=(16, 3, 8, 8)).astype(np.float32)
+    return model, Planner(layers, statistics), images
+
+
+def relu6_forms(relu6, scheme: str, overrides=()):
+    model, planner, x = relu6
+    plan = planner.plan(parse_scheme(scheme), overrides)
+    written = rewrite(model, plan).model
+    evaluation = rewrite(model, plan, evaluation=True).model
+    run = ort.InferenceSession(written.SerializeToString(), providers=["CPUExecutionProvider"])
+    fast = ort.InferenceSession(
+        evaluation.SerializeToString(),
+        providers=["CPUExecutionProvider"],
+        disabled_optimizers=list(EVALUATION_DISABLED_OPTIMIZERS),
+    )
+    return written, evaluation, run.run(None, {"x": x})[0], fast.run(None, {"x": x})[0]
+
+
+# Formats that a clamp's result does not already fit: a consumer's input narrower than its
+# producer's output, and a clamped output whose range ends below the clamp's 6.
+NARROWER_INPUTS = (
+    Override("depthwise", input=parse_rule("dfp4")),
+    Override("project", input=parse_rule("udfp3f0")),
+)
+SHORT_RANGE = (Override("conv1", output=parse_rule("udfp5f3")),)
+
+
+@pytest.mark.parametrize(
+    ("scheme", "overrides"),
+    [
+        ("dfp8", ()),
+        ("dfp:w6a5", ()),
+        ("dfp:w12a6", ()),
+        ("dfp:w16a8", ()),
+        ("dfp8", NARROWER_INPUTS),
+        ("dfp:w12a6", NARROWER_INPUTS),
+        ("dfp:w6a5", SHORT_RANGE),
+        ("dfp:w12a8", SHORT_RANGE),
+    ],
+    ids=["dfp8", "w6a5", "w12a6", "w16a8", "narrower", "narrower-wide", "short", "short-wide"],
+)
+def test_clamped_network_evaluation_form_is_bit_for_bit(relu6, scheme, overrides):
+    _, _, written, evaluation = relu6_forms(relu6, scheme, overrides)
+    np.testing.assert_array_equal(evaluation, written)
+
+
+def overloads(model: onnx.ModelProto) -> list[str]:
+    return [n.overload for n in model.graph.node if n.op_type == "QuantizeDFP"]
+
+
+def test_narrow_outputs_clamped_after_keep_no_clip_of_their_own(relu6):
+    """Between the image's quantizer and the unclamped graph output, the two clamped layer
+    outputs and the next layers' input quantizers need no clip to 5 bits."""
+    written, evaluation, _, _ = relu6_forms(relu6, "dfp:w6a5")
+    assert all(o.startswith("uint8_clipped") for o in overloads(written))
+    assert overloads(evaluation)[1:-1] == ["uint8"] * 4
+    assert overloads(evaluation)[-1] == "uint8_clipped_late"
+
+
+def test_layers_that_do_not_fuse_skip_input_quantizers_that_change_nothing(relu6):
+    written, evaluation, _, _ = relu6_forms(relu6, "dfp:w12a6")
+    assert len(overloads(evaluation)) < len(overloads(written))
+
+
+def test_wide_weights_with_huge_bias_codes_still_become_float_constants(relu6):
+    written, evaluation, _, _ = relu6_forms(relu6, "dfp:w12a6")
+    assert len(dequantized_codes(written)) == 3
+    assert not dequantized_codes(evaluation)

@@ -132,12 +132,44 @@ def test_editing_node_attributes_changes_the_format(before, edits, after):
 def test_late_clipped_overload_matches_the_reference(fmt):
     model = single_quantizer_model([fmt])
     node = model.graph.node[0]
-    node.overload = dfp.overload(fmt, late=True)
+    node.overload = dfp.overload(fmt, "late")
     del model.functions[:]
     model.functions.append(dfp.build(node.overload))
     assert node.overload.endswith("_clipped_late")
     x = sweep_inputs()
     assert_same_bits(fmt, x, fmt.quantize(x), session(model).run(None, {"x": x})[0])
+
+
+def with_overload(fmt: DFP, overload: str) -> onnx.ModelProto:
+    model = single_quantizer_model([fmt])
+    model.graph.node[0].overload = overload
+    del model.functions[:]
+    model.functions.append(dfp.build(overload))
+    return model
+
+
+@pytest.mark.parametrize("fmt", [DFP(5, 2), DFP(6, 3, False), DFP(12, 6)], ids=lambda f: f.name)
+def test_arithmetic_form_matches_the_reference(fmt):
+    x = sweep_inputs()
+    model = with_overload(fmt, dfp.overload(fmt, "arithmetic"))
+    assert_same_bits(fmt, x, fmt.quantize(x), session(model).run(None, {"x": x})[0])
+
+
+@pytest.mark.parametrize("fmt", [DFP(5, 2), DFP(6, 3, False), DFP(12, 6)], ids=lambda f: f.name)
+def test_unclipped_form_matches_the_reference_only_within_the_range(fmt):
+    model = with_overload(fmt, dfp.overload(fmt, "unclipped"))
+    assert model.graph.node[0].overload in ("uint8", "uint16")
+    x = sweep_inputs()
+    x = x[np.isfinite(x)]
+    inside = np.clip(x, fmt.min, fmt.max).astype(np.float32)
+    assert_same_bits(fmt, inside, fmt.quantize(inside), session(model).run(None, {"x": inside})[0])
+    beyond = np.float32([fmt.max * 2])
+    assert session(model).run(None, {"x": beyond})[0][0] > fmt.max
+
+
+def test_unknown_quantizer_form_raises():
+    with pytest.raises(ValueError, match="form"):
+        dfp.overload(DFP(8, 0), "fast")
 
 
 def test_overloads_follow_the_code_width():

@@ -37,19 +37,13 @@ def function_key(fmt: Format) -> tuple[str, str]:
 
 
 def quantizer_node(
-    fmt: Format,
-    source: str,
-    target: str,
-    name: str,
-    arithmetic: bool = False,
-    late: bool = False,
+    fmt: Format, source: str, target: str, name: str, form: str = "default"
 ) -> onnx.NodeProto:
-    """A node that quantizes `source` to `fmt` and writes `target`. For DFP: with
-    `arithmetic`, the float-arithmetic body instead of QuantizeLinear/DequantizeLinear; with
-    `late`, narrow codes clipped after that pair (for layer outputs, see `dfp.overload`)."""
+    """A node that quantizes `source` to `fmt` and writes `target`. `form` picks among a DFP
+    quantizer's equivalent bodies (see `dfp.overload`); other families have one."""
     op_type, overload = function_key(fmt)
     if isinstance(fmt, DFP):
-        overload = "float" if arithmetic else dfp.overload(fmt, late)
+        overload = dfp.overload(fmt, form)
     attributes = _OPS[type(fmt)].attributes(fmt)
     node = helper.make_node(op_type, [source], [target], name=name, domain=DOMAIN, **attributes)
     node.overload = overload

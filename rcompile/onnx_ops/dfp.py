@@ -29,18 +29,29 @@ OVERLOADS = (
 )
 
 
-def overload(fmt: DFP, late: bool = False) -> str:
+FORMS = ("default", "arithmetic", "late", "unclipped")
+
+
+def overload(fmt: DFP, form: str = "default") -> str:
     """`uint8`/`uint16` when `bw` is exactly that width (QuantizeLinear saturates by itself),
     `uint8_clipped`/`uint16_clipped` for narrower codes, `float` for codes over 16 bits.
-    With `late` (for a layer's output), narrower codes are clipped after the
-    QuantizeLinear/DequantizeLinear pair instead of before: the same values (the clip bounds
-    lie on the grid, and the wider pair saturates beyond them), but the layer's output goes
-    straight into QuantizeLinear, as onnxruntime needs to fuse the layer into integer kernels."""
+
+    Other forms: `arithmetic` is the float overload whatever the width. `late` (for a layer's
+    output) clips narrower codes after the QuantizeLinear/DequantizeLinear pair instead of
+    before: the same values (the clip bounds lie on the grid, and the wider pair saturates
+    beyond them), but the layer's output goes straight into QuantizeLinear, as onnxruntime
+    needs to fuse the layer into integer kernels. `unclipped` is the bare pair of the storage
+    width, without the clip to `bw` bits: the same values only for inputs that the clip would
+    not change, which the caller must know (the search's evaluation form uses it)."""
+    if form not in FORMS:
+        raise ValueError(f"DFP quantizer form must be one of {FORMS}, got {form!r}")
+    if form == "arithmetic":
+        return "float"
     for name, (_, width) in STORAGE.items():
-        if fmt.bw == width:
+        if fmt.bw == width or (fmt.bw < width and form == "unclipped"):
             return name
         if fmt.bw < width:
-            return name + CLIPPED + (LATE if late else "")
+            return name + CLIPPED + (LATE if form == "late" else "")
     return "float"
 
 

@@ -59,17 +59,19 @@ def _clamp_bounds(
     Values outside it are clamped anyway, so the output quantizer's range need only cover it:
     saturating there changes nothing after the clamp and buys resolution.
     """
-    if len(users) != 1:
-        return None
-    user = users[0]
-    if user.op_type == "Relu":
+    return clamp_bounds(graph, users[0]) if len(users) == 1 else None
+
+
+def clamp_bounds(graph: onnx.GraphProto, node: onnx.NodeProto) -> tuple[float, float] | None:
+    """The interval a Relu or a Clip with constant bounds clamps its input to, else None."""
+    if node.op_type == "Relu":
         return (0.0, math.inf)
-    if user.op_type != "Clip":
+    if node.op_type != "Clip":
         return None
     bounds = [-math.inf, math.inf]
     for position in (1, 2):
-        if len(user.input) > position and user.input[position]:
-            value = constant_value(graph, user.input[position])
+        if len(node.input) > position and node.input[position]:
+            value = constant_value(graph, node.input[position])
             if value is None:
                 return None
             bounds[position - 1] = float(value)

@@ -16,6 +16,8 @@ The search scores hundreds of configurations, so it asks for an evaluation form 
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import onnx
 from onnx import TensorProto
@@ -25,6 +27,7 @@ from rcompile.graph import Names, constant_value, output_names, producers, remov
 from rcompile.onnx_ops import DOMAIN, DOMAIN_VERSION, functions_for, quantizer_node
 from rcompile.onnx_ops.dfp import LATE
 from rcompile.passes import PassResult
+from rcompile.passes.layers import clamp_bounds
 from rcompile.passes.store_weights import (
     StoredTensor,
     families,
@@ -50,21 +53,27 @@ class _Rewriter:
         self.producers = producers(graph)
         self.moved_pads: set[str] = set()
         self.quantized: dict[tuple[str, Format, bool], str] = {}
+        # Evaluation form: the DFP format of each quantized layer output, and for the result
+        # of a clamp of one, (grid step, lowest value, highest value).
+        self.outputs: dict[str, DFP] = {}
+        self.on_grid: dict[str, tuple[float, float, float]] = {}
 
     def layer(self, node: onnx.NodeProto, plan: LayerPlan) -> list[onnx.NodeProto]:
         emitted: list[onnx.NodeProto] = []
         layer = onnx.NodeProto()
         layer.CopyFrom(node)
+        bias, fuses = None, not plan.weights
+        if plan.weights:
+            layer.input[1], bias, fuses = self.parameters(node, plan, emitted)
         # onnxruntime's WeightBiasQuantization would quantize the FP32 weights of a layer fed
         # by a DequantizeLinear to int8, so such a layer gets arithmetic input quantizers.
         arithmetic = bool(plan.layer.weight) and not plan.weights and not self.evaluation
         for source, fmt in zip(plan.layer.inputs, plan.inputs, strict=True):
             if fmt is not None:
                 position = list(node.input).index(source)
-                layer.input[position] = self.quantizer(source, fmt, node.name, emitted, arithmetic)
-        bias = None
-        if plan.weights:
-            layer.input[1], bias = self.parameters(node, plan, emitted)
+                layer.input[position] = self.quantizer(
+                    source, fmt, node.name, emitted, arithmetic, fuses
+                )
         result = self.names.fresh(f"{plan.layer.output}_unquantized")
         layer.output[0] = result
         if bias is not None:
@@ -84,21 +93,48 @@ class _Rewriter:
             layer.output[0] = plan.layer.output
             return emitted
         name = self.names.fresh(f"{node.name}_output_quantizer")
-        quantizer = quantizer_node(plan.output, result, plan.layer.output, name, late=True)
+        form = "late"
+        if self.evaluation and _clamped_within(plan.layer.output_bounds, plan.output):
+            # The one consumer clamps to within the format's range, so the clip to `bw` bits
+            # changes nothing that the clamp leaves.
+            form = "unclipped"
+        quantizer = quantizer_node(plan.output, result, plan.layer.output, name, form)
         emitted.append(quantizer)
-        if not quantizer.overload.endswith(LATE):
+        if isinstance(plan.output, DFP):
+            self.outputs[plan.layer.output] = plan.output
+        if form == "late" and not quantizer.overload.endswith(LATE):
             # A late clip ends in Clip, not DequantizeLinear: a consumer layer then gets its own
             # input quantizer (idempotent), so that it too can be fused.
             self.quantized[(plan.layer.output, plan.output, False)] = plan.layer.output
         return emitted
 
+    def clamp(self, node: onnx.NodeProto) -> None:
+        """Evaluation form: note what a Relu or constant Clip leaves of a quantized layer
+        output: values on the output format's grid between two bounds (see `_on_grid`)."""
+        fmt = self.outputs.get(node.input[0]) if node.input else None
+        bounds = clamp_bounds(self.graph, node) if fmt is not None else None
+        if bounds is None or not all(math.isinf(b) or (b / fmt.step).is_integer() for b in bounds):
+            return
+        low, high = max(bounds[0], fmt.min), min(bounds[1], fmt.max)
+        self.on_grid[node.output[0]] = (fmt.step, low, high)
+
     def quantizer(
-        self, source: str, fmt: Format, owner: str, emitted: list, arithmetic: bool = False
+        self,
+        source: str,
+        fmt: Format,
+        owner: str,
+        emitted: list,
+        arithmetic: bool = False,
+        fuses: bool = True,
     ) -> str:
+        """The name of `source` quantized to `fmt` for the layer `owner`, emitting what that
+        needs. In the evaluation form, a source already on the format's grid and within its
+        range keeps only what onnxruntime needs to fuse a layer (a bare QuantizeLinear and
+        DequantizeLinear pair), and nothing for a layer that will not fuse (`fuses`)."""
         key = (source, fmt, arithmetic)
         pad = self.producers.get(source)
         if key not in self.quantized and pad is not None and self._pads_with_zero(pad):
-            padded = self.quantizer(pad.input[0], fmt, owner, emitted, arithmetic)
+            padded = self.quantizer(pad.input[0], fmt, owner, emitted, arithmetic, fuses)
             copy = onnx.NodeProto()
             copy.CopyFrom(pad)
             copy.name = self.names.fresh(f"{pad.name}_{fmt.name}")
@@ -107,12 +143,18 @@ class _Rewriter:
             emitted.append(copy)
             self.moved_pads.add(pad.name)
             self.quantized[key] = copy.output[0]
-        if key not in self.quantized:
-            target = self.names.fresh(f"{source}_{fmt.name}")
-            name = self.names.fresh(f"{owner}_input_quantizer")
-            emitted.append(quantizer_node(fmt, source, target, name, arithmetic))
-            self.quantized[key] = target
-        return self.quantized[key]
+        if key in self.quantized:
+            return self.quantized[key]
+        form = "arithmetic" if arithmetic else "default"
+        if self.evaluation and _unchanged_by(fmt, self.on_grid.get(source)):
+            if not fuses:
+                return source
+            form = "unclipped"
+        target = self.names.fresh(f"{source}_{fmt.name}")
+        name = self.names.fresh(f"{owner}_input_quantizer")
+        emitted.append(quantizer_node(fmt, source, target, name, form))
+        self.quantized[key] = target
+        return target
 
     def _pads_with_zero(self, node: onnx.NodeProto) -> bool:
         """A constant-mode Pad whose pad value is +0 (absent means +0)."""
@@ -127,19 +169,21 @@ class _Rewriter:
 
     def parameters(
         self, node: onnx.NodeProto, plan: LayerPlan, emitted: list
-    ) -> tuple[str, tuple[str, bool] | None]:
-        """The quantized weights, and the quantized bias (if any) with whether it goes inside
+    ) -> tuple[str, tuple[str, bool] | None, bool]:
+        """The quantized weights; the quantized bias (if any) with whether it goes inside
         the layer: as int32 codes on the accumulator grid, where integer hardware adds it and
         onnxruntime fuses it. Otherwise it is added by a separate Add after the layer:
         onnxruntime's WeightBiasQuantization would re-quantize a float bias left inside a
-        layer with quantized inputs onto that grid, overflowing int32 where it does not fit."""
+        layer with quantized inputs onto that grid, overflowing int32 where it does not fit.
+        Last, whether onnxruntime can fuse the layer (its weights are int8 codes)."""
         values = constant_value(self.graph, plan.layer.weight).astype(np.float32)
         axis = _normalised_axis(plan.layer.weight_axis, values.ndim)
         weights = quantize_values(values, plan.weights, axis)
         stored_weights = store(self.names.fresh(f"{node.name}_weight"), weights, plan.weights, axis)
+        fuses = stored_weights.initializers[0].data_type == TensorProto.INT8
         if not plan.bias:
             floats = self._float_parameters(plan, weights, axis, stored_weights, None, None)
-            return self._emit(stored_weights, weights, floats, emitted), None
+            return self._emit(stored_weights, weights, floats, emitted), None, fuses
         values = constant_value(self.graph, plan.layer.bias).astype(np.float32).reshape(-1)
         bias = quantize_values(values, plan.bias, 0)
         steps = _accumulator_steps(bias, plan)
@@ -149,18 +193,19 @@ class _Rewriter:
         if steps is not None:
             types = (TensorProto.INT32,)
             stored = store(target, bias, (DFP(32, 0),) * bias.size, 0, steps, types)
-            return weight_name, (self._emit(stored, bias, floats, emitted), True)
+            return weight_name, (self._emit(stored, bias, floats, emitted), True), fuses
         if plan.layer.op_type in ("Conv", "ConvTranspose"):
             bias = bias.reshape(-1, *([1] * (weights.ndim - 2)))
         stored = store(target, bias, plan.bias, 0)
-        return weight_name, (self._emit(stored, bias, floats, emitted), False)
+        return weight_name, (self._emit(stored, bias, floats, emitted), False), fuses
 
     def _float_parameters(self, plan, weights, axis, stored_weights, bias, steps) -> bool:
         """Whether the evaluation form takes the parameters as float constants (onnxruntime
         runs its fastest convolutions only on constant weights). It does where no bit of the
         result changes for it: the layer's inputs are FP32 (its arithmetic is float either
-        way), or its weights do not fuse into integer kernels (not int8 codes) and float32
-        sums the layer exactly in any order, the bias inside it (see `_float_sums_exactly`)."""
+        way), or its weights do not fuse into integer kernels (not int8 codes), its bias (if
+        any) goes inside it, and float32 sums its products exactly in any order (see
+        `_float_sums_exactly`)."""
         if not self.evaluation:
             return False
         if all(fmt is None for fmt in plan.inputs):
@@ -168,7 +213,7 @@ class _Rewriter:
         int8_codes = stored_weights.initializers[0].data_type == TensorProto.INT8
         if int8_codes or (bias is not None and steps is None):
             return False
-        return _float_sums_exactly(plan, weights, axis, bias, steps)
+        return _float_sums_exactly(plan, weights, axis)
 
     def _emit(self, stored: StoredTensor, values: np.ndarray, as_float: bool, emitted: list) -> str:
         if as_float:
@@ -196,6 +241,8 @@ def rewrite(model: onnx.ModelProto, plan: Plan, evaluation: bool = False) -> Pas
     for node in model.graph.node:
         layer_plan = by_node.get(node.name)
         nodes.extend(rewriter.layer(node, layer_plan) if layer_plan else [node])
+        if evaluation and not layer_plan:
+            rewriter.clamp(node)
     del result.graph.node[:]
     result.graph.node.extend(_without_unused(nodes, rewriter.moved_pads, result.graph))
     _drop_unused_initializers(result.graph)
@@ -210,6 +257,21 @@ def _normalised_axis(axis: int | None, ndim: int) -> int | None:
     if axis is None or ndim == 0:
         return None
     return axis + ndim if axis < 0 else axis
+
+
+def _clamped_within(bounds: tuple[float, float] | None, fmt: Format) -> bool:
+    return (
+        isinstance(fmt, DFP) and bounds is not None and fmt.min <= bounds[0] <= bounds[1] <= fmt.max
+    )
+
+
+def _unchanged_by(fmt: Format, values: tuple[float, float, float] | None) -> bool:
+    """Whether quantizing to `fmt` leaves values on a grid of `step` within [low, high]
+    unchanged: the format's step divides the grid's, and its range holds them."""
+    if values is None or not isinstance(fmt, DFP):
+        return False
+    step, low, high = values
+    return (step / fmt.step).is_integer() and fmt.min <= low and high <= fmt.max
 
 
 def _accumulator_steps(bias: np.ndarray, plan: LayerPlan) -> np.ndarray | None:
@@ -230,17 +292,13 @@ def _accumulator_steps(bias: np.ndarray, plan: LayerPlan) -> np.ndarray | None:
     return steps.astype(np.float32)
 
 
-def _float_sums_exactly(
-    plan: LayerPlan,
-    weights: np.ndarray,
-    axis: int | None,
-    bias: np.ndarray | None,
-    steps: np.ndarray | None,
-) -> bool:
-    """Whether float32 sums a layer with a DFP input exactly, in any order: every product and
-    partial sum is a whole number of steps of the product grid, so none rounds while the
-    largest possible sum of an output channel (the largest input code times the channel's
-    absolute weight codes, plus its bias codes) stays within 2**24 steps."""
+def _float_sums_exactly(plan: LayerPlan, weights: np.ndarray, axis: int | None) -> bool:
+    """Whether float32 sums the products of a layer with a DFP input exactly, in any order:
+    every product and partial sum is a whole number of steps of the product grid, so none
+    rounds while the largest possible sum of an output channel (the largest input code times
+    the channel's absolute weight codes) stays within 2**24 steps. onnxruntime's float
+    convolutions and matrix products add the bias to the finished sum, so the result is then
+    that exact sum plus the bias, rounded once, whatever the kernel."""
     source = plan.inputs[0]
     if not isinstance(source, DFP) or not families(plan.weights) <= {DFP, Pow2}:
         return False
@@ -249,10 +307,7 @@ def _float_sums_exactly(
     by_channel = by_channel.reshape(by_channel.shape[0], -1).astype(np.float64)
     codes = np.abs(by_channel) / steps_of_weights.reshape(-1, 1)
     input_codes = max(-source.code_min, source.code_max)
-    largest = input_codes * codes.sum(axis=1)
-    if bias is not None:
-        largest = largest + np.abs(bias.astype(np.float64) / steps.astype(np.float64))
-    return bool(np.all(largest <= 2**24))
+    return bool(np.all(input_codes * codes.sum(axis=1) <= 2**24))
 
 
 def _without_unused(nodes: list[onnx.NodeProto], pads: set[str], graph) -> list[onnx.NodeProto]:
