@@ -205,7 +205,7 @@ def _bias(rule, statistics, layer, input_format, weights, options: PlanOptions):
     grids = [accumulator_fl(input_format, w) for w in weights]
     fitted = DFP.for_weights(32, observed.overall.max_abs).fl
     if options.bias == "accumulator" and None not in grids:
-        return tuple(DFP(32, min(grid, fitted)) for grid in grids)
+        return tuple(DFP.of(32, min(grid, fitted)) for grid in grids)
     if options.bias == "accumulator" and all(isinstance(w, DFP | Pow2) for w in weights):
         return (DFP(32, fitted),)  # an FP32 input: no grid, but still the accumulator's width
     return (rule.for_weights(observed.overall.max_abs, observed.channels.ravel(), options.fit),)
@@ -222,7 +222,7 @@ def _within_accumulator(input_format, weights: tuple[Format, ...], bias_max: flo
         if grid is None or grid <= finest:
             adjusted.append(weight)
         elif isinstance(weight, DFP):
-            adjusted.append(DFP(weight.bw, weight.fl - (grid - finest), weight.signed))
+            adjusted.append(DFP.of(weight.bw, weight.fl - (grid - finest), weight.signed))
         else:
             low = weight.exp_min + (grid - finest)
             adjusted.append(Pow2(min(low, weight.exp_max), weight.exp_max, weight.zero))

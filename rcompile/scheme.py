@@ -45,9 +45,19 @@ class DFPRule:
 
     def for_channels(self, maxima, rows: np.ndarray, fit: str = "mse") -> tuple[DFP, ...]:
         """One format per row of `rows` (a channel's weights), whose largest magnitude is the
-        matching entry of `maxima`."""
-        bases = [DFP.for_weights(self.bits, maximum) for maximum in maxima]
-        return tuple(bases) if fit != "mse" else least_error(bases, rows)
+        matching entry of `maxima`: Ristretto's weight rule (`DFP.for_weights`) for every
+        channel at once, then with `mse` up to two more fractional bits where they lower
+        the squared error."""
+        maxima = np.asarray(maxima, np.float64)
+        if not np.all(np.isfinite(maxima) & (maxima >= 0)):
+            raise ValueError(f"channel maxima must be finite and >= 0, got {maxima}")
+        mantissa, exponent = np.frexp(maxima)
+        integer_length = np.where(maxima > 0, exponent - (mantissa == 0.5), 0) + 1
+        low, high = DFP.fl_range(self.bits)
+        fl = np.clip(self.bits - integer_length, low, high)
+        if fit == "mse" and rows.size:
+            fl = least_error_fl(fl, rows, self.bits, high)
+        return tuple(DFP.of(self.bits, int(f)) for f in fl)
 
     def for_activations(self, max_abs: float, signed: bool, fit: str = "mse") -> DFP:
         if fit == "ristretto":
@@ -59,25 +69,25 @@ class DFPRule:
         return f"dfp{self.bits}"
 
 
-def least_error(bases: list[DFP], rows: np.ndarray, extra_bits: int = 2) -> tuple[DFP, ...]:
-    """For each row of values (a channel) and its base format: among the base and the formats
-    with 1..extra_bits more fractional bits (which saturate the largest values to resolve the
-    rest finer), the one with the least squared error. All rows are scored at once."""
-    if rows.size == 0:
-        return tuple(bases)
-    highest = np.array([DFP.fl_range(b.bw)[1] for b in bases])[:, None]
-    base_fl = np.array([b.fl for b in bases])[:, None]
-    low = np.array([b.code_min for b in bases])[:, None]
-    high = np.array([b.code_max for b in bases])[:, None]
-    errors = []
-    for extra in range(extra_bits + 1):
-        quantized = quantize_fixed_point(rows, np.minimum(base_fl + extra, highest), low, high)
-        errors.append(np.sum(np.square(quantized - rows, dtype=np.float64), axis=1))
-    extra = np.argmin(np.stack(errors), axis=0)
-    return tuple(
-        DFP(b.bw, min(b.fl + int(k), int(top[0])), b.signed)
-        for b, k, top in zip(bases, extra, highest, strict=True)
-    )
+def least_error_fl(
+    base_fl: np.ndarray, rows: np.ndarray, bits: int, highest: int, extra_bits: int = 2
+) -> np.ndarray:
+    """For each row of values (a channel) and its base fractional length: among the base and
+    1..extra_bits more fractional bits (which saturate the largest values to resolve the rest
+    finer), the one with the least squared error. All rows are scored at once."""
+    candidates = np.minimum(base_fl[:, None] + np.arange(extra_bits + 1), highest)
+    code_min, code_max = -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
+    errors = [
+        np.sum(
+            np.square(
+                quantize_fixed_point(rows, candidates[:, [k]], code_min, code_max) - rows,
+                dtype=np.float64,
+            ),
+            axis=1,
+        )
+        for k in range(extra_bits + 1)
+    ]
+    return candidates[np.arange(len(base_fl)), np.argmin(np.stack(errors), axis=0)]
 
 
 @dataclass(frozen=True)

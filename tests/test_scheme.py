@@ -14,7 +14,6 @@ from rcompile.scheme import (
     FixedRule,
     Pow2Rule,
     Scheme,
-    least_error,
     parse_rule,
     parse_scheme,
 )
@@ -117,36 +116,53 @@ def test_bad_rule_width_raises():
         parse_rule("dfp40")
 
 
+def mse_formats(rows: np.ndarray, bits: int = 8) -> tuple[DFP, ...]:
+    return DFPRule(bits).for_channels(np.abs(rows).max(axis=1, initial=0.0), rows)
+
+
 def test_least_error_takes_a_finer_format_when_the_largest_weight_is_an_outlier():
     rng = np.random.default_rng(0)
     values = np.append(rng.uniform(-0.1, 0.1, 1000), 0.52).astype(F32)
     base = DFP.for_weights(8, 0.52)
-    assert least_error([base], values.reshape(1, -1)) == (DFP(8, base.fl + 1),)
+    assert mse_formats(values.reshape(1, -1)) == (DFP(8, base.fl + 1),)
 
 
 def test_least_error_keeps_the_base_format_for_evenly_spread_weights():
     rng = np.random.default_rng(0)
     values = rng.uniform(-1.0, 1.0, 1000).astype(F32)
     base = DFP.for_weights(8, float(np.abs(values).max()))
-    assert least_error([base], values.reshape(1, -1)) == (base,)
+    assert mse_formats(values.reshape(1, -1)) == (base,)
 
 
 def test_least_error_chooses_per_row_when_scoring_many_channels_at_once():
     rng = np.random.default_rng(0)
     outlier = np.append(rng.uniform(-0.1, 0.1, 999), 0.52).astype(F32)
-    spread = rng.uniform(-0.52, 0.52, 1000).astype(F32)
+    spread = np.append(rng.uniform(-0.52, 0.52, 999), 0.52).astype(F32)
     base = DFP.for_weights(8, 0.52)
     rows = np.stack([outlier, spread])
-    assert least_error([base, base], rows) == (DFP(8, base.fl + 1), base)
+    assert mse_formats(rows) == (DFP(8, base.fl + 1), base)
 
 
 def test_least_error_keeps_the_base_format_for_no_values():
-    assert least_error([DFP(8, 5)], np.zeros((1, 0), F32)) == (DFP(8, 5),)
+    assert DFPRule(8).for_channels((0.5,), np.zeros((1, 0), F32)) == (DFP.for_weights(8, 0.5),)
 
 
 def test_least_error_stays_within_the_fractional_length_range():
     high = DFP.fl_range(8)[1]
-    assert least_error([DFP(8, high)], np.full((1, 4), 1e-30, F32)) == (DFP(8, high),)
+    assert mse_formats(np.full((1, 4), 2.0**-140, F32)) == (DFP(8, high),)
+
+
+@pytest.mark.parametrize("bits", [2, 8, 16])
+def test_channel_formats_follow_ristrettos_weight_rule_for_each_channel(bits):
+    maxima = [0.0, 1e-30, 2.0**-126, 0.25, 0.3, 0.5, 0.52, 1.0, 3.0, 4.0, 1e6, 3e38]
+    rows = np.zeros((len(maxima), 0), F32)
+    expected = tuple(DFP.for_weights(bits, m) for m in maxima)
+    assert DFPRule(bits).for_channels(maxima, rows, fit="max") == expected
+
+
+def test_channel_maxima_must_be_finite():
+    with pytest.raises(ValueError, match="finite"):
+        DFPRule(8).for_channels((np.inf,), np.zeros((1, 0), F32), fit="max")
 
 
 def test_dfp_rule_max_fit_keeps_ristrettos_weight_format():
@@ -158,5 +174,4 @@ def test_dfp_rule_max_fit_keeps_ristrettos_weight_format():
 def test_dfp_rule_mse_fit_uses_least_error():
     rng = np.random.default_rng(0)
     values = np.append(rng.uniform(-0.1, 0.1, 1000), 0.52).astype(F32)
-    expected = least_error([DFP.for_weights(8, 0.52)], values.reshape(1, -1))[0]
-    assert DFPRule(8).for_weights(0.52, values) == expected
+    assert DFPRule(8).for_weights(0.52, values) == DFP(8, DFP.for_weights(8, 0.52).fl + 1)

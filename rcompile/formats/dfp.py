@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -31,6 +32,13 @@ class DFP:
         low, high = self.fl_range(self.bw)
         if not low <= self.fl <= high:
             raise ValueError(f"DFP fl must be in [{low}, {high}] for bw={self.bw}, got {self.fl}")
+
+    @staticmethod
+    @functools.cache
+    def of(bw: int, fl: int, signed: bool = True) -> DFP:
+        """The format, made once and shared: a plan holds one per weight channel (tens of
+        thousands in a network), nearly all alike."""
+        return DFP(bw, fl, signed)
 
     @staticmethod
     def fl_range(bw: int) -> tuple[int, int]:

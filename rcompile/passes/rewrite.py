@@ -62,7 +62,8 @@ class _Rewriter:
         emitted: list[onnx.NodeProto] = []
         layer = onnx.NodeProto()
         layer.CopyFrom(node)
-        bias, fuses = None, not plan.weights
+        # A layer with FP32 weights does not fuse; one without parameters might (QLinearMatMul).
+        bias, fuses = None, plan.layer.weight is None
         if plan.weights:
             layer.input[1], bias, fuses = self.parameters(node, plan, emitted)
         # onnxruntime's WeightBiasQuantization would quantize the FP32 weights of a layer fed
