@@ -69,26 +69,10 @@ def search(
     _check(families, mode, cost, margin)
     options = options or PlanOptions()
     source, label = load_source(model)
-    layers = find_layers(source)
-    statistics, calibration = collect_statistics(
-        source, layers, parse_scheme("dfp8"), calib, None, preprocessing, batch_size, False
+    evaluator, calibration = prepare_evaluator(
+        source, calib, val, metric, cost, options, preprocessing, batch_size, jobs
     )
-    data = open_data(val, input_specs(source), preprocessing)
-    batches = list(model_batches(source, data, batch_size))
-    evaluator = Evaluator(
-        EvaluationData(
-            model=source.SerializeToString(),
-            layers=tuple(layers),
-            statistics=statistics,
-            sizes=layer_sizes(source),
-            batches=tuple(batch.inputs for batch in batches),
-            labels=data.labels,
-            metric=load_metric(metric, data.has_labels),
-            options=options,
-            cost=cost,
-            threads=0 if jobs <= 1 else 1,
-        )
-    )
+    layers, statistics = list(evaluator.data.layers), evaluator.data.statistics
     threshold = evaluator.fp32_score - margin
     runner = Runner(evaluator, threshold, jobs, report_progress, budget)
     outcomes: list[Outcome] = []
@@ -149,6 +133,42 @@ def search(
     result = finish(source, label, chosen.plan, options, calibration, accuracy, section)
     plot = plot_svg(runner.history, threshold, chosen, cost, metric_name)
     return SearchResult(result, summary, plot, interrupted)
+
+
+def prepare_evaluator(
+    source: onnx.ModelProto,
+    calib: str | Path,
+    val: str | Path,
+    metric: str = "auto",
+    cost: str = "weights",
+    options: PlanOptions | None = None,
+    preprocessing: Preprocessing | None = None,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    jobs: int = 1,
+):
+    """The evaluator of an imported model on `val`, with the calibration it used: statistics
+    collected once, validation data decoded once, the FP32 outputs and time measured."""
+    layers = find_layers(source)
+    statistics, calibration = collect_statistics(
+        source, layers, parse_scheme("dfp8"), calib, None, preprocessing, batch_size, False
+    )
+    data = open_data(val, input_specs(source), preprocessing)
+    batches = list(model_batches(source, data, batch_size))
+    evaluator = Evaluator(
+        EvaluationData(
+            model=source.SerializeToString(),
+            layers=tuple(layers),
+            statistics=statistics,
+            sizes=layer_sizes(source),
+            batches=tuple(batch.inputs for batch in batches),
+            labels=data.labels,
+            metric=load_metric(metric, data.has_labels),
+            options=options or PlanOptions(),
+            cost=cost,
+            threads=0 if jobs <= 1 else 1,
+        )
+    )
+    return evaluator, calibration
 
 
 def _check(families: str, mode: str, cost: str, margin: float) -> None:

@@ -1,0 +1,105 @@
+"""What one search evaluation costs, by kind of candidate, on LeNet-5 and EfficientNet-Lite0.
+
+The search's per-evaluation cost depends on what onnxruntime can fuse into integer kernels:
+weight-only probes and candidates of 8 bits or fewer fuse, wider widths and probes with FP32
+weights and quantized activations do not. Each row scores one configuration three times with
+the search's evaluator and reports the median time over one FP32 scoring of the same data
+(itself the median of three). Same data splits as bench/search.py.
+
+    .venv/bin/python bench/evaluation.py [--write]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import sys
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+
+import onnxruntime as ort
+from search import Case, efficientnet, lenet
+from sections import markers, replace_section
+
+from rcompile.api import load_source
+from rcompile.data import parse_preprocessing
+from rcompile.plan import Override
+from rcompile.scheme import parse_rule, parse_scheme
+from rcompile.search import prepare_evaluator
+from rcompile.search.evaluator import Configuration
+
+BEGIN, END = markers("evaluation.py")
+REPEATS = 3
+FP32 = parse_rule("fp32")
+ACTIVATIONS_FP32 = Override("*", input=FP32, output=FP32)
+# (label, what onnxruntime makes of it, scheme, overrides)
+CANDIDATES = (
+    (
+        "CONV weights dfp8, rest FP32",
+        "weight-only probe",
+        "dfp8",
+        (ACTIVATIONS_FP32, Override("Gemm", weights=FP32)),
+    ),
+    ("activations dfp8, weights FP32", "no fusion", "dfp8", (Override("*", weights=FP32),)),
+    ("dfp8", "fused", "dfp8", ()),
+    ("dfp:w8a6", "fused", "dfp:w8a6", ()),
+    ("dfp:w10a6", "weights too wide to fuse", "dfp:w10a6", ()),
+    ("dfp:w16a8", "weights too wide to fuse", "dfp:w16a8", ()),
+    ("dfp16", "nothing fuses", "dfp16", ()),
+)
+
+
+def run(case: Case) -> tuple[float, list[tuple[str, str, float]]]:
+    source, _ = load_source(case.model)
+    evaluator, _ = prepare_evaluator(
+        source, case.calib, case.search_set, preprocessing=parse_preprocessing(case.preprocess)
+    )
+    rows = []
+    for label, kind, scheme, overrides in CANDIDATES:
+        configuration = Configuration(label, parse_scheme(scheme), overrides)
+        seconds = [evaluator.evaluate(configuration).seconds for _ in range(REPEATS)]
+        rows.append((label, kind, statistics.median(seconds) / evaluator.fp32_seconds))
+    return evaluator.fp32_seconds, rows
+
+
+def section(results: dict[str, tuple[float, list]]) -> str:
+    lines = [
+        BEGIN,
+        "## Cost of one search evaluation (`bench/evaluation.py`)",
+        "",
+        "Command: `.venv/bin/python bench/evaluation.py --write`. Measured "
+        f"{datetime.now(timezone.utc):%Y-%m-%d} on {os.cpu_count()} cores "
+        f"({platform.machine()}), onnxruntime {ort.__version__}. One configuration scored by "
+        "the search's evaluator (plan, rewrite in the evaluation form, session, run; median of "
+        f"{REPEATS}) over one FP32 scoring of the search set (median of 3); search sets as in "
+        "bench/search.py.",
+        "",
+        "| model | candidate | onnxruntime | cost vs FP32 |",
+        "| --- | --- | --- | --- |",
+    ]
+    for name, (fp32_seconds, rows) in results.items():
+        for label, kind, ratio in rows:
+            lines.append(f"| {name} (FP32 {fp32_seconds:.3f} s) | {label} | {kind} | {ratio:.2f} |")
+    return "\n".join([*lines, "", END])
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--write", action="store_true", help="replace the section in BENCHMARKS.md")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as folder:
+        work = Path(folder)
+        cases = [case for case in (lenet(work), efficientnet(work)) if case is not None]
+        results = {case.name: run(case) for case in cases}
+    text = section(results)
+    print(text)
+    if args.write:
+        replace_section("evaluation.py", text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
