@@ -23,6 +23,15 @@ def consumers(graph: onnx.GraphProto) -> dict[str, list[onnx.NodeProto]]:
     return result
 
 
+def values_read(node: onnx.NodeProto) -> list[str]:
+    """The values a node reads, in order, those its subgraphs read from outer scopes included."""
+    names = [name for name in node.input if name]
+    for attribute in node.attribute:
+        graphs = [attribute.g] if attribute.type == onnx.AttributeProto.GRAPH else attribute.graphs
+        names += [name for graph in graphs for inner in graph.node for name in values_read(inner)]
+    return names
+
+
 def initializers(graph: onnx.GraphProto) -> dict[str, np.ndarray]:
     return {tensor.name: numpy_helper.to_array(tensor) for tensor in graph.initializer}
 

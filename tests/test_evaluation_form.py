@@ -31,15 +31,20 @@ FP32_WEIGHTS = (Override("*", weights=parse_rule("fp32")),)
 FP32_ACTIVATIONS = (Override("*", input=parse_rule("fp32"), output=parse_rule("fp32")),)
 
 
-@pytest.fixture(scope="module")
-def lenet():
+def lenet_planner():
+    """LeNet-5, its layers and a planner calibrated on the committed MNIST images."""
     source, _ = load_source(ROOT / "lenet5.onnx")
     layers = find_layers(source)
     statistics, _ = collect_statistics(
         source, layers, parse_scheme("dfp8"), ROOT / "mnist_calib.npz", None, None, 64, False
     )
-    images = np.load(ROOT / "mnist_test.npz")["input"][:200]
-    return source, Planner(layers, statistics), images
+    return source, layers, Planner(layers, statistics)
+
+
+@pytest.fixture(scope="module")
+def lenet():
+    source, _, planner = lenet_planner()
+    return source, planner, np.load(ROOT / "mnist_test.npz")["input"][:200]
 
 
 def outputs(model: onnx.ModelProto, images: np.ndarray, disabled=()) -> np.ndarray:
@@ -163,8 +168,8 @@ def relu6_network() -> onnx.ModelProto:
     return model
 
 
-@pytest.fixture(scope="module")
-def relu6():
+def relu6_planner():
+    """The network, its layers and a planner calibrated on three random batches."""
     model = relu6_network()
     layers = find_layers(model)
     feeds = [
@@ -173,8 +178,14 @@ def relu6():
     ]
     ranges, samples = activation_ranges(model, activation_tensors(layers), feeds)
     statistics = Statistics(ranges, weight_ranges(model, layers), samples)
+    return model, layers, Planner(layers, statistics)
+
+
+@pytest.fixture(scope="module")
+def relu6():
+    model, _, planner = relu6_planner()
     images = np.random.default_rng(9).normal(size=(16, 3, 8, 8)).astype(np.float32)
-    return model, Planner(layers, statistics), images
+    return model, planner, images
 
 
 def relu6_forms(relu6, scheme: str, overrides=()):

@@ -17,13 +17,21 @@ The search scores hundreds of configurations, so it asks for an evaluation form 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import onnx
 from onnx import TensorProto
 
 from rcompile.formats import DFP, Format, Pow2
-from rcompile.graph import Names, constant_value, output_names, producers, remove_initializers
+from rcompile.graph import (
+    Names,
+    constant_value,
+    output_names,
+    producers,
+    remove_initializers,
+    values_read,
+)
 from rcompile.onnx_ops import DOMAIN, DOMAIN_VERSION, functions_for, quantizer_node
 from rcompile.onnx_ops.dfp import LATE
 from rcompile.passes import PassResult
@@ -224,7 +232,7 @@ class _Rewriter:
         return stored.output
 
 
-def rewrite(model: onnx.ModelProto, plan: Plan, evaluation: bool = False) -> PassResult:
+def rewrite(model: onnx.ModelProto, plan: Plan, evaluation: bool = False) -> Rewritten:
     """Apply `plan` to a copy of `model`.
 
     With `evaluation`, the form the search scores, for a session that disables
@@ -239,9 +247,13 @@ def rewrite(model: onnx.ModelProto, plan: Plan, evaluation: bool = False) -> Pas
     rewriter = _Rewriter(result.graph, evaluation)
     by_node = {layer_plan.layer.node: layer_plan for layer_plan in plan.layers}
     nodes: list[onnx.NodeProto] = []
+    starts: dict[str, str] = {}
     for node in model.graph.node:
         layer_plan = by_node.get(node.name)
-        nodes.extend(rewriter.layer(node, layer_plan) if layer_plan else [node])
+        emitted = rewriter.layer(node, layer_plan) if layer_plan else [node]
+        if layer_plan:
+            starts[node.name] = emitted[0].name
+        nodes.extend(emitted)
         if evaluation and not layer_plan:
             rewriter.clamp(node)
     del result.graph.node[:]
@@ -251,7 +263,15 @@ def rewrite(model: onnx.ModelProto, plan: Plan, evaluation: bool = False) -> Pas
     if quantizers:
         result.opset_import.append(onnx.helper.make_opsetid(DOMAIN, DOMAIN_VERSION))
         result.functions.extend(functions_for(quantizers))
-    return PassResult(result, bool(plan.layers))
+    return Rewritten(result, bool(plan.layers), starts)
+
+
+@dataclass(frozen=True)
+class Rewritten(PassResult):
+    """`starts`: for each planned layer, the name of the first node emitted for it (its
+    quantizers and parameters come before the layer node itself)."""
+
+    starts: dict[str, str]
 
 
 def _normalised_axis(axis: int | None, ndim: int) -> int | None:
@@ -314,20 +334,8 @@ def _float_sums_exactly(plan: LayerPlan, weights: np.ndarray, axis: int | None) 
 def _without_unused(nodes: list[onnx.NodeProto], pads: set[str], graph) -> list[onnx.NodeProto]:
     """`nodes` less the original `pads` that nothing uses any more (their layer now reads a
     copy placed after its quantizer)."""
-    used = output_names(graph) | {name for node in nodes for name in _inputs(node)}
+    used = output_names(graph) | {name for node in nodes for name in values_read(node)}
     return [node for node in nodes if node.name not in pads or node.output[0] in used]
-
-
-def _inputs(node: onnx.NodeProto) -> set[str]:
-    """The values a node reads, those its subgraphs read from the outer scope included."""
-    names = set(node.input)
-    for attribute in node.attribute:
-        for subgraph in (attribute.g, *attribute.graphs) if attribute.type in _GRAPHS else ():
-            names |= {name for inner in subgraph.node for name in _inputs(inner)}
-    return names
-
-
-_GRAPHS = (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
 
 
 def _drop_unused_initializers(graph: onnx.GraphProto) -> None:

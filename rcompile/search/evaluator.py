@@ -4,7 +4,8 @@ Everything that does not depend on the configuration is computed once: the impor
 its layers and sizes, the calibration statistics, the decoded validation batches and the
 FP32 model's outputs (for the agreement metric and the baseline score). A configuration is a
 scheme plus per-layer overrides; scoring it costs one rewrite (in the evaluation form, see
-`rewrite`), one onnxruntime session and one pass over the validation set.
+`rewrite`), one onnxruntime session and one pass over the validation set, or over the part
+of the network after a shared prefix (`share_prefix`).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from rcompile.plan import Override, Plan, Planner, PlanOptions
 from rcompile.scheme import Scheme
 from rcompile.search.cost import LayerSize, plan_cost
 from rcompile.search.metrics import Metric
+from rcompile.search.prefix import SharedPrefix
 
 FP32_TIMINGS = 3
 
@@ -76,6 +78,7 @@ class Evaluator:
         self.data = data
         self.model = onnx.load_from_string(data.model)
         self.planner = Planner(list(data.layers), data.statistics, data.options)
+        self._prefix: SharedPrefix | None = None
         timings = []
         for _ in range(FP32_TIMINGS):
             start = time.perf_counter()
@@ -84,29 +87,49 @@ class Evaluator:
         self.fp32_seconds = median(timings)
         self.fp32_score = data.metric(self.reference, data.labels, self.reference)
 
+    def share_prefix(self, layer: str | None) -> None:
+        """Until told otherwise, the configurations scored differ only from layer `layer` on
+        (one knob's trials): the values before it are computed once and reused (see
+        `rcompile.search.prefix`). None stops it."""
+        self._prefix = SharedPrefix(layer) if layer is not None else None
+
     def evaluate(self, configuration: Configuration) -> Evaluation:
         start = time.perf_counter()
         plan = self.planner.plan(configuration.scheme, configuration.overrides)
-        quantized = rewrite(self.model, plan, evaluation=True).model.SerializeToString()
-        outputs = self.outputs_of(quantized, self.data, EVALUATION_DISABLED_OPTIMIZERS)
+        rewritten = rewrite(self.model, plan, evaluation=True)
+        if self._prefix is not None:
+            outputs, _ = self._prefix.outputs(rewritten, list(self.data.batches), self._run)
+        else:
+            model = rewritten.model.SerializeToString()
+            outputs = self.outputs_of(model, self.data, EVALUATION_DISABLED_OPTIMIZERS)
         seconds = time.perf_counter() - start
         score = self.data.metric(outputs, self.data.labels, self.reference)
         cost = plan_cost(plan, self.data.sizes, self.data.cost)
         return Evaluation(configuration, plan, score, cost, seconds)
+
+    def _run(self, model: bytes, names: list[str], batches: list[dict]) -> list[list]:
+        session = _session(model, self.data, EVALUATION_DISABLED_OPTIMIZERS)
+        return [session.run(names, batch) for batch in batches]
 
     @staticmethod
     def outputs_of(
         model: bytes, data: EvaluationData, disabled_optimizers: tuple[str, ...] = ()
     ) -> np.ndarray:
         """The model's first output over the validation batches."""
-        options = ort.SessionOptions()
-        options.log_severity_level = 3
-        if data.threads:
-            options.intra_op_num_threads = data.threads
-        session = ort.InferenceSession(
-            model,
-            options,
-            providers=["CPUExecutionProvider"],
-            disabled_optimizers=list(disabled_optimizers),
-        )
+        session = _session(model, data, disabled_optimizers)
         return np.concatenate([session.run(None, batch)[0] for batch in data.batches])
+
+
+def _session(
+    model: bytes, data: EvaluationData, disabled_optimizers: tuple[str, ...]
+) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    if data.threads:
+        options.intra_op_num_threads = data.threads
+    return ort.InferenceSession(
+        model,
+        options,
+        providers=["CPUExecutionProvider"],
+        disabled_optimizers=list(disabled_optimizers),
+    )

@@ -95,12 +95,17 @@ def allocate(
         return (sensitivity[knob] / max(bits_saved_per_step, 1), -bits_saved_per_step, knob.label)
 
     assignment, best = dict(start), None
-    for knob in sorted(knobs, key=order):
-        assignment, found = _lowest(runner, assignment, knob)
-        best = found or best
-        if mixed_families and knob.role == "weights":
-            assignment, found = _try_pow2(runner, assignment, knob)
+    try:
+        for knob in sorted(knobs, key=order):
+            # Every trial of a knob computes the same values before the knob's layer.
+            runner.evaluator.share_prefix(knob.node)
+            assignment, found = _lowest(runner, assignment, knob)
             best = found or best
+            if mixed_families and knob.role == "weights":
+                assignment, found = _try_pow2(runner, assignment, knob)
+                best = found or best
+    finally:
+        runner.evaluator.share_prefix(None)
     return assignment, best
 
 

@@ -1,0 +1,97 @@
+"""Reusing the values before one layer across candidates that differ only from that layer on
+gives the outputs of running each candidate whole, bit for bit, and is refused when anything
+before the cut changed."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+from test_evaluation_form import ROOT, lenet_planner, relu6_planner
+
+from rcompile.passes.rewrite import EVALUATION_DISABLED_OPTIMIZERS, rewrite
+from rcompile.plan import Override
+from rcompile.scheme import parse_rule, parse_scheme
+from rcompile.search.prefix import SharedPrefix
+
+FP32 = parse_rule("fp32")
+
+
+def run(model: bytes, names: list[str], batches: list[dict]) -> list[list[np.ndarray]]:
+    session = ort.InferenceSession(
+        model,
+        providers=["CPUExecutionProvider"],
+        disabled_optimizers=list(EVALUATION_DISABLED_OPTIMIZERS),
+    )
+    return [session.run(names, batch) for batch in batches]
+
+
+def whole(rewritten, batches: list[dict]) -> np.ndarray:
+    first = rewritten.model.graph.output[0].name
+    outputs = run(rewritten.model.SerializeToString(), [first], batches)
+    return np.concatenate([out[0] for out in outputs])
+
+
+@pytest.fixture(scope="module")
+def lenet():
+    images = np.load(ROOT / "mnist_test.npz")["input"][:96]
+    batches = [{"input": images[i : i + 32]} for i in range(0, 96, 32)]
+    return (*lenet_planner(), batches)
+
+
+@pytest.fixture(scope="module")
+def relu6():
+    rng = np.random.default_rng(5)
+    batches = [{"x": rng.normal(size=(8, 3, 8, 8)).astype(np.float32)} for _ in range(2)]
+    return (*relu6_planner(), batches)
+
+
+def trials(network, scheme: str, layer_index: int, rules: list[str], fixed=()):
+    """The candidates of one knob: `scheme` with layer `layer_index`'s weights at each rule."""
+    model, layers, planner, _ = network
+    node = layers[layer_index].node
+    return node, [
+        rewrite(
+            model,
+            planner.plan(parse_scheme(scheme), (*fixed, Override(node, weights=parse_rule(r)))),
+            evaluation=True,
+        )
+        for r in rules
+    ]
+
+
+@pytest.mark.parametrize(
+    ("network", "scheme", "layer", "fixed"),
+    [
+        ("lenet", "dfp8", 2, ()),
+        ("lenet", "dfp:w10a6", 1, ()),
+        ("lenet", "dfp8", 3, (Override("*", input=FP32, output=FP32, weights=FP32),)),
+        ("relu6", "dfp:w6a5", 1, ()),
+        ("relu6", "dfp:w12a6", 2, ()),
+    ],
+    ids=["lenet-dfp8", "lenet-wide", "lenet-fp32-rest", "relu6-pad", "relu6-wide"],
+)
+def test_later_trials_reuse_the_prefix_and_match_running_whole(
+    request, network, scheme, layer, fixed
+):
+    network = request.getfixturevalue(network)
+    batches = network[3]
+    node, candidates = trials(network, scheme, layer, ["dfp6", "dfp3", "dfp4"], fixed)
+    shared = SharedPrefix(node)
+    reused = []
+    for candidate in candidates:
+        outputs, used = shared.outputs(candidate, batches, run)
+        reused.append(used)
+        np.testing.assert_array_equal(outputs, whole(candidate, batches))
+    assert reused == [False, True, True]
+
+
+def test_a_change_before_the_cut_runs_whole(lenet):
+    batches = lenet[3]
+    node, (first,) = trials(lenet, "dfp8", 2, ["dfp6"])
+    _, (changed,) = trials(lenet, "dfp8", 2, ["dfp6"], (Override(lenet[1][0].node, weights=FP32),))
+    shared = SharedPrefix(node)
+    shared.outputs(first, batches, run)
+    outputs, used = shared.outputs(changed, batches, run)
+    assert not used
+    np.testing.assert_array_equal(outputs, whole(changed, batches))
