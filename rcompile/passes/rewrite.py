@@ -236,11 +236,17 @@ def rewrite(model: onnx.ModelProto, plan: Plan, evaluation: bool = False) -> Rew
     """Apply `plan` to a copy of `model`.
 
     With `evaluation`, the form the search scores, for a session that disables
-    WeightBiasQuantization (`EVALUATION_DISABLED_OPTIMIZERS`): the same values computed faster.
-    Layers with FP32 weights get QuantizeLinear/DequantizeLinear input quantizers instead of
-    the float-arithmetic ones (six elementwise passes each), and layers with FP32 inputs get
-    their quantized parameters as float constants instead of codes (a layer with FP32 inputs
-    accumulates in float in either form, though its summation order may differ).
+    WeightBiasQuantization (`EVALUATION_DISABLED_OPTIMIZERS`): the same values with fewer
+    passes over the data.
+    - Layers with FP32 weights get QuantizeLinear/DequantizeLinear input quantizers instead of
+      the float-arithmetic ones (six elementwise passes each).
+    - Quantized parameters become float constants where the layer's inputs are FP32 (it
+      accumulates in float in either form, though its summation order may differ) or where
+      its weights do not fuse and float32 sums it exactly (`_float_parameters`).
+    - A narrow output that a clamp alone reads within its range is not clipped to its width,
+      and an input already on its format's grid is not quantized again beyond what fusion
+      needs (`quantizer`).
+    The result also says where each layer's nodes start (the search cuts networks there).
     """
     result = onnx.ModelProto()
     result.CopyFrom(model)
