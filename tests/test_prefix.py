@@ -9,6 +9,7 @@ import onnxruntime as ort
 import pytest
 from test_evaluation_form import ROOT, lenet_planner, relu6_planner
 
+import rcompile.search.prefix as prefix_module
 from rcompile.passes.rewrite import EVALUATION_DISABLED_OPTIMIZERS, rewrite
 from rcompile.plan import Override
 from rcompile.scheme import parse_rule, parse_scheme
@@ -17,19 +18,18 @@ from rcompile.search.prefix import SharedPrefix
 FP32 = parse_rule("fp32")
 
 
-def run(model: bytes, names: list[str], batches: list[dict]) -> list[list[np.ndarray]]:
-    session = ort.InferenceSession(
+def session(model: bytes):
+    return ort.InferenceSession(
         model,
         providers=["CPUExecutionProvider"],
         disabled_optimizers=list(EVALUATION_DISABLED_OPTIMIZERS),
-    )
-    return [session.run(names, batch) for batch in batches]
+    ).run
 
 
 def whole(rewritten, batches: list[dict]) -> np.ndarray:
     first = rewritten.model.graph.output[0].name
-    outputs = run(rewritten.model.SerializeToString(), [first], batches)
-    return np.concatenate([out[0] for out in outputs])
+    run = session(rewritten.model.SerializeToString())
+    return np.concatenate([run([first], batch)[0] for batch in batches])
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +80,7 @@ def test_later_trials_reuse_the_prefix_and_match_running_whole(
     shared = SharedPrefix(node)
     reused = []
     for candidate in candidates:
-        outputs, used = shared.outputs(candidate, batches, run)
+        outputs, used = shared.outputs(candidate, batches, session)
         reused.append(used)
         np.testing.assert_array_equal(outputs, whole(candidate, batches))
     assert reused == [False, True, True]
@@ -91,7 +91,16 @@ def test_a_change_before_the_cut_runs_whole(lenet):
     node, (first,) = trials(lenet, "dfp8", 2, ["dfp6"])
     _, (changed,) = trials(lenet, "dfp8", 2, ["dfp6"], (Override(lenet[1][0].node, weights=FP32),))
     shared = SharedPrefix(node)
-    shared.outputs(first, batches, run)
-    outputs, used = shared.outputs(changed, batches, run)
+    shared.outputs(first, batches, session)
+    outputs, used = shared.outputs(changed, batches, session)
     assert not used
     np.testing.assert_array_equal(outputs, whole(changed, batches))
+
+
+def test_values_beyond_the_memory_cap_are_not_kept(lenet, monkeypatch):
+    monkeypatch.setattr(prefix_module, "MAX_KEPT_BYTES", 1000)
+    batches = lenet[3]
+    node, candidates = trials(lenet, "dfp8", 2, ["dfp6", "dfp3"])
+    shared = SharedPrefix(node)
+    used = [shared.outputs(candidate, batches, session)[1] for candidate in candidates]
+    assert used == [False, False]

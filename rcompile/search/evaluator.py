@@ -98,7 +98,7 @@ class Evaluator:
         plan = self.planner.plan(configuration.scheme, configuration.overrides)
         rewritten = rewrite(self.model, plan, evaluation=True)
         if self._prefix is not None:
-            outputs, _ = self._prefix.outputs(rewritten, list(self.data.batches), self._run)
+            outputs, _ = self._prefix.outputs(rewritten, list(self.data.batches), self._session)
         else:
             model = rewritten.model.SerializeToString()
             outputs = self.outputs_of(model, self.data, EVALUATION_DISABLED_OPTIMIZERS)
@@ -107,9 +107,8 @@ class Evaluator:
         cost = plan_cost(plan, self.data.sizes, self.data.cost)
         return Evaluation(configuration, plan, score, cost, seconds)
 
-    def _run(self, model: bytes, names: list[str], batches: list[dict]) -> list[list]:
-        session = _session(model, self.data, EVALUATION_DISABLED_OPTIMIZERS)
-        return [session.run(names, batch) for batch in batches]
+    def _session(self, model: bytes):
+        return _session(model, self.data, EVALUATION_DISABLED_OPTIMIZERS).run
 
     @staticmethod
     def outputs_of(

@@ -21,8 +21,8 @@ from rcompile.passes.rewrite import Rewritten
 # Values kept across the cut, at most (beyond it every trial runs whole).
 MAX_KEPT_BYTES = 2 * 1024**3
 
-# Runs a serialized model over the validation batches; returns each batch's requested outputs.
-RunBatches = Callable[[bytes, list[str], list[dict[str, np.ndarray]]], list[list[np.ndarray]]]
+# Opens a session on a serialized model; the session maps (output names, feeds) to outputs.
+OpenSession = Callable[[bytes], Callable[[list[str], dict[str, np.ndarray]], list[np.ndarray]]]
 
 
 class SharedPrefix:
@@ -35,7 +35,7 @@ class SharedPrefix:
         self._kept: list[dict[str, np.ndarray]] = []
 
     def outputs(
-        self, rewritten: Rewritten, batches: list[dict[str, np.ndarray]], run: RunBatches
+        self, rewritten: Rewritten, batches: list[dict[str, np.ndarray]], session: OpenSession
     ) -> tuple[np.ndarray, bool]:
         """The model's first output over the batches, and whether kept values were used."""
         model = rewritten.model
@@ -51,19 +51,25 @@ class SharedPrefix:
         if cuttable and before == self._before and set(crossing) <= set(self._names):
             suffix = _suffix(model, nodes[cut:], crossing)
             wanted = {value.name for value in suffix.graph.input}
-            feeds = [
-                {k: v for k, v in {**batch, **kept}.items() if k in wanted}
+            run = session(suffix.SerializeToString())
+            outputs = [
+                run([first], {k: v for k, v in {**batch, **kept}.items() if k in wanted})[0]
                 for batch, kept in zip(batches, self._kept, strict=True)
             ]
-            outputs = run(suffix.SerializeToString(), [first], feeds)
-            return np.concatenate([out[0] for out in outputs]), True
-        whole = _with_outputs(model, crossing).SerializeToString()
-        results = run(whole, [first, *crossing], batches)
-        kept = [dict(zip(crossing, out[1:], strict=True)) for out in results]
-        size = sum(value.nbytes for batch in kept for value in batch.values())
-        if cuttable and size <= MAX_KEPT_BYTES:
+            return np.concatenate(outputs), True
+        crossing = crossing if cuttable else []
+        run = session(_with_outputs(model, crossing).SerializeToString())
+        outputs, kept, size = [], [], 0
+        for batch in batches:
+            results = run([first, *crossing], batch)
+            outputs.append(results[0])
+            kept.append(dict(zip(crossing, results[1:], strict=True)))
+            size += sum(value.nbytes for value in results[1:])
+            if size > MAX_KEPT_BYTES:
+                crossing, kept = [], []
+        if crossing:
             self._before, self._names, self._kept = before, tuple(crossing), kept
-        return np.concatenate([out[0] for out in results]), False
+        return np.concatenate(outputs), False
 
 
 def _crossing(before: list[onnx.NodeProto], after: list[onnx.NodeProto]) -> list[str]:
