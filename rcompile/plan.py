@@ -12,10 +12,13 @@ import json
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+import numpy as np
+
 from rcompile.errors import SchemeError
 from rcompile.formats import DFP, Format, Pow2
 from rcompile.passes.calibrate import Range, Statistics
 from rcompile.passes.layers import Layer
+from rcompile.passes.store_weights import families, weight_exponents
 from rcompile.scheme import FITS, FP32, DFPRule, FixedRule, Pow2Rule, Rule, Scheme, parse_rule
 
 BIAS_MODES = ("weights", "accumulator")
@@ -202,11 +205,11 @@ def _bias(rule, statistics, layer, input_format, weights, options: PlanOptions):
     if rule == FP32 or not weights:
         return ()
     observed = statistics.weights[layer.bias]
-    grids = [accumulator_fl(input_format, w) for w in weights]
+    grids = accumulator_fls(input_format, weights)
     fitted = DFP.for_weights(32, observed.overall.max_abs).fl
-    if options.bias == "accumulator" and None not in grids:
-        return tuple(DFP.of(32, min(grid, fitted)) for grid in grids)
-    if options.bias == "accumulator" and all(isinstance(w, DFP | Pow2) for w in weights):
+    if options.bias == "accumulator" and grids is not None:
+        return tuple(DFP.of(32, min(grid, fitted)) for grid in grids.tolist())
+    if options.bias == "accumulator" and families(weights) <= {DFP, Pow2}:
         return (DFP(32, fitted),)  # an FP32 input: no grid, but still the accumulator's width
     return (rule.for_weights(observed.overall.max_abs, observed.channels.ravel(), options.fit),)
 
@@ -216,10 +219,12 @@ def _within_accumulator(input_format, weights: tuple[Format, ...], bias_max: flo
     accumulator to hold the bias (channels of near-zero weights): integer hardware would
     overflow there. Such weights are all but zero at any resolution."""
     finest = DFP.for_weights(32, bias_max).fl
+    grids = accumulator_fls(input_format, weights)
+    if grids is None:
+        return weights
     adjusted = []
-    for weight in weights:
-        grid = accumulator_fl(input_format, weight)
-        if grid is None or grid <= finest:
+    for weight, grid in zip(weights, grids.tolist(), strict=True):
+        if grid <= finest:
             adjusted.append(weight)
         elif isinstance(weight, DFP):
             adjusted.append(DFP.of(weight.bw, weight.fl - (grid - finest), weight.signed))
@@ -229,15 +234,12 @@ def _within_accumulator(input_format, weights: tuple[Format, ...], bias_max: flo
     return tuple(adjusted)
 
 
-def accumulator_fl(input_format: Format, weight: Format) -> int | None:
-    """The fractional length of products of a DFP input and a DFP or power-of-two weight."""
-    if not isinstance(input_format, DFP):
+def accumulator_fls(input_format: Format, weights: tuple[Format, ...]) -> np.ndarray | None:
+    """The fractional lengths of the products of a DFP input and each of a layer's DFP or
+    power-of-two weight formats (one per channel); None for other formats."""
+    if not isinstance(input_format, DFP) or not families(weights) <= {DFP, Pow2}:
         return None
-    if isinstance(weight, DFP):
-        return input_format.fl + weight.fl
-    if isinstance(weight, Pow2):
-        return input_format.fl - weight.exp_min
-    return None
+    return input_format.fl - weight_exponents(weights)
 
 
 def _check_overrides_match(layers: list[Layer], overrides: tuple[Override, ...]) -> None:

@@ -20,7 +20,7 @@ import numpy as np
 
 from rcompile.errors import SchemeError
 from rcompile.formats import DFP, Format, MiniFloat, Pow2, parse_format
-from rcompile.formats.dfp import quantize_fixed_point
+from rcompile.formats.dfp import code_range, quantize_fixed_point, weight_fls
 
 # How DFP fractional lengths follow from the data. `mse`: weights take the least squared
 # quantization error among the format that holds the largest weight and up to two finer ones
@@ -48,15 +48,9 @@ class DFPRule:
         matching entry of `maxima`: Ristretto's weight rule (`DFP.for_weights`) for every
         channel at once, then with `mse` up to two more fractional bits where they lower
         the squared error."""
-        maxima = np.asarray(maxima, np.float64)
-        if not np.all(np.isfinite(maxima) & (maxima >= 0)):
-            raise ValueError(f"channel maxima must be finite and >= 0, got {maxima}")
-        mantissa, exponent = np.frexp(maxima)
-        integer_length = np.where(maxima > 0, exponent - (mantissa == 0.5), 0) + 1
-        low, high = DFP.fl_range(self.bits)
-        fl = np.clip(self.bits - integer_length, low, high)
+        fl = weight_fls(self.bits, maxima)
         if fit == "mse" and rows.size:
-            fl = least_error_fl(fl, rows, self.bits, high)
+            fl = least_error_fl(fl, rows, self.bits)
         return tuple(DFP.of(self.bits, int(f)) for f in fl)
 
     def for_activations(self, max_abs: float, signed: bool, fit: str = "mse") -> DFP:
@@ -70,13 +64,13 @@ class DFPRule:
 
 
 def least_error_fl(
-    base_fl: np.ndarray, rows: np.ndarray, bits: int, highest: int, extra_bits: int = 2
+    base_fl: np.ndarray, rows: np.ndarray, bits: int, extra_bits: int = 2
 ) -> np.ndarray:
     """For each row of values (a channel) and its base fractional length: among the base and
     1..extra_bits more fractional bits (which saturate the largest values to resolve the rest
     finer), the one with the least squared error. All rows are scored at once."""
-    candidates = np.minimum(base_fl[:, None] + np.arange(extra_bits + 1), highest)
-    code_min, code_max = -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
+    candidates = np.minimum(base_fl[:, None] + np.arange(extra_bits + 1), DFP.fl_range(bits)[1])
+    code_min, code_max = code_range(bits, True)
     errors = [
         np.sum(
             np.square(

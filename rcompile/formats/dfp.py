@@ -93,14 +93,14 @@ class DFP:
 
         The largest weight is representable (it is never clipped by more than one step).
         """
-        return cls._from_integer_length(bw, _integer_length(max_abs) + 1, signed=True)
+        return cls(bw=bw, fl=int(weight_fls(bw, max_abs)))
 
     @classmethod
     def for_range(cls, bw: int, max_abs: float, signed: bool = True) -> DFP:
         """The finest format whose range holds max_abs (within one step): for signed tensors
         Ristretto's weight rule, for unsigned ones the same without the sign bit."""
-        integer_length = _integer_length(max_abs) + (1 if signed else 0)
-        return cls._from_integer_length(bw, integer_length, signed=signed)
+        integer_length = _integer_lengths(max_abs) + (1 if signed else 0)
+        return cls(bw=bw, fl=int(_fls(bw, integer_length)), signed=signed)
 
     @classmethod
     def for_activations(cls, bw: int, max_abs: float, signed: bool = True) -> DFP:
@@ -111,15 +111,20 @@ class DFP:
         >= 0) keeps the same saturation point and spends the freed sign bit on one more
         fractional bit.
         """
-        integer_length = _integer_length(max_abs)
-        if not signed:
-            integer_length -= 1
-        return cls._from_integer_length(bw, integer_length, signed=signed)
+        integer_length = _integer_lengths(max_abs) - (0 if signed else 1)
+        return cls(bw=bw, fl=int(_fls(bw, integer_length)), signed=signed)
 
-    @classmethod
-    def _from_integer_length(cls, bw: int, integer_length: int, signed: bool) -> DFP:
-        low, high = cls.fl_range(bw)
-        return cls(bw=bw, fl=min(max(bw - integer_length, low), high), signed=signed)
+
+def weight_fls(bw: int, max_abs) -> np.ndarray:
+    """The fractional lengths of `DFP.for_weights` (Ristretto's rule for parameters) for one
+    largest magnitude or an array of them (one per channel), at once."""
+    return _fls(bw, _integer_lengths(max_abs) + 1)
+
+
+def code_range(bw, signed) -> tuple[np.ndarray, np.ndarray]:
+    """`code_min` and `code_max` of DFP formats given as arrays of `bw` and `signed`."""
+    bw, signed = np.asarray(bw, np.int64), np.asarray(signed, np.int64)
+    return np.where(signed, -(2 ** (bw - 1)), 0), 2 ** (bw - signed) - 1
 
 
 def quantize_fixed_point(x, fl, code_min, code_max, seed: int | None = None) -> np.ndarray:
@@ -134,8 +139,15 @@ def quantize_fixed_point(x, fl, code_min, code_max, seed: int | None = None) -> 
         return (codes * pow2(-fl) + F32(0.0)).astype(F32)
 
 
-def _integer_length(max_abs: float) -> int:
+def _integer_lengths(max_abs) -> np.ndarray:
     """ceil(log2(max_abs)), with 0 for an all-zero tensor (any fl represents it)."""
-    if not math.isfinite(max_abs) or max_abs < 0:
+    max_abs = np.asarray(max_abs, np.float64)
+    if not np.all(np.isfinite(max_abs) & (max_abs >= 0)):
         raise ValueError(f"max_abs must be finite and >= 0, got {max_abs}")
-    return ceil_log2(max_abs) if max_abs > 0 else 0
+    return np.where(max_abs > 0, ceil_log2(np.where(max_abs > 0, max_abs, 1.0)), 0)
+
+
+def _fls(bw: int, integer_length: np.ndarray) -> np.ndarray:
+    """bw - integer_length, within the fractional lengths `DFP.fl_range` allows."""
+    low, high = DFP.fl_range(bw)
+    return np.clip(bw - integer_length, low, high)

@@ -32,10 +32,11 @@ def floor_log2(a: np.ndarray) -> np.ndarray:
     return (exponent - 1).astype(np.int32)
 
 
-def ceil_log2(value: float) -> int:
-    """ceil(log2(value)) of a positive finite number, exact at powers of two."""
-    mantissa, exponent = np.frexp(float(value))
-    return int(exponent - 1) if mantissa == 0.5 else int(exponent)
+def ceil_log2(value) -> np.ndarray:
+    """ceil(log2(value)) of positive finite numbers (a scalar or an array, as int64), exact at
+    powers of two."""
+    mantissa, exponent = np.frexp(np.asarray(value, np.float64))
+    return (exponent - (mantissa == 0.5)).astype(np.int64)
 
 
 def round_log2(a: np.ndarray) -> np.ndarray:

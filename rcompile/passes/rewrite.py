@@ -23,7 +23,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto
 
-from rcompile.formats import DFP, Format, Pow2
+from rcompile.formats import DFP, Format
 from rcompile.graph import (
     Names,
     constant_value,
@@ -38,13 +38,12 @@ from rcompile.passes import PassResult
 from rcompile.passes.layers import clamp_bounds
 from rcompile.passes.store_weights import (
     StoredTensor,
-    families,
     float_tensor,
     quantize_values,
     store,
     weight_steps,
 )
-from rcompile.plan import LayerPlan, Plan
+from rcompile.plan import LayerPlan, Plan, accumulator_fls
 
 # What the evaluation form needs disabled: onnxruntime's WeightBiasQuantization rounds the
 # float weights of a layer fed by a DequantizeLinear to int8.
@@ -305,14 +304,10 @@ def _accumulator_steps(bias: np.ndarray, plan: LayerPlan) -> np.ndarray | None:
     """The steps of the grid of the input-times-weight products, one per bias element, when
     that grid holds the bias exactly as 32-bit codes. Only such a bias may be stored int32:
     onnxruntime fuses any int32 bias assuming this grid."""
-    source = plan.inputs[0]
-    if not isinstance(source, DFP) or len(plan.weights) not in (1, bias.size):
+    grids = accumulator_fls(plan.inputs[0], plan.weights)
+    if grids is None or len(grids) not in (1, bias.size):
         return None
-    if not families(plan.weights) <= {DFP, Pow2}:
-        return None
-    # The product of codes of steps 2**-fl and s is a code of step s * 2**-fl.
-    steps = weight_steps(plan.weights) * source.step
-    steps = np.broadcast_to(steps, bias.shape)
+    steps = np.broadcast_to(np.ldexp(1.0, -grids), bias.shape)
     codes = bias.astype(np.float64) / steps
     if not (np.array_equal(codes, np.rint(codes)) and np.all(np.abs(codes) < 2**31)):
         return None
@@ -327,7 +322,7 @@ def _float_sums_exactly(plan: LayerPlan, weights: np.ndarray, axis: int | None) 
     convolutions and matrix products add the bias to the finished sum, so the result is then
     that exact sum plus the bias, rounded once, whatever the kernel."""
     source = plan.inputs[0]
-    if not isinstance(source, DFP) or not families(plan.weights) <= {DFP, Pow2}:
+    if accumulator_fls(source, plan.weights) is None:
         return False
     steps_of_weights = weight_steps(plan.weights)
     by_channel = np.moveaxis(weights, axis, 0) if axis is not None else weights.reshape(1, -1)

@@ -17,7 +17,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from rcompile.formats import DFP, Format, MiniFloat, Pow2
-from rcompile.formats.dfp import quantize_fixed_point
+from rcompile.formats.dfp import code_range, quantize_fixed_point
 from rcompile.formats.pow2 import quantize_power_of_two
 
 F32 = np.float32
@@ -53,11 +53,8 @@ def quantize_values(
     if len(formats) == 1:
         return formats[0].quantize(values)
     if families(formats) == {DFP}:
-        fl, bw, signed = (
-            np.array([getattr(f, k) for f in formats]) for k in ("fl", "bw", "signed")
-        )
-        code_min = np.where(signed, -(2 ** (bw - 1)), 0)
-        code_max = 2 ** (bw - signed) - 1
+        fl, bw, signed = np.array([(f.fl, f.bw, f.signed) for f in formats], np.int64).T
+        code_min, code_max = code_range(bw, signed)
         return quantize_fixed_point(
             values, *(_along(p, values, axis) for p in (fl, code_min, code_max))
         )
@@ -122,11 +119,15 @@ def float_tensor(name: str, values: np.ndarray) -> StoredTensor:
     return StoredTensor((numpy_helper.from_array(values.astype(F32), name),), (), name)
 
 
+def weight_exponents(formats: tuple[Format, ...]) -> np.ndarray:
+    """log2 of the value of code 1 of each DFP or power-of-two format: -fl for DFP, the
+    smallest exponent for power of two."""
+    return np.array([-f.fl if isinstance(f, DFP) else f.exp_min for f in formats], np.int64)
+
+
 def weight_steps(formats: tuple[Format, ...]) -> np.ndarray:
-    """The value of code 1 of each format (float64): a DFP format's step, a power-of-two
-    format's smallest power."""
-    exponents = [-f.fl if isinstance(f, DFP) else f.exp_min for f in formats]
-    return np.ldexp(1.0, np.array(exponents, np.int64))
+    """The value of code 1 of each format (float64)."""
+    return np.ldexp(1.0, weight_exponents(formats))
 
 
 def _divide(values: np.ndarray, steps: np.ndarray, axis: int | None) -> np.ndarray:
