@@ -27,6 +27,7 @@ from rcompile.formats import DFP, Format
 from rcompile.graph import (
     Names,
     constant_value,
+    consumers,
     output_names,
     producers,
     remove_initializers,
@@ -35,13 +36,13 @@ from rcompile.graph import (
 from rcompile.onnx_ops import DOMAIN, DOMAIN_VERSION, functions_for, quantizer_node
 from rcompile.onnx_ops.dfp import LATE
 from rcompile.passes import PassResult
+from rcompile.passes.blocked_rounding import BlockedRounding, fits, from_zero
 from rcompile.passes.layers import clamp_bounds
 from rcompile.passes.store_weights import (
     StoredTensor,
     float_tensor,
     quantize_values,
     store,
-    weight_steps,
 )
 from rcompile.plan import LayerPlan, Plan, accumulator_fls
 
@@ -58,10 +59,16 @@ class _Rewriter:
         self.evaluation = evaluation
         self.names = Names(graph)
         self.producers = producers(graph)
+        self.consumers = consumers(graph)
+        self.graph_outputs = output_names(graph)
+        self.weight_dims = {tensor.name: tuple(tensor.dims) for tensor in graph.initializer}
+        self.rounding = BlockedRounding(graph, self.names)
+        # Clamps that a blocked output quantizer took over (the evaluation form drops them).
+        self.absorbed: set[str] = set()
         self.moved_pads: set[str] = set()
-        self.quantized: dict[tuple[str, Format, bool], str] = {}
-        # Evaluation form: the DFP format of each quantized layer output, and for the result
-        # of a clamp of one, (grid step, lowest value, highest value).
+        self.quantized: dict[tuple[str, Format, str], str] = {}
+        # Evaluation form: the DFP format of each quantized layer output, and for values known
+        # to lie on a grid, (grid step, lowest value, highest value).
         self.outputs: dict[str, DFP] = {}
         self.on_grid: dict[str, tuple[float, float, float]] = {}
 
@@ -70,9 +77,10 @@ class _Rewriter:
         layer = onnx.NodeProto()
         layer.CopyFrom(node)
         # A layer with FP32 weights does not fuse; one without parameters might (QLinearMatMul).
-        bias, fuses = None, plan.layer.weight is None
+        bias, fuses = None, plan.layer.weight is None and _inputs_may_fuse(plan)
         if plan.weights:
             layer.input[1], bias, fuses = self.parameters(node, plan, emitted)
+        channels = self._channels(node, plan) if self.evaluation and not fuses else None
         # onnxruntime's WeightBiasQuantization would quantize the FP32 weights of a layer fed
         # by a DequantizeLinear to int8, so such a layer gets arithmetic input quantizers.
         arithmetic = bool(plan.layer.weight) and not plan.weights and not self.evaluation
@@ -80,7 +88,7 @@ class _Rewriter:
             if fmt is not None:
                 position = list(node.input).index(source)
                 layer.input[position] = self.quantizer(
-                    source, fmt, node.name, emitted, arithmetic, fuses
+                    source, fmt, node.name, emitted, arithmetic, fuses, channels and channels[0]
                 )
         result = self.names.fresh(f"{plan.layer.output}_unquantized")
         layer.output[0] = result
@@ -101,6 +109,11 @@ class _Rewriter:
             layer.output[0] = plan.layer.output
             return emitted
         name = self.names.fresh(f"{node.name}_output_quantizer")
+        if channels is not None and fits(plan.output):
+            blocked = self._blocked_output(plan, result, name, channels[1])
+            if blocked is not None:
+                emitted.extend(blocked)
+                return emitted
         form = "late"
         if self.evaluation and _clamped_within(plan.layer.output_bounds, plan.output):
             # The one consumer clamps to within the format's range, so the clip to `bw` bits
@@ -110,21 +123,105 @@ class _Rewriter:
         emitted.append(quantizer)
         if isinstance(plan.output, DFP):
             self.outputs[plan.layer.output] = plan.output
+            if form != "unclipped":
+                fmt = plan.output
+                self.on_grid[plan.layer.output] = (fmt.step, fmt.min, fmt.max)
         if form == "late" and not quantizer.overload.endswith(LATE):
             # A late clip ends in Clip, not DequantizeLinear: a consumer layer then gets its own
             # input quantizer (idempotent), so that it too can be fused.
-            self.quantized[(plan.layer.output, plan.output, False)] = plan.layer.output
+            self.quantized[(plan.layer.output, plan.output, "default")] = plan.layer.output
         return emitted
 
-    def clamp(self, node: onnx.NodeProto) -> None:
-        """Evaluation form: note what a Relu or constant Clip leaves of a quantized layer
-        output: values on the output format's grid between two bounds (see `_on_grid`)."""
-        fmt = self.outputs.get(node.input[0]) if node.input else None
-        bounds = clamp_bounds(self.graph, node) if fmt is not None else None
-        if bounds is None or not all(math.isinf(b) or (b / fmt.step).is_integer() for b in bounds):
+    def _channels(self, node: onnx.NodeProto, plan: LayerPlan) -> tuple[int, int] | None:
+        """A convolution's input and output channels (axis 1 of its input and output)."""
+        dims = self.weight_dims.get(plan.layer.weight or "")
+        if node.op_type != "Conv" or not dims or len(dims) < 3:
+            return None
+        group = next((a.i for a in node.attribute if a.name == "group"), 1)
+        return dims[1] * group, dims[0]
+
+    def _blocked_output(
+        self, plan: LayerPlan, result: str, name: str, channels: int
+    ) -> list[onnx.NodeProto] | None:
+        """Evaluation form: the output quantizer of a layer that does not fuse, in the blocked
+        form (`blocked_rounding`), taking over the Relu or constant Clip that alone reads the
+        output where its bounds lie on the format's grid: rounding and clipping to bounds on
+        the grid commute. None where onnxruntime could add another value into the general
+        form's last node inexactly (`_sums_exactly`); the one-pass form ends in a Relu, which
+        keeps onnxruntime from adding anything into it."""
+        fmt = plan.output
+        low, high, target = fmt.min, fmt.max, plan.layer.output
+        clamp = self._sole_clamp(plan.layer.output, fmt.step)
+        if clamp is not None:
+            node, bounds = clamp
+            low, high, target = max(low, bounds[0]), min(high, bounds[1]), node.output[0]
+        ends_in_relu = from_zero(fmt.step, low, high)
+        if low > high or not (ends_in_relu or self._sums_exactly(target, fmt.step, low, high)):
+            return None
+        if clamp is not None:
+            self.absorbed.add(clamp[0].name)
+        self.on_grid[target] = (fmt.step, low, high)
+        return self.rounding.nodes(fmt.step, low, high, result, target, name, channels, True)
+
+    def _sole_clamp(self, value: str, step: float):
+        """The Relu or constant Clip that alone reads `value` (not a graph output) and its
+        bounds, when they are infinite or multiples of `step`."""
+        users = self.consumers.get(value, [])
+        if value in self.graph_outputs or len(users) != 1:
+            return None
+        bounds = clamp_bounds(self.graph, users[0])
+        if bounds is None or not all(math.isinf(b) or (b / step).is_integer() for b in bounds):
+            return None
+        return users[0], bounds
+
+    def _sums_exactly(self, value: str, step: float, low: float, high: float) -> bool:
+        """Whether every Add or Sum that reads `value` (quantized to multiples of `step` in
+        [low, high] by a blocked quantizer) adds values on a grid of `step` or coarser, whose
+        sum float32 holds exactly near the rounding constant. onnxruntime may fuse such an
+        Add into the quantizer's last node, which then adds the other value before it
+        subtracts the constant: the same result only when that sum does not round. It fuses
+        only into a node whose output nothing else reads, so a value with other readers is
+        safe."""
+        users = self.consumers.get(value, [])
+        if len(users) > 1:
+            return True
+        for user in users:
+            if user.op_type not in ("Add", "Sum"):
+                continue
+            for other in user.input:
+                grid = (step, low, high) if other == value else self.on_grid.get(other)
+                if grid is None or not (grid[0] / step).is_integer():
+                    return False
+                reach = max(abs(low), abs(high)) + max(abs(grid[1]), abs(grid[2]))
+                if reach >= math.ldexp(step, 22):
+                    return False
+        return True
+
+    def note_grid(self, node: onnx.NodeProto) -> None:
+        """Evaluation form: note what a node that is not a layer leaves on a grid (see
+        `_unchanged_by`): a Relu or constant Clip of values on a grid, with bounds on it,
+        or an exact sum of two such values."""
+        if node.op_type in ("Add", "Sum"):
+            self._note_sum(node)
             return
-        low, high = max(bounds[0], fmt.min), min(bounds[1], fmt.max)
-        self.on_grid[node.output[0]] = (fmt.step, low, high)
+        source = node.input[0] if node.input else ""
+        fmt = self.outputs.get(source)
+        grid = (fmt.step, fmt.min, fmt.max) if fmt is not None else self.on_grid.get(source)
+        bounds = clamp_bounds(self.graph, node) if grid is not None else None
+        if bounds is None or not all(math.isinf(b) or (b / grid[0]).is_integer() for b in bounds):
+            return
+        self.on_grid[node.output[0]] = (grid[0], max(bounds[0], grid[1]), min(bounds[1], grid[2]))
+
+    def _note_sum(self, node: onnx.NodeProto) -> None:
+        """Two values on power-of-two grids sum onto the finer grid, exactly while the sum
+        stays within 2**24 of its steps."""
+        grids = [self.on_grid.get(name) for name in node.input]
+        if len(grids) != 2 or None in grids:
+            return
+        step = min(grid[0] for grid in grids)
+        low, high = sum(grid[1] for grid in grids), sum(grid[2] for grid in grids)
+        if max(abs(low), abs(high)) <= math.ldexp(step, 24):
+            self.on_grid[node.output[0]] = (step, low, high)
 
     def quantizer(
         self,
@@ -134,15 +231,19 @@ class _Rewriter:
         emitted: list,
         arithmetic: bool = False,
         fuses: bool = True,
+        channels: int | None = None,
     ) -> str:
         """The name of `source` quantized to `fmt` for the layer `owner`, emitting what that
         needs. In the evaluation form, a source already on the format's grid and within its
         range keeps only what onnxruntime needs to fuse a layer (a bare QuantizeLinear and
-        DequantizeLinear pair), and nothing for a layer that will not fuse (`fuses`)."""
-        key = (source, fmt, arithmetic)
+        DequantizeLinear pair), and nothing for a layer that will not fuse (`fuses`); other
+        sources of a convolution (`channels` known) that will not fuse get the blocked form."""
+        blocked = self.evaluation and not fuses and channels is not None and fits(fmt)
+        kind = "arithmetic" if arithmetic else "blocked" if blocked else "default"
+        key = (source, fmt, kind)
         pad = self.producers.get(source)
         if key not in self.quantized and pad is not None and self._pads_with_zero(pad):
-            padded = self.quantizer(pad.input[0], fmt, owner, emitted, arithmetic, fuses)
+            padded = self.quantizer(pad.input[0], fmt, owner, emitted, arithmetic, fuses, channels)
             copy = onnx.NodeProto()
             copy.CopyFrom(pad)
             copy.name = self.names.fresh(f"{pad.name}_{fmt.name}")
@@ -160,7 +261,13 @@ class _Rewriter:
             form = "unclipped"
         target = self.names.fresh(f"{source}_{fmt.name}")
         name = self.names.fresh(f"{owner}_input_quantizer")
-        emitted.append(quantizer_node(fmt, source, target, name, form))
+        if blocked:
+            rounding = self.rounding.nodes(
+                fmt.step, fmt.min, fmt.max, source, target, name, channels
+            )
+            emitted.extend(rounding)
+        else:
+            emitted.append(quantizer_node(fmt, source, target, name, form))
         self.quantized[key] = target
         return target
 
@@ -183,45 +290,41 @@ class _Rewriter:
         onnxruntime fuses it. Otherwise it is added by a separate Add after the layer:
         onnxruntime's WeightBiasQuantization would re-quantize a float bias left inside a
         layer with quantized inputs onto that grid, overflowing int32 where it does not fit.
-        Last, whether onnxruntime can fuse the layer (its weights are int8 codes)."""
+        Last, whether onnxruntime can fuse the layer into integer kernels: its weights are
+        int8 codes and its inputs 8-bit DFP.
+
+        The evaluation form takes the parameters as float constants, the bias inside the
+        layer, wherever the layer will not fuse: onnxruntime runs its fastest convolutions
+        only on constant weights, and its float kernels add the bias to the finished sum,
+        as the separate Add does. The products and their sum are float32 arithmetic in both
+        forms, bit for bit the same where float32 sums the products exactly (every product on
+        the grid of input times weight steps and every partial sum within 2**24 of them, as
+        with narrow widths); otherwise the two forms may add in different orders."""
         values = constant_value(self.graph, plan.layer.weight).astype(np.float32)
         axis = _normalised_axis(plan.layer.weight_axis, values.ndim)
         weights = quantize_values(values, plan.weights, axis)
         stored_weights = store(self.names.fresh(f"{node.name}_weight"), weights, plan.weights, axis)
-        fuses = stored_weights.initializers[0].data_type == TensorProto.INT8
+        int8_codes = stored_weights.initializers[0].data_type == TensorProto.INT8
+        fuses = int8_codes and _inputs_may_fuse(plan)
+        floats = self.evaluation and not fuses
+        weight_name = self._emit(stored_weights, weights, floats, emitted)
         if not plan.bias:
-            floats = self._float_parameters(plan, weights, axis, stored_weights, None, None)
-            return self._emit(stored_weights, weights, floats, emitted), None, fuses
+            return weight_name, None, fuses
         values = constant_value(self.graph, plan.layer.bias).astype(np.float32).reshape(-1)
         bias = quantize_values(values, plan.bias, 0)
-        steps = _accumulator_steps(bias, plan)
-        floats = self._float_parameters(plan, weights, axis, stored_weights, bias, steps)
-        weight_name = self._emit(stored_weights, weights, floats, emitted)
         target = self.names.fresh(f"{node.name}_bias")
+        if floats:
+            self.graph.initializer.append(float_tensor(target, bias).initializers[0])
+            return weight_name, (target, True), fuses
+        steps = _accumulator_steps(bias, plan)
         if steps is not None:
             types = (TensorProto.INT32,)
             stored = store(target, bias, (DFP(32, 0),) * bias.size, 0, steps, types)
-            return weight_name, (self._emit(stored, bias, floats, emitted), True), fuses
+            return weight_name, (self._emit(stored, bias, False, emitted), True), fuses
         if plan.layer.op_type in ("Conv", "ConvTranspose"):
             bias = bias.reshape(-1, *([1] * (weights.ndim - 2)))
         stored = store(target, bias, plan.bias, 0)
-        return weight_name, (self._emit(stored, bias, floats, emitted), False), fuses
-
-    def _float_parameters(self, plan, weights, axis, stored_weights, bias, steps) -> bool:
-        """Whether the evaluation form takes the parameters as float constants (onnxruntime
-        runs its fastest convolutions only on constant weights). It does where no bit of the
-        result changes for it: the layer's inputs are FP32 (its arithmetic is float either
-        way), or its weights do not fuse into integer kernels (not int8 codes), its bias (if
-        any) goes inside it, and float32 sums its products exactly in any order (see
-        `_float_sums_exactly`)."""
-        if not self.evaluation:
-            return False
-        if all(fmt is None for fmt in plan.inputs):
-            return True
-        int8_codes = stored_weights.initializers[0].data_type == TensorProto.INT8
-        if int8_codes or (bias is not None and steps is None):
-            return False
-        return _float_sums_exactly(plan, weights, axis)
+        return weight_name, (self._emit(stored, bias, False, emitted), False), fuses
 
     def _emit(self, stored: StoredTensor, values: np.ndarray, as_float: bool, emitted: list) -> str:
         if as_float:
@@ -254,13 +357,15 @@ def rewrite(model: onnx.ModelProto, plan: Plan, evaluation: bool = False) -> Rew
     nodes: list[onnx.NodeProto] = []
     starts: dict[str, str] = {}
     for node in model.graph.node:
+        if node.name in rewriter.absorbed:
+            continue
         layer_plan = by_node.get(node.name)
         emitted = rewriter.layer(node, layer_plan) if layer_plan else [node]
         if layer_plan:
             starts[node.name] = emitted[0].name
         nodes.extend(emitted)
         if evaluation and not layer_plan:
-            rewriter.clamp(node)
+            rewriter.note_grid(node)
     del result.graph.node[:]
     result.graph.node.extend(_without_unused(nodes, rewriter.moved_pads, result.graph))
     _drop_unused_initializers(result.graph)
@@ -314,22 +419,9 @@ def _accumulator_steps(bias: np.ndarray, plan: LayerPlan) -> np.ndarray | None:
     return steps.astype(np.float32)
 
 
-def _float_sums_exactly(plan: LayerPlan, weights: np.ndarray, axis: int | None) -> bool:
-    """Whether float32 sums the products of a layer with a DFP input exactly, in any order:
-    every product and partial sum is a whole number of steps of the product grid, so none
-    rounds while the largest possible sum of an output channel (the largest input code times
-    the channel's absolute weight codes) stays within 2**24 steps. onnxruntime's float
-    convolutions and matrix products add the bias to the finished sum, so the result is then
-    that exact sum plus the bias, rounded once, whatever the kernel."""
-    source = plan.inputs[0]
-    if accumulator_fls(source, plan.weights) is None:
-        return False
-    steps_of_weights = weight_steps(plan.weights)
-    by_channel = np.moveaxis(weights, axis, 0) if axis is not None else weights.reshape(1, -1)
-    by_channel = by_channel.reshape(by_channel.shape[0], -1).astype(np.float64)
-    codes = np.abs(by_channel) / steps_of_weights.reshape(-1, 1)
-    input_codes = max(-source.code_min, source.code_max)
-    return bool(np.all(input_codes * codes.sum(axis=1) <= 2**24))
+def _inputs_may_fuse(plan: LayerPlan) -> bool:
+    """onnxruntime fuses only layers whose inputs are 8-bit codes (DFP of at most 8 bits)."""
+    return all(isinstance(fmt, DFP) and fmt.bw <= 8 for fmt in plan.inputs)
 
 
 def _without_unused(nodes: list[onnx.NodeProto], pads: set[str], graph) -> list[onnx.NodeProto]:

@@ -1,0 +1,135 @@
+"""Evaluation form only: DFP rounding with ops that onnxruntime runs in its blocked layout.
+
+onnxruntime's CPU provider runs convolutions in a blocked channel layout (NCHWc) and reorders
+a tensor back to the plain layout before every op it cannot run blocked: QuantizeLinear,
+DequantizeLinear and a Clip that is not a convolution's activation among them. On a
+depthwise network those reorders and passes cost as much as the convolutions. This form
+quantizes to DFP with ops it keeps blocked, two ways.
+
+In general, `Clip(low, high) -> BatchNormalization(+M) -> BatchNormalization(-M)` with
+M = 1.5 * 2**23 steps. The float32 numbers within 2**22 steps of M are exactly the multiples
+of the step, so adding M rounds a clipped value to the grid, half to even as QuantizeLinear
+does, and subtracting M again is exact; zero comes out +0. onnxruntime fuses the Clip into a
+convolution before it as its activation, and makes each BatchNormalization (scale 1, mean 0,
+variance 1, epsilon 0) a blocked 1x1 depthwise convolution that adds its bias once.
+
+A convolution's output clipped below at 0, and above at an even code, takes one pass instead
+of two: `HardSigmoid(alpha, beta) -> BatchNormalization(scale S, bias -beta * S) -> Relu`
+with alpha = 2**-24 / step, beta = 1 - high / step * 2**-24 and S = 2**24 * step.
+HardSigmoid computes min(1, max(0, alpha * x + beta)): alpha * x is the value in units of
+2**-24 exactly, and the float32 numbers in [0.5, 1] are exactly the multiples of 2**-24, so
+adding beta rounds to a whole code, half to even (beta is an even number of units when the
+code of `high` is even; an odd one would round ties to odd codes), and the bound 1 is the
+code of `high`. onnxruntime fuses the HardSigmoid into the convolution as its activation.
+The BatchNormalization turns the result back into the value exactly (a power-of-two scale
+and an exact difference), and its Relu, fused into it, clips the codes below 0 (which came
+out rounded on finer grids, but negative all the same).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from rcompile.formats import DFP
+from rcompile.graph import Names
+
+SIGNIFICAND_BITS = 23
+UNIT_BITS = SIGNIFICAND_BITS + 1
+# Clipped values must stay within 2**22 steps of zero; 16 bits keeps well inside.
+MAX_BW = 16
+
+
+def from_zero(step: float, low: float, high: float) -> bool:
+    """Whether a convolution's output takes the one-pass form, which ends in a Relu: clipped
+    below at 0 and above at an even code."""
+    return low == 0 and (high / step) % 2 == 0
+
+
+def fits(fmt: object) -> bool:
+    """Whether a quantizer to `fmt` can take this form: a DFP format of at most 16 bits whose
+    constants (M, alpha and S) are normal float32 numbers."""
+    if not isinstance(fmt, DFP) or fmt.bw > MAX_BW:
+        return False
+    return fmt.fl - UNIT_BITS >= -126 and fmt.fl - SIGNIFICAND_BITS <= 126
+
+
+class BlockedRounding:
+    """Emits the form's nodes into one graph, sharing the BatchNormalization constants."""
+
+    def __init__(self, graph: onnx.GraphProto, names: Names) -> None:
+        self.graph = graph
+        self.names = names
+        self.constants: dict[tuple[int | None, float], str] = {}
+
+    def nodes(
+        self,
+        step: float,
+        low: float,
+        high: float,
+        source: str,
+        target: str,
+        name: str,
+        channels: int,
+        after_convolution: bool = False,
+    ) -> list[onnx.NodeProto]:
+        """Quantize `source` (channels on axis 1) to the multiples of `step` in [low, high],
+        all of them multiples of `step` too, and write `target`. `after_convolution`: a
+        convolution alone produces and reads `source`, so it can take an activation."""
+        if after_convolution and from_zero(step, low, high):
+            return self._codes_from_zero(step, high, source, target, name, channels)
+        shift = 1.5 * math.ldexp(step, SIGNIFICAND_BITS)
+        bounds = [self._constant(None, bound) for bound in (low, high)]
+        clipped = self.names.fresh(f"{target}_clipped")
+        shifted = self.names.fresh(f"{target}_shifted")
+        return [
+            helper.make_node("Clip", [source, *bounds], [clipped], name=self.names.fresh(name)),
+            self._add(clipped, shifted, shift, channels, f"{name}_round"),
+            self._add(shifted, target, -shift, channels, f"{name}_unshift"),
+        ]
+
+    def _codes_from_zero(self, step, high, source, target, name, channels):
+        unit = math.ldexp(1.0, -UNIT_BITS)
+        alpha, beta, scale = unit / step, 1.0 - high / step * unit, step / unit
+        codes = self.names.fresh(f"{target}_codes")
+        shifted = self.names.fresh(f"{target}_unclamped")
+        inputs = [self._constant(channels, v) for v in (scale, -beta * scale, 0.0, 1.0)]
+        return [
+            helper.make_node(
+                "HardSigmoid",
+                [source],
+                [codes],
+                name=self.names.fresh(f"{name}_round"),
+                alpha=alpha,
+                beta=beta,
+            ),
+            helper.make_node(
+                "BatchNormalization",
+                [codes, *inputs],
+                [shifted],
+                name=self.names.fresh(f"{name}_values"),
+                epsilon=0.0,
+            ),
+            helper.make_node("Relu", [shifted], [target], name=self.names.fresh(f"{name}_relu")),
+        ]
+
+    def _add(self, source: str, target: str, value: float, channels: int, name: str):
+        inputs = [self._constant(channels, v) for v in (1.0, value, 0.0, 1.0)]
+        name = self.names.fresh(name)
+        return helper.make_node(
+            "BatchNormalization", [source, *inputs], [target], name=name, epsilon=0.0
+        )
+
+    def _constant(self, channels: int | None, value: float) -> str:
+        """A float32 scalar (`channels` None) or vector of `value`, made once per graph."""
+        key = (channels, value)
+        if key not in self.constants:
+            shape = () if channels is None else (channels,)
+            name = self.names.fresh(f"rounding_constant_{len(self.constants)}")
+            tensor = numpy_helper.from_array(np.full(shape, value, np.float32), name)
+            self.graph.initializer.append(tensor)
+            self.constants[key] = name
+        return self.constants[key]
