@@ -38,15 +38,26 @@ def initializers(graph: onnx.GraphProto) -> dict[str, np.ndarray]:
 
 def constant_value(graph: onnx.GraphProto, name: str) -> np.ndarray | None:
     """The value of `name` if it is an initializer or the output of a Constant node."""
-    for tensor in graph.initializer:
-        if tensor.name == name:
-            return numpy_helper.to_array(tensor)
-    node = producers(graph).get(name)
-    if node is not None and node.op_type == "Constant":
-        for attribute in node.attribute:
-            if attribute.name == "value":
-                return numpy_helper.to_array(attribute.t)
-    return None
+    return Constants(graph)(name)
+
+
+class Constants:
+    """The constant tensors of a graph (initializers and Constant node outputs) by name,
+    indexed once for a pass that looks up many: scanning the graph for each costs more than
+    some passes' own work."""
+
+    def __init__(self, graph: onnx.GraphProto) -> None:
+        self._tensors = {tensor.name: tensor for tensor in graph.initializer}
+        for node in graph.node:
+            if node.op_type != "Constant":
+                continue
+            for attribute in node.attribute:
+                if attribute.name == "value":
+                    self._tensors.setdefault(node.output[0], attribute.t)
+
+    def __call__(self, name: str) -> np.ndarray | None:
+        tensor = self._tensors.get(name)
+        return None if tensor is None else numpy_helper.to_array(tensor)
 
 
 def replace_initializer(graph: onnx.GraphProto, name: str, value: np.ndarray) -> None:

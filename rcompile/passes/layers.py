@@ -12,7 +12,7 @@ from dataclasses import dataclass, replace
 
 import onnx
 
-from rcompile.graph import constant_value, consumers, output_names
+from rcompile.graph import Constants, constant_value, consumers, output_names
 
 # op type -> index of the parameter input (None: the layer has no parameters)
 QUANTIZABLE = {"Conv": 1, "ConvTranspose": 1, "Gemm": 1, "MatMul": 1, "LRN": None}
@@ -62,8 +62,11 @@ def _clamp_bounds(
     return clamp_bounds(graph, users[0]) if len(users) == 1 else None
 
 
-def clamp_bounds(graph: onnx.GraphProto, node: onnx.NodeProto) -> tuple[float, float] | None:
-    """The interval a Relu or a Clip with constant bounds clamps its input to, else None."""
+def clamp_bounds(
+    graph: onnx.GraphProto, node: onnx.NodeProto, constants: Constants | None = None
+) -> tuple[float, float] | None:
+    """The interval a Relu or a Clip with constant bounds clamps its input to, else None.
+    `constants`: the graph's, where the caller has them indexed."""
     if node.op_type == "Relu":
         return (0.0, math.inf)
     if node.op_type != "Clip":
@@ -71,7 +74,7 @@ def clamp_bounds(graph: onnx.GraphProto, node: onnx.NodeProto) -> tuple[float, f
     bounds = [-math.inf, math.inf]
     for position in (1, 2):
         if len(node.input) > position and node.input[position]:
-            value = constant_value(graph, node.input[position])
+            value = (constants or Constants(graph))(node.input[position])
             if value is None:
                 return None
             bounds[position - 1] = float(value)

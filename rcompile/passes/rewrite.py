@@ -25,8 +25,8 @@ from onnx import TensorProto
 
 from rcompile.formats import DFP, Format
 from rcompile.graph import (
+    Constants,
     Names,
-    constant_value,
     consumers,
     output_names,
     producers,
@@ -59,6 +59,7 @@ class _Rewriter:
         self.evaluation = evaluation
         self.names = Names(graph)
         self.producers = producers(graph)
+        self.constants = Constants(graph)
         self.consumers = consumers(graph)
         self.graph_outputs = output_names(graph)
         self.weight_dims = {tensor.name: tuple(tensor.dims) for tensor in graph.initializer}
@@ -169,7 +170,7 @@ class _Rewriter:
         users = self.consumers.get(value, [])
         if value in self.graph_outputs or len(users) != 1:
             return None
-        bounds = clamp_bounds(self.graph, users[0])
+        bounds = clamp_bounds(self.graph, users[0], self.constants)
         if bounds is None or not all(math.isinf(b) or (b / step).is_integer() for b in bounds):
             return None
         return users[0], bounds
@@ -207,7 +208,7 @@ class _Rewriter:
         source = node.input[0] if node.input else ""
         fmt = self.outputs.get(source)
         grid = (fmt.step, fmt.min, fmt.max) if fmt is not None else self.on_grid.get(source)
-        bounds = clamp_bounds(self.graph, node) if grid is not None else None
+        bounds = clamp_bounds(self.graph, node, self.constants) if grid is not None else None
         if bounds is None or not all(math.isinf(b) or (b / grid[0]).is_integer() for b in bounds):
             return
         self.on_grid[node.output[0]] = (grid[0], max(bounds[0], grid[1]), min(bounds[1], grid[2]))
@@ -279,7 +280,7 @@ class _Rewriter:
             return False
         if len(node.input) < 3 or not node.input[2]:
             return True
-        value = constant_value(self.graph, node.input[2])
+        value = self.constants(node.input[2])
         return value is not None and value.size == 1 and not np.signbit(value) and value == 0
 
     def parameters(
@@ -300,35 +301,39 @@ class _Rewriter:
         forms, bit for bit the same where float32 sums the products exactly (every product on
         the grid of input times weight steps and every partial sum within 2**24 of them, as
         with narrow widths); otherwise the two forms may add in different orders."""
-        values = constant_value(self.graph, plan.layer.weight).astype(np.float32)
+        values = self.constants(plan.layer.weight).astype(np.float32)
         axis = _normalised_axis(plan.layer.weight_axis, values.ndim)
         weights = quantize_values(values, plan.weights, axis)
-        stored_weights = store(self.names.fresh(f"{node.name}_weight"), weights, plan.weights, axis)
-        int8_codes = stored_weights.initializers[0].data_type == TensorProto.INT8
-        fuses = int8_codes and _inputs_may_fuse(plan)
+        weight_name = self.names.fresh(f"{node.name}_weight")
+        fuses = False
+        if self.evaluation and not _inputs_may_fuse(plan):
+            self._emit(float_tensor(weight_name, weights), emitted)
+        else:
+            stored_weights = store(weight_name, weights, plan.weights, axis)
+            int8_codes = stored_weights.initializers[0].data_type == TensorProto.INT8
+            fuses = int8_codes and _inputs_may_fuse(plan)
+            if self.evaluation and not fuses:
+                stored_weights = float_tensor(weight_name, weights)
+            self._emit(stored_weights, emitted)
         floats = self.evaluation and not fuses
-        weight_name = self._emit(stored_weights, weights, floats, emitted)
         if not plan.bias:
             return weight_name, None, fuses
-        values = constant_value(self.graph, plan.layer.bias).astype(np.float32).reshape(-1)
+        values = self.constants(plan.layer.bias).astype(np.float32).reshape(-1)
         bias = quantize_values(values, plan.bias, 0)
         target = self.names.fresh(f"{node.name}_bias")
         if floats:
-            self.graph.initializer.append(float_tensor(target, bias).initializers[0])
-            return weight_name, (target, True), fuses
+            return weight_name, (self._emit(float_tensor(target, bias), emitted), True), fuses
         steps = _accumulator_steps(bias, plan)
         if steps is not None:
             types = (TensorProto.INT32,)
             stored = store(target, bias, (DFP(32, 0),) * bias.size, 0, steps, types)
-            return weight_name, (self._emit(stored, bias, False, emitted), True), fuses
+            return weight_name, (self._emit(stored, emitted), True), fuses
         if plan.layer.op_type in ("Conv", "ConvTranspose"):
             bias = bias.reshape(-1, *([1] * (weights.ndim - 2)))
         stored = store(target, bias, plan.bias, 0)
-        return weight_name, (self._emit(stored, bias, False, emitted), False), fuses
+        return weight_name, (self._emit(stored, emitted), False), fuses
 
-    def _emit(self, stored: StoredTensor, values: np.ndarray, as_float: bool, emitted: list) -> str:
-        if as_float:
-            stored = float_tensor(stored.output, values)
+    def _emit(self, stored: StoredTensor, emitted: list) -> str:
         self.graph.initializer.extend(stored.initializers)
         emitted.extend(stored.nodes)
         return stored.output
