@@ -350,3 +350,16 @@ def test_blocked_network_evaluation_form_is_bit_for_bit(residual, scheme, overri
     np.testing.assert_array_equal(evaluation_out, written_out)
     kept = {n.name for n in evaluation.graph.node if n.op_type == "QuantizeDFP"}
     assert kept == {"project_output_quantizer"} - blocked
+
+
+def test_layers_that_could_fuse_run_float_where_others_cannot(residual):
+    """One 8-bit layer among 10-bit ones runs in float, bit for bit what its integer kernels
+    give; when every layer can fuse, they keep their int8 codes."""
+    mixed = (Override("depthwise", weights=parse_rule("dfp8")),)
+    written, evaluation, written_out, evaluation_out = relu6_forms(residual, "dfp:w10a6", mixed)
+    assert "depthwise" in dequantized_codes(written)
+    assert not dequantized_codes(evaluation)
+    np.testing.assert_array_equal(evaluation_out, written_out)
+    written, evaluation, written_out, evaluation_out = relu6_forms(residual, "dfp8")
+    assert dequantized_codes(evaluation) == dequantized_codes(written) != set()
+    np.testing.assert_array_equal(evaluation_out, written_out)

@@ -76,7 +76,9 @@ def test_later_trials_reuse_the_prefix_and_match_running_whole(
 ):
     network = request.getfixturevalue(network)
     batches = network[3]
-    node, candidates = trials(network, scheme, layer, ["dfp6", "dfp3", "dfp4"], fixed)
+    # Widths that keep every layer's codes int8: a layer going to int4 codes changes how the
+    # evaluation form runs the layers before the cut, and those trials run whole.
+    node, candidates = trials(network, scheme, layer, ["dfp6", "dfp5", "dfp7"], fixed)
     shared = SharedPrefix(node)
     reused = []
     for candidate in candidates:
@@ -104,3 +106,37 @@ def test_values_beyond_the_memory_cap_are_not_kept(lenet, monkeypatch):
     shared = SharedPrefix(node)
     used = [shared.outputs(candidate, batches, session)[1] for candidate in candidates]
     assert used == [False, False]
+
+
+def test_a_later_knob_starts_from_the_values_kept_for_the_one_before(lenet):
+    """The next knob's first trial starts at the previous knob's cut when its layer comes
+    later, and keeps the values at its own cut; an earlier layer's first trial runs whole."""
+    batches = lenet[3]
+    earlier, (first,) = trials(lenet, "dfp:w10a6", 1, ["dfp6"])
+    later, (second, third) = trials(lenet, "dfp:w10a6", 3, ["dfp5", "dfp4"])
+    back, (fourth,) = trials(lenet, "dfp:w10a6", 2, ["dfp5"])
+    shared = SharedPrefix(earlier)
+    used = [shared.outputs(first, batches, session)[1]]
+    shared.layer = later
+    for candidate in (second, third):
+        outputs, reused = shared.outputs(candidate, batches, session)
+        used.append(reused)
+        np.testing.assert_array_equal(outputs, whole(candidate, batches))
+    shared.layer = back
+    outputs, reused = shared.outputs(fourth, batches, session)
+    np.testing.assert_array_equal(outputs, whole(fourth, batches))
+    assert [*used, reused] == [False, True, True, False]
+
+
+def test_changed_constants_before_the_cut_run_whole(lenet):
+    """Same nodes before the cut, other weight values (dfp8 and dfp6 codes are both int8
+    behind the same nodes): the kept values are not reused."""
+    batches = lenet[3]
+    node, (first,) = trials(lenet, "dfp8", 2, ["dfp6"])
+    earlier = Override(lenet[1][0].node, weights=parse_rule("dfp6"))
+    _, (changed,) = trials(lenet, "dfp8", 2, ["dfp6"], (earlier,))
+    shared = SharedPrefix(node)
+    shared.outputs(first, batches, session)
+    outputs, used = shared.outputs(changed, batches, session)
+    assert not used
+    np.testing.assert_array_equal(outputs, whole(changed, batches))

@@ -23,7 +23,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto
 
-from rcompile.formats import DFP, Format
+from rcompile.formats import DFP, Format, Pow2
 from rcompile.graph import (
     Constants,
     Names,
@@ -40,9 +40,11 @@ from rcompile.passes.blocked_rounding import BlockedRounding, fits, from_zero
 from rcompile.passes.layers import clamp_bounds
 from rcompile.passes.store_weights import (
     StoredTensor,
+    families,
     float_tensor,
     quantize_values,
     store,
+    weight_steps,
 )
 from rcompile.plan import LayerPlan, Plan, accumulator_fls
 
@@ -54,9 +56,12 @@ EVALUATION_DISABLED_OPTIMIZERS = ("WeightBiasQuantization",)
 class _Rewriter:
     """The state of one rewrite: fresh names and the quantizers placed so far."""
 
-    def __init__(self, graph: onnx.GraphProto, evaluation: bool) -> None:
+    def __init__(self, graph: onnx.GraphProto, evaluation: bool, fusing: bool = False) -> None:
         self.graph = graph
         self.evaluation = evaluation
+        # Evaluation form: whether every layer can fuse into integer kernels; where some
+        # cannot, layers that could run in float too when that changes no bit.
+        self.fusing = fusing
         self.names = Names(graph)
         self.producers = producers(graph)
         self.constants = Constants(graph)
@@ -300,13 +305,19 @@ class _Rewriter:
         as the separate Add does. The products and their sum are float32 arithmetic in both
         forms, bit for bit the same where float32 sums the products exactly (every product on
         the grid of input times weight steps and every partial sum within 2**24 of them, as
-        with narrow widths); otherwise the two forms may add in different orders."""
+        with narrow widths); otherwise the two forms may add in different orders. Where some
+        layer of the network cannot fuse, a layer that could takes float constants too when
+        float32 sums it exactly (the same bits as the integer kernels): one integer layer
+        among float ones costs more than it saves."""
         values = self.constants(plan.layer.weight).astype(np.float32)
         axis = _normalised_axis(plan.layer.weight_axis, values.ndim)
         weights = quantize_values(values, plan.weights, axis)
         weight_name = self.names.fresh(f"{node.name}_weight")
         fuses = False
-        if self.evaluation and not _inputs_may_fuse(plan):
+        if self.evaluation and (
+            not _inputs_may_fuse(plan)
+            or (not self.fusing and _float_sums_exactly(plan, weights, axis))
+        ):
             self._emit(float_tensor(weight_name, weights), emitted)
         else:
             stored_weights = store(weight_name, weights, plan.weights, axis)
@@ -357,7 +368,8 @@ def rewrite(model: onnx.ModelProto, plan: Plan, evaluation: bool = False) -> Rew
     """
     result = onnx.ModelProto()
     result.CopyFrom(model)
-    rewriter = _Rewriter(result.graph, evaluation)
+    fusing = all(_fusable(layer_plan) for layer_plan in plan.layers if layer_plan.layer.weight)
+    rewriter = _Rewriter(result.graph, evaluation, fusing)
     by_node = {layer_plan.layer.node: layer_plan for layer_plan in plan.layers}
     nodes: list[onnx.NodeProto] = []
     starts: dict[str, str] = {}
@@ -427,6 +439,32 @@ def _accumulator_steps(bias: np.ndarray, plan: LayerPlan) -> np.ndarray | None:
 def _inputs_may_fuse(plan: LayerPlan) -> bool:
     """onnxruntime fuses only layers whose inputs are 8-bit codes (DFP of at most 8 bits)."""
     return all(isinstance(fmt, DFP) and fmt.bw <= 8 for fmt in plan.inputs)
+
+
+def _fusable(plan: LayerPlan) -> bool:
+    """Whether a layer's formats let onnxruntime fuse it into integer kernels: 8-bit inputs,
+    and weights whose codes are int8 (int4 codes do not fuse)."""
+    weights = all(isinstance(f, (DFP, Pow2)) and 4 < f.bit_width <= 8 for f in plan.weights)
+    return _inputs_may_fuse(plan) and bool(plan.weights) and weights
+
+
+def _float_sums_exactly(plan: LayerPlan, weights: np.ndarray, axis: int | None) -> bool:
+    """Whether float32 sums the products of a layer with a DFP input exactly, in any order:
+    every product and partial sum is a whole number of steps of the product grid, so none
+    rounds while the largest possible sum of an output channel (the largest input code times
+    the channel's absolute weight codes) stays within 2**24 steps. The layer then computes
+    in float what integer kernels compute: the exact sum, plus the bias, rounded once to
+    float32 (onnxruntime's float kernels add the bias to the finished sum, its integer ones
+    convert the integer total to float)."""
+    source = plan.inputs[0] if plan.inputs else None
+    if not isinstance(source, DFP) or not plan.weights or not families(plan.weights) <= {DFP, Pow2}:
+        return False
+    steps_of_weights = weight_steps(plan.weights)
+    by_channel = np.moveaxis(weights, axis, 0) if axis is not None else weights.reshape(1, -1)
+    by_channel = by_channel.reshape(by_channel.shape[0], -1).astype(np.float64)
+    codes = np.abs(by_channel) / steps_of_weights.reshape(-1, 1)
+    input_codes = max(-source.code_min, source.code_max)
+    return bool(np.all(input_codes * codes.sum(axis=1) <= 2**24))
 
 
 def _without_unused(nodes: list[onnx.NodeProto], pads: set[str], graph) -> list[onnx.NodeProto]:

@@ -90,8 +90,14 @@ class Evaluator:
     def share_prefix(self, layer: str | None) -> None:
         """Until told otherwise, the configurations scored differ only from layer `layer` on
         (one knob's trials): the values before it are computed once and reused (see
-        `rcompile.search.prefix`). None stops it."""
-        self._prefix = SharedPrefix(layer) if layer is not None else None
+        `rcompile.search.prefix`). The values kept for the previous layer stay, for a later
+        layer to start from. None stops it."""
+        if layer is None:
+            self._prefix = None
+        elif self._prefix is None:
+            self._prefix = SharedPrefix(layer)
+        else:
+            self._prefix.layer = layer
 
     def evaluate(self, configuration: Configuration) -> Evaluation:
         start = time.perf_counter()

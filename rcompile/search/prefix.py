@@ -1,10 +1,12 @@
 """Reusing the start of a network across candidates that differ only from one layer on.
 
-The per-layer search bisects one knob at a time: every trial of that knob computes the same
-values up to the knob's layer. The first trial runs whole and keeps the values that cross into
-the rest of the network; later trials whose nodes before the cut are the same run only the
-rest, from those values. The kept values are exact copies of what the whole network computes,
-so the outputs do not change (tests compare them bit for bit).
+The per-layer search lowers one knob at a time: every trial of that knob computes the same
+values up to the knob's layer. A trial keeps the values that cross from the start of the
+network into the part from the knob's layer on; later trials whose nodes and constants before
+the cut are the same run only that part, from those values. The next knob's first trial, when
+its layer comes later and nothing before the old cut changed, likewise starts at the old cut
+and keeps the values at its own. The kept values are exact copies of what the whole network
+computes, so the outputs do not change (tests compare them bit for bit).
 """
 
 from __future__ import annotations
@@ -26,10 +28,12 @@ OpenSession = Callable[[bytes], Callable[[list[str], dict[str, np.ndarray]], lis
 
 
 class SharedPrefix:
-    """The values before layer `layer` of the last candidate that ran whole."""
+    """Values kept at the cut before one layer, for candidates that differ from `layer` on
+    (`layer` may move on to another knob's; the values kept stay until replaced)."""
 
     def __init__(self, layer: str) -> None:
         self.layer = layer
+        self._at: str | None = None
         self._before: bytes | None = None
         self._names: tuple[str, ...] = ()
         self._kept: list[dict[str, np.ndarray]] = []
@@ -40,36 +44,60 @@ class SharedPrefix:
         """The model's first output over the batches, and whether kept values were used."""
         model = rewritten.model
         nodes = list(model.graph.node)
-        names = [node.name for node in nodes]
-        start = rewritten.starts.get(self.layer)
-        cut = names.index(start) if start in names else 0
-        before = b"".join(node.SerializeToString() for node in nodes[:cut])
-        crossing = _crossing(nodes[:cut], nodes[cut:])
+        position = {node.name: index for index, node in enumerate(nodes)}
         first = model.graph.output[0].name
-        made_after = {name for node in nodes[cut:] for name in node.output}
-        cuttable = bool(cut) and first in made_after
-        if cuttable and before == self._before and set(crossing) <= set(self._names):
-            suffix = _suffix(model, nodes[cut:], crossing)
-            wanted = {value.name for value in suffix.graph.input}
-            run = session(suffix.SerializeToString())
-            outputs = [
-                run([first], {k: v for k, v in {**batch, **kept}.items() if k in wanted})[0]
-                for batch, kept in zip(batches, self._kept, strict=True)
-            ]
-            return np.concatenate(outputs), True
-        crossing = crossing if cuttable else []
-        run = session(_with_outputs(model, crossing).SerializeToString())
+        cut = self._cut(rewritten, position, first, self.layer)
+        source = self._reusable(rewritten, nodes, position, first, cut)
+        keep = _crossing(nodes[:cut], nodes[cut:]) if cut > source else []
+        made = {name for node in nodes[source:] for name in node.output}
+        extra = [name for name in keep if name in made]
+        runnable = model if not source else _suffix(model, nodes[source:], list(self._names))
+        run = session(_with_outputs(runnable, extra).SerializeToString())
+        wanted = {value.name for value in runnable.graph.input}
         outputs, kept, size = [], [], 0
-        for batch in batches:
-            results = run([first, *crossing], batch)
+        previous = self._kept if source else [{} for _ in batches]
+        for batch, old in zip(batches, previous, strict=True):
+            feeds = {k: v for k, v in {**batch, **old}.items() if k in wanted}
+            results = run([first, *extra], feeds)
             outputs.append(results[0])
-            kept.append(dict(zip(crossing, results[1:], strict=True)))
-            size += sum(value.nbytes for value in results[1:])
+            values = dict(zip(extra, results[1:], strict=True))
+            kept.append({name: values[name] if name in values else old[name] for name in keep})
+            size += sum(kept[-1][name].nbytes for name in keep)
             if size > MAX_KEPT_BYTES:
-                crossing, kept = [], []
-        if crossing:
-            self._before, self._names, self._kept = before, tuple(crossing), kept
-        return np.concatenate(outputs), False
+                keep, kept = [], []
+        if keep:
+            self._at, self._names, self._kept = self.layer, tuple(keep), kept
+            self._before = _fingerprint(model, nodes[:cut])
+        return np.concatenate(outputs), bool(source)
+
+    @staticmethod
+    def _cut(rewritten: Rewritten, position: dict[str, int], first: str, layer: str) -> int:
+        """Where the nodes of `layer` start, or 0 where the network cannot be cut there (the
+        layer is not in it, or the first output is made before it)."""
+        cut = position.get(rewritten.starts.get(layer, ""), 0)
+        nodes = rewritten.model.graph.node
+        return cut if any(first in node.output for node in nodes[cut:]) else 0
+
+    def _reusable(self, rewritten, nodes, position, first, cut) -> int:
+        """The cut of the kept values when this candidate can start there: at or before its
+        own cut, with the same nodes and constants before it. Else 0 (run whole)."""
+        if self._at is None:
+            return 0
+        kept_cut = self._cut(rewritten, position, first, self._at)
+        if not 0 < kept_cut <= cut or not set(_crossing(nodes[:kept_cut], nodes[kept_cut:])) <= set(
+            self._names
+        ):
+            return 0
+        same = _fingerprint(rewritten.model, nodes[:kept_cut]) == self._before
+        return kept_cut if same else 0
+
+
+def _fingerprint(model: onnx.ModelProto, nodes: list[onnx.NodeProto]) -> bytes:
+    """The nodes and the constants they read: equal for two networks that compute the same
+    values before a cut."""
+    read = {name for node in nodes for name in values_read(node)}
+    constants = [tensor for tensor in model.graph.initializer if tensor.name in read]
+    return b"".join(item.SerializeToString() for item in (*nodes, *constants))
 
 
 def _crossing(before: list[onnx.NodeProto], after: list[onnx.NodeProto]) -> list[str]:
