@@ -172,17 +172,21 @@ def relu6_network() -> onnx.ModelProto:
     return model
 
 
-def relu6_planner():
-    """The network, its layers and a planner calibrated on three random batches."""
-    model = relu6_network()
+def calibrated(model: onnx.ModelProto):
+    """The network's layers and a planner calibrated on three random batches of 3x8x8 x."""
     layers = find_layers(model)
     feeds = [
         {"x": np.random.default_rng(seed).normal(size=(4, 3, 8, 8)).astype(np.float32)}
         for seed in range(3)
     ]
     ranges, samples = activation_ranges(model, activation_tensors(layers), feeds)
-    statistics = Statistics(ranges, weight_ranges(model, layers), samples)
-    return model, layers, Planner(layers, statistics)
+    return layers, Planner(layers, Statistics(ranges, weight_ranges(model, layers), samples))
+
+
+def relu6_planner():
+    """The network, its layers and a calibrated planner."""
+    model = relu6_network()
+    return model, *calibrated(model)
 
 
 @pytest.fixture(scope="module")
@@ -305,13 +309,7 @@ def residual_network() -> onnx.ModelProto:
 @pytest.fixture(scope="module")
 def residual():
     model = residual_network()
-    layers = find_layers(model)
-    feeds = [
-        {"x": np.random.default_rng(seed).normal(size=(4, 3, 8, 8)).astype(np.float32)}
-        for seed in range(3)
-    ]
-    ranges, samples = activation_ranges(model, activation_tensors(layers), feeds)
-    planner = Planner(layers, Statistics(ranges, weight_ranges(model, layers), samples))
+    _, planner = calibrated(model)
     return model, planner, np.random.default_rng(7).normal(size=(4, 3, 8, 8)).astype(np.float32)
 
 
