@@ -358,12 +358,16 @@ def rewrite(model: onnx.ModelProto, plan: Plan, evaluation: bool = False) -> Rew
     passes over the data.
     - Layers with FP32 weights get QuantizeLinear/DequantizeLinear input quantizers instead of
       the float-arithmetic ones (six elementwise passes each).
-    - Quantized parameters become float constants where the layer's inputs are FP32 (it
-      accumulates in float in either form, though its summation order may differ) or where
-      its weights do not fuse and float32 sums it exactly (`_float_parameters`).
+    - Quantized parameters become float constants, the bias inside the layer, for layers that
+      do not fuse into integer kernels, and, where some layer does not, for layers float32
+      sums exactly (`parameters`).
+    - The DFP quantizers of convolutions that do not fuse round with ops onnxruntime keeps in
+      its blocked layout (`blocked_rounding`), taking over a clamp after the layer.
     - A narrow output that a clamp alone reads within its range is not clipped to its width,
       and an input already on its format's grid is not quantized again beyond what fusion
       needs (`quantizer`).
+    The values are the written model's bit for bit where float32 sums every layer with
+    quantized inputs exactly; elsewhere its float sums may round in another order.
     The result also says where each layer's nodes start (the search cuts networks there).
     """
     result = onnx.ModelProto()
