@@ -366,8 +366,9 @@ def rewrite(model: onnx.ModelProto, plan: Plan, evaluation: bool = False) -> Rew
     - A narrow output that a clamp alone reads within its range is not clipped to its width,
       and an input already on its format's grid is not quantized again beyond what fusion
       needs (`quantizer`).
-    The values are the written model's bit for bit where float32 sums every layer with
-    quantized inputs exactly; elsewhere its float sums may round in another order.
+    The values are the written model's bit for bit where every layer with quantized inputs
+    has a quantized output and float32 sums it exactly; elsewhere float sums may round in
+    another order (onnxruntime may, for one, add a residual into a float layer's sum).
     The result also says where each layer's nodes start (the search cuts networks there).
     """
     result = onnx.ModelProto()
