@@ -314,15 +314,14 @@ class _Rewriter:
         weights = quantize_values(values, plan.weights, axis)
         weight_name = self.names.fresh(f"{node.name}_weight")
         fuses = False
-        if self.evaluation and (
-            not _inputs_may_fuse(plan)
-            or (not self.fusing and _float_sums_exactly(plan, weights, axis))
-        ):
+        if self.evaluation and not _inputs_may_fuse(plan):
             self._emit(float_tensor(weight_name, weights), emitted)
         else:
             stored_weights = store(weight_name, weights, plan.weights, axis)
             int8_codes = stored_weights.initializers[0].data_type == TensorProto.INT8
             fuses = int8_codes and _inputs_may_fuse(plan)
+            if self.evaluation and fuses and not self.fusing:
+                fuses = not _float_sums_exactly(plan, weights, axis)
             if self.evaluation and not fuses:
                 stored_weights = float_tensor(weight_name, weights)
             self._emit(stored_weights, emitted)
