@@ -361,3 +361,19 @@ def test_layers_that_could_fuse_run_float_where_others_cannot(residual):
     written, evaluation, written_out, evaluation_out = relu6_forms(residual, "dfp8")
     assert dequantized_codes(evaluation) == dequantized_codes(written) != set()
     np.testing.assert_array_equal(evaluation_out, written_out)
+
+
+def test_layers_that_could_fuse_run_float_when_integer_kernels_are_declined(lenet):
+    """Without integer kernels, layers float32 sums exactly (all of LeNet-5 at dfp8) take
+    float constants, bit for bit what the integer kernels give."""
+    source, planner, images = lenet
+    plan = planner.plan(parse_scheme("dfp8"))
+    written = rewrite(source, plan)
+    integer = rewrite(source, plan, evaluation=True)
+    floats = rewrite(source, plan, evaluation=True, integer_kernels=False)
+    assert integer.fused == written.fused == len(plan.layers) and floats.fused == 0
+    assert not dequantized_codes(floats.model)
+    expected = outputs(written.model, images)
+    np.testing.assert_array_equal(
+        outputs(floats.model, images, EVALUATION_DISABLED_OPTIMIZERS), expected
+    )

@@ -59,9 +59,11 @@ class _Rewriter:
     def __init__(self, graph: onnx.GraphProto, evaluation: bool, fusing: bool = False) -> None:
         self.graph = graph
         self.evaluation = evaluation
-        # Evaluation form: whether every layer can fuse into integer kernels; where some
-        # cannot, layers that could run in float too when that changes no bit.
+        # Evaluation form: whether layers that float32 sums exactly fuse into integer kernels
+        # (where every layer can, and the caller wants them), else they run in float; and how
+        # many layers fused.
         self.fusing = fusing
+        self.fused = 0
         self.names = Names(graph)
         self.producers = producers(graph)
         self.constants = Constants(graph)
@@ -322,6 +324,7 @@ class _Rewriter:
             fuses = int8_codes and _inputs_may_fuse(plan)
             if self.evaluation and fuses and not self.fusing:
                 fuses = not _float_sums_exactly(plan, weights, axis)
+            self.fused += fuses
             if self.evaluation and not fuses:
                 stored_weights = float_tensor(weight_name, weights)
             self._emit(stored_weights, emitted)
@@ -349,7 +352,9 @@ class _Rewriter:
         return stored.output
 
 
-def rewrite(model: onnx.ModelProto, plan: Plan, evaluation: bool = False) -> Rewritten:
+def rewrite(
+    model: onnx.ModelProto, plan: Plan, evaluation: bool = False, integer_kernels: bool = True
+) -> Rewritten:
     """Apply `plan` to a copy of `model`.
 
     With `evaluation`, the form the search scores, for a session that disables
@@ -358,8 +363,9 @@ def rewrite(model: onnx.ModelProto, plan: Plan, evaluation: bool = False) -> Rew
     - Layers with FP32 weights get QuantizeLinear/DequantizeLinear input quantizers instead of
       the float-arithmetic ones (six elementwise passes each).
     - Quantized parameters become float constants, the bias inside the layer, for layers that
-      do not fuse into integer kernels, and, where some layer does not, for layers float32
-      sums exactly (`parameters`).
+      do not fuse into integer kernels, and, where some layer does not or `integer_kernels`
+      is false, for layers float32 sums exactly (`parameters`): integer kernels are not
+      faster everywhere (they are on EfficientNet-Lite0, not on LeNet-5).
     - The DFP quantizers of convolutions that do not fuse round with ops onnxruntime keeps in
       its blocked layout (`blocked_rounding`), taking over a clamp after the layer.
     - A narrow output that a clamp alone reads within its range is not clipped to its width,
@@ -372,7 +378,9 @@ def rewrite(model: onnx.ModelProto, plan: Plan, evaluation: bool = False) -> Rew
     """
     result = onnx.ModelProto()
     result.CopyFrom(model)
-    fusing = all(_fusable(layer_plan) for layer_plan in plan.layers if layer_plan.layer.weight)
+    fusing = integer_kernels and all(
+        _fusable(layer_plan) for layer_plan in plan.layers if layer_plan.layer.weight
+    )
     rewriter = _Rewriter(result.graph, evaluation, fusing)
     by_node = {layer_plan.layer.node: layer_plan for layer_plan in plan.layers}
     nodes: list[onnx.NodeProto] = []
@@ -394,15 +402,17 @@ def rewrite(model: onnx.ModelProto, plan: Plan, evaluation: bool = False) -> Rew
     if quantizers:
         result.opset_import.append(onnx.helper.make_opsetid(DOMAIN, DOMAIN_VERSION))
         result.functions.extend(functions_for(quantizers))
-    return Rewritten(result, bool(plan.layers), starts)
+    return Rewritten(result, bool(plan.layers), starts, rewriter.fused)
 
 
 @dataclass(frozen=True)
 class Rewritten(PassResult):
     """`starts`: for each planned layer, the name of the first node emitted for it (its
-    quantizers and parameters come before the layer node itself)."""
+    quantizers and parameters come before the layer node itself); `fused`: how many layers
+    have int8 codes behind 8-bit inputs, which onnxruntime fuses into integer kernels."""
 
     starts: dict[str, str]
+    fused: int = 0
 
 
 def _normalised_axis(axis: int | None, ndim: int) -> int | None:

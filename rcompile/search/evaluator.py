@@ -11,7 +11,7 @@ of the network after a shared prefix (`share_prefix`).
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from statistics import median
 
 import numpy as np
@@ -22,12 +22,17 @@ from rcompile.passes.calibrate import Statistics
 from rcompile.passes.layers import Layer
 from rcompile.passes.rewrite import EVALUATION_DISABLED_OPTIMIZERS, rewrite
 from rcompile.plan import Override, Plan, Planner, PlanOptions
-from rcompile.scheme import Scheme
+from rcompile.scheme import Scheme, parse_scheme
 from rcompile.search.cost import LayerSize, plan_cost
 from rcompile.search.metrics import Metric
 from rcompile.search.prefix import SharedPrefix
 
 FP32_TIMINGS = 3
+# Choosing between integer and float kernels: the batches run, the runs of each (the first
+# warms up), and the configuration timed.
+TIMED_BATCHES = 2
+KERNEL_TIMINGS = 4
+DFP8 = parse_scheme("dfp8")
 
 
 @dataclass(frozen=True)
@@ -67,12 +72,18 @@ class EvaluationData:
     options: PlanOptions
     cost: str
     threads: int = 0
+    # Whether the evaluation form fuses layers into onnxruntime's integer kernels where float
+    # gives the same bits (see `rewrite`); None: the first Evaluator times both and decides.
+    integer_kernels: bool | None = None
 
 
 class Evaluator:
     """Scores configurations; `reference` holds the FP32 outputs, `fp32_seconds` the time
     scoring the FP32 model takes (the yardstick of an evaluation's cost): the median of three
-    scorings, the first of which also warms onnxruntime up."""
+    scorings, the first of which also warms onnxruntime up. Integer kernels are faster than
+    float ones on some models and slower on others, so unless `data` says which to use, it
+    times uniform dfp8 both ways on the first batches (alternately, the median of the runs
+    after the first) and keeps the faster (in `data`, which worker processes get)."""
 
     def __init__(self, data: EvaluationData) -> None:
         self.data = data
@@ -86,6 +97,27 @@ class Evaluator:
             timings.append(time.perf_counter() - start)
         self.fp32_seconds = median(timings)
         self.fp32_score = data.metric(self.reference, data.labels, self.reference)
+        if data.integer_kernels is None:
+            self.data = replace(data, integer_kernels=self._integer_kernels_pay())
+
+    def _integer_kernels_pay(self) -> bool:
+        plan = self.planner.plan(DFP8)
+        runs = {}
+        for integer in (True, False):
+            rewritten = rewrite(self.model, plan, evaluation=True, integer_kernels=integer)
+            if integer and not rewritten.fused:
+                return True
+            model = rewritten.model.SerializeToString()
+            runs[integer] = _session(model, self.data, EVALUATION_DISABLED_OPTIMIZERS).run
+        batches = self.data.batches[:TIMED_BATCHES]
+        seconds: dict[bool, list[float]] = {True: [], False: []}
+        for _ in range(KERNEL_TIMINGS):
+            for integer, run in runs.items():
+                start = time.perf_counter()
+                for batch in batches:
+                    run(None, batch)
+                seconds[integer].append(time.perf_counter() - start)
+        return median(seconds[True][1:]) <= median(seconds[False][1:])
 
     def share_prefix(self, layer: str | None) -> None:
         """Until told otherwise, the configurations scored differ only from layer `layer` on
@@ -102,7 +134,8 @@ class Evaluator:
     def evaluate(self, configuration: Configuration) -> Evaluation:
         start = time.perf_counter()
         plan = self.planner.plan(configuration.scheme, configuration.overrides)
-        rewritten = rewrite(self.model, plan, evaluation=True)
+        integer = bool(self.data.integer_kernels)
+        rewritten = rewrite(self.model, plan, evaluation=True, integer_kernels=integer)
         if self._prefix is not None:
             outputs, _ = self._prefix.outputs(rewritten, list(self.data.batches), self._session)
         else:

@@ -1,0 +1,42 @@
+"""The search's evaluator decides once whether integer kernels pay off on the model, hands the
+decision to worker processes, and scores the same with either kind of kernel."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from rcompile.api import load_source
+from rcompile.scheme import parse_scheme
+from rcompile.search import prepare_evaluator
+from rcompile.search.evaluator import Configuration, Evaluator
+
+ROOT = Path(__file__).resolve().parents[1] / "models"
+
+
+@pytest.fixture(scope="module")
+def evaluator(tmp_path_factory):
+    test = np.load(ROOT / "mnist_test.npz")
+    val = tmp_path_factory.mktemp("val") / "val.npz"
+    np.savez(val, input=test["input"][:200], labels=test["labels"][:200])
+    source, _ = load_source(ROOT / "lenet5.onnx")
+    return prepare_evaluator(source, ROOT / "mnist_calib.npz", val)[0]
+
+
+def test_the_evaluator_decides_on_integer_kernels_once_for_its_workers(evaluator):
+    assert isinstance(evaluator.data.integer_kernels, bool)
+    worker = Evaluator(evaluator.data)
+    assert worker.data.integer_kernels == evaluator.data.integer_kernels
+
+
+@pytest.mark.parametrize("scheme", ["dfp8", "dfp:w8a6", "dfp:w10a6"])
+def test_integer_and_float_kernels_score_alike(evaluator, scheme):
+    configuration = Configuration(scheme, parse_scheme(scheme))
+    scores = {
+        Evaluator(replace(evaluator.data, integer_kernels=integer)).evaluate(configuration).score
+        for integer in (True, False)
+    }
+    assert len(scores) == 1
