@@ -56,7 +56,7 @@ EVALUATION_DISABLED_OPTIMIZERS = ("WeightBiasQuantization",)
 class _Rewriter:
     """The state of one rewrite: fresh names and the quantizers placed so far."""
 
-    def __init__(self, graph: onnx.GraphProto, evaluation: bool, fusing: bool = False) -> None:
+    def __init__(self, graph: onnx.GraphProto, evaluation: bool, fusing: bool) -> None:
         self.graph = graph
         self.evaluation = evaluation
         # Evaluation form: whether layers that float32 sums exactly fuse into integer kernels

@@ -84,9 +84,9 @@ class SharedPrefix:
         if self._at is None:
             return 0
         kept_cut = self._cut(rewritten, position, first, self._at)
-        if not 0 < kept_cut <= cut or not set(_crossing(nodes[:kept_cut], nodes[kept_cut:])) <= set(
-            self._names
-        ):
+        if not 0 < kept_cut <= cut:
+            return 0
+        if not set(_crossing(nodes[:kept_cut], nodes[kept_cut:])) <= set(self._names):
             return 0
         same = _fingerprint(rewritten.model, nodes[:kept_cut]) == self._before
         return kept_cut if same else 0
