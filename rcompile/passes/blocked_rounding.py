@@ -87,8 +87,8 @@ class BlockedRounding:
         shifted = self.names.fresh(f"{target}_shifted")
         return [
             helper.make_node("Clip", [source, *bounds], [clipped], name=self.names.fresh(name)),
-            self._add(clipped, shifted, shift, channels, f"{name}_round"),
-            self._add(shifted, target, -shift, channels, f"{name}_unshift"),
+            self._affine(clipped, shifted, 1.0, shift, channels, f"{name}_round"),
+            self._affine(shifted, target, 1.0, -shift, channels, f"{name}_unshift"),
         ]
 
     def _codes_from_zero(self, step, high, source, target, name, channels):
@@ -96,7 +96,6 @@ class BlockedRounding:
         alpha, beta, scale = unit / step, 1.0 - high / step * unit, step / unit
         codes = self.names.fresh(f"{target}_codes")
         shifted = self.names.fresh(f"{target}_unclamped")
-        inputs = [self._constant(channels, v) for v in (scale, -beta * scale, 0.0, 1.0)]
         return [
             helper.make_node(
                 "HardSigmoid",
@@ -106,18 +105,13 @@ class BlockedRounding:
                 alpha=alpha,
                 beta=beta,
             ),
-            helper.make_node(
-                "BatchNormalization",
-                [codes, *inputs],
-                [shifted],
-                name=self.names.fresh(f"{name}_values"),
-                epsilon=0.0,
-            ),
+            self._affine(codes, shifted, scale, -beta * scale, channels, f"{name}_values"),
             helper.make_node("Relu", [shifted], [target], name=self.names.fresh(f"{name}_relu")),
         ]
 
-    def _add(self, source: str, target: str, value: float, channels: int, name: str):
-        inputs = [self._constant(channels, v) for v in (1.0, value, 0.0, 1.0)]
+    def _affine(self, source, target, scale: float, bias: float, channels: int, name: str):
+        """x * scale + bias as a BatchNormalization (mean 0, variance 1, epsilon 0)."""
+        inputs = [self._constant(channels, v) for v in (scale, bias, 0.0, 1.0)]
         name = self.names.fresh(name)
         return helper.make_node(
             "BatchNormalization", [source, *inputs], [target], name=name, epsilon=0.0

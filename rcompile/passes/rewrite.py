@@ -75,9 +75,8 @@ class _Rewriter:
         self.absorbed: set[str] = set()
         self.moved_pads: set[str] = set()
         self.quantized: dict[tuple[str, Format, str], str] = {}
-        # Evaluation form: the DFP format of each quantized layer output, and for values known
-        # to lie on a grid, (grid step, lowest value, highest value).
-        self.outputs: dict[str, DFP] = {}
+        # Evaluation form: for values known to lie on a grid, (grid step, lowest value,
+        # highest value), the bounds infinite where unknown.
         self.on_grid: dict[str, tuple[float, float, float]] = {}
 
     def layer(self, node: onnx.NodeProto, plan: LayerPlan) -> list[onnx.NodeProto]:
@@ -130,10 +129,10 @@ class _Rewriter:
         quantizer = quantizer_node(plan.output, result, plan.layer.output, name, form)
         emitted.append(quantizer)
         if isinstance(plan.output, DFP):
-            self.outputs[plan.layer.output] = plan.output
-            if form != "unclipped":
-                fmt = plan.output
-                self.on_grid[plan.layer.output] = (fmt.step, fmt.min, fmt.max)
+            # An unclipped output keeps the storage width's range; only its clamp reads it.
+            fmt, clipped = plan.output, form != "unclipped"
+            low, high = (fmt.min, fmt.max) if clipped else (-math.inf, math.inf)
+            self.on_grid[plan.layer.output] = (fmt.step, low, high)
         if form == "late" and not quantizer.overload.endswith(LATE):
             # A late clip ends in Clip, not DequantizeLinear: a consumer layer then gets its own
             # input quantizer (idempotent), so that it too can be fused.
@@ -178,9 +177,7 @@ class _Rewriter:
         if value in self.graph_outputs or len(users) != 1:
             return None
         bounds = clamp_bounds(self.graph, users[0], self.constants)
-        if bounds is None or not all(math.isinf(b) or (b / step).is_integer() for b in bounds):
-            return None
-        return users[0], bounds
+        return (users[0], bounds) if _on_step(bounds, step) else None
 
     def _sums_exactly(self, value: str, step: float, low: float, high: float) -> bool:
         """Whether every Add or Sum that reads `value` (quantized to multiples of `step` in
@@ -212,13 +209,13 @@ class _Rewriter:
         if node.op_type in ("Add", "Sum"):
             self._note_sum(node)
             return
-        source = node.input[0] if node.input else ""
-        fmt = self.outputs.get(source)
-        grid = (fmt.step, fmt.min, fmt.max) if fmt is not None else self.on_grid.get(source)
-        bounds = clamp_bounds(self.graph, node, self.constants) if grid is not None else None
-        if bounds is None or not all(math.isinf(b) or (b / grid[0]).is_integer() for b in bounds):
+        grid = self.on_grid.get(node.input[0] if node.input else "")
+        if grid is None:
             return
-        self.on_grid[node.output[0]] = (grid[0], max(bounds[0], grid[1]), min(bounds[1], grid[2]))
+        bounds = clamp_bounds(self.graph, node, self.constants)
+        if _on_step(bounds, grid[0]):
+            low, high = max(bounds[0], grid[1]), min(bounds[1], grid[2])
+            self.on_grid[node.output[0]] = (grid[0], low, high)
 
     def _note_sum(self, node: onnx.NodeProto) -> None:
         """Two values on power-of-two grids sum onto the finer grid, exactly while the sum
@@ -419,6 +416,11 @@ def _normalised_axis(axis: int | None, ndim: int) -> int | None:
     if axis is None or ndim == 0:
         return None
     return axis + ndim if axis < 0 else axis
+
+
+def _on_step(bounds: tuple[float, float] | None, step: float) -> bool:
+    """Whether clamp bounds are known and each infinite or a multiple of `step`."""
+    return bounds is not None and all(math.isinf(b) or (b / step).is_integer() for b in bounds)
 
 
 def _clamped_within(bounds: tuple[float, float] | None, fmt: Format) -> bool:
