@@ -26,10 +26,14 @@ def evaluator(tmp_path_factory):
     return prepare_evaluator(source, ROOT / "mnist_calib.npz", val)[0]
 
 
-def test_the_evaluator_decides_on_integer_kernels_once_for_its_workers(evaluator):
+def test_the_evaluator_measures_once_for_its_workers(evaluator):
+    """FP32 outputs and time and the choice of kernels travel to workers in the data."""
     assert isinstance(evaluator.data.integer_kernels, bool)
+    assert evaluator.data.fp32_seconds == evaluator.fp32_seconds > 0
     worker = Evaluator(evaluator.data)
     assert worker.data.integer_kernels == evaluator.data.integer_kernels
+    assert worker.fp32_seconds == evaluator.fp32_seconds
+    assert worker.reference is evaluator.reference
 
 
 @pytest.mark.parametrize("scheme", ["dfp8", "dfp:w8a6", "dfp:w10a6"])

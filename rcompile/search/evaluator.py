@@ -72,8 +72,11 @@ class EvaluationData:
     options: PlanOptions
     cost: str
     threads: int = 0
-    # Whether the evaluation form fuses layers into onnxruntime's integer kernels where float
-    # gives the same bits (see `rewrite`); None: the first Evaluator times both and decides.
+    # What the first Evaluator measures, for the others (worker processes) to reuse: the FP32
+    # outputs and scoring time, and whether the evaluation form fuses layers into
+    # onnxruntime's integer kernels where float gives the same bits (see `rewrite`).
+    reference: np.ndarray | None = None
+    fp32_seconds: float | None = None
     integer_kernels: bool | None = None
 
 
@@ -83,19 +86,22 @@ class Evaluator:
     scorings, the first of which also warms onnxruntime up. Integer kernels are faster than
     float ones on some models and slower on others, so unless `data` says which to use, it
     times uniform dfp8 both ways on the first batches (alternately, the median of the runs
-    after the first) and keeps the faster (in `data`, which worker processes get)."""
+    after the first) and keeps the faster. What it measures goes into `data`, which worker
+    processes get, so that they measure nothing again."""
 
     def __init__(self, data: EvaluationData) -> None:
-        self.data = data
         self.model = onnx.load_from_string(data.model)
         self.planner = Planner(list(data.layers), data.statistics, data.options)
         self._prefix: SharedPrefix | None = None
-        timings = []
-        for _ in range(FP32_TIMINGS):
-            start = time.perf_counter()
-            self.reference = self.outputs_of(data.model, data)
-            timings.append(time.perf_counter() - start)
-        self.fp32_seconds = median(timings)
+        if data.reference is None:
+            timings = []
+            for _ in range(FP32_TIMINGS):
+                start = time.perf_counter()
+                reference = self.outputs_of(data.model, data)
+                timings.append(time.perf_counter() - start)
+            data = replace(data, reference=reference, fp32_seconds=median(timings))
+        self.data = data
+        self.reference, self.fp32_seconds = data.reference, data.fp32_seconds
         self.fp32_score = data.metric(self.reference, data.labels, self.reference)
         if data.integer_kernels is None:
             self.data = replace(data, integer_kernels=self._integer_kernels_pay())
