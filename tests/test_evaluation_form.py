@@ -15,7 +15,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from rcompile.api import collect_statistics, load_source
-from rcompile.onnx_ops import IR_VERSION, OPSET
+from rcompile.onnx_ops import DOMAIN, IR_VERSION, OPSET
 from rcompile.passes.calibrate import (
     Statistics,
     activation_ranges,
@@ -376,4 +376,20 @@ def test_layers_that_could_fuse_run_float_when_integer_kernels_are_declined(lene
     expected = outputs(written.model, images)
     np.testing.assert_array_equal(
         outputs(floats.model, images, EVALUATION_DISABLED_OPTIMIZERS), expected
+    )
+
+
+def test_pooled_values_already_on_the_grid_are_not_quantized_again(lenet):
+    """MaxPool only picks values: the second convolution's input format (that of the first
+    layer's output at dfp8) leaves them unchanged, so it reads the pool's output as it is."""
+    source, planner, images = lenet
+    plan = planner.plan(parse_scheme("dfp8"))
+    written = rewrite(source, plan).model
+    evaluation = rewrite(source, plan, evaluation=True, integer_kernels=False).model
+    pooled = [n.output[0] for n in evaluation.graph.node if n.op_type == "MaxPool"]
+    readers = [n for n in evaluation.graph.node if n.input and n.input[0] == pooled[0]]
+    assert [n.op_type for n in readers] == ["Conv"]
+    assert any(n.input[0] == pooled[0] for n in written.graph.node if n.domain == DOMAIN)
+    np.testing.assert_array_equal(
+        outputs(evaluation, images, EVALUATION_DISABLED_OPTIMIZERS), outputs(written, images)
     )

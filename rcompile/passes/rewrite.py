@@ -52,6 +52,21 @@ from rcompile.plan import LayerPlan, Plan, accumulator_fls
 # float weights of a layer fed by a DequantizeLinear to int8.
 EVALUATION_DISABLED_OPTIMIZERS = ("WeightBiasQuantization",)
 
+# Ops whose first output holds only values of their first input (MaxPool pads with -inf,
+# which no output takes): it stays on that input's grid and within its bounds.
+_PICKS_VALUES = frozenset(
+    (
+        "MaxPool",
+        "GlobalMaxPool",
+        "Reshape",
+        "Flatten",
+        "Transpose",
+        "Squeeze",
+        "Unsqueeze",
+        "Identity",
+    )
+)
+
 
 class _Rewriter:
     """The state of one rewrite: fresh names and the quantizers placed so far."""
@@ -205,12 +220,15 @@ class _Rewriter:
     def note_grid(self, node: onnx.NodeProto) -> None:
         """Evaluation form: note what a node that is not a layer leaves on a grid (see
         `_unchanged_by`): a Relu or constant Clip of values on a grid, with bounds on it,
-        or an exact sum of two such values."""
+        an exact sum of two such values, or values that a node only picks or moves."""
         if node.op_type in ("Add", "Sum"):
             self._note_sum(node)
             return
         grid = self.on_grid.get(node.input[0] if node.input else "")
         if grid is None:
+            return
+        if node.op_type in _PICKS_VALUES:
+            self.on_grid[node.output[0]] = grid
             return
         bounds = clamp_bounds(self.graph, node, self.constants)
         if _on_step(bounds, grid[0]):
