@@ -393,3 +393,17 @@ def test_pooled_values_already_on_the_grid_are_not_quantized_again(lenet):
     np.testing.assert_array_equal(
         outputs(evaluation, images, EVALUATION_DISABLED_OPTIMIZERS), outputs(written, images)
     )
+
+
+def test_clamps_of_values_within_their_bounds_become_identities(lenet):
+    """At dfp8 the fully connected layers' outputs are unsigned codes: the Relus after them
+    change nothing, and the evaluation form leaves them to onnxruntime to drop."""
+    source, planner, images = lenet
+    plan = planner.plan(parse_scheme("dfp8"))
+    written = rewrite(source, plan).model
+    evaluation = rewrite(source, plan, evaluation=True, integer_kernels=False).model
+    assert sum(n.op_type == "Relu" for n in written.graph.node) == 4
+    assert not any(n.op_type == "Relu" for n in evaluation.graph.node)
+    np.testing.assert_array_equal(
+        outputs(evaluation, images, EVALUATION_DISABLED_OPTIMIZERS), outputs(written, images)
+    )

@@ -19,13 +19,14 @@ __all__ = [
     "DOMAIN_VERSION",
     "IR_VERSION",
     "OPSET",
+    "bound_body",
     "function_key",
     "functions_for",
     "quantizer_node",
     "single_quantizer_model",
 ]
 
-# Each module gives NAME, overload(fmt), attributes(fmt) and build(overload).
+# Each module gives NAME, overload(fmt), attributes(fmt) and build(overload, bound=None).
 _OPS = {DFP: dfp, MiniFloat: minifloat, Pow2: pow2}
 _BY_NAME = {module.NAME: module for module in _OPS.values()}
 
@@ -54,6 +55,14 @@ def functions_for(nodes: list[onnx.NodeProto]) -> list[onnx.FunctionProto]:
     """The function definitions that quantizer `nodes` need, each once, in a fixed order."""
     keys = sorted({(node.op_type, node.overload) for node in nodes if node.domain == DOMAIN})
     return [_BY_NAME[name].build(overload) for name, overload in keys]
+
+
+def bound_body(
+    op_type: str, overload: str, attributes: dict[str, int | bytes]
+) -> onnx.FunctionProto:
+    """The body of one quantizer node with these attribute values, the constants derived
+    from them folded (Constant nodes hold what the remaining nodes read)."""
+    return _BY_NAME[op_type].build(overload, attributes)
 
 
 def single_quantizer_model(formats: list[Format]) -> onnx.ModelProto:

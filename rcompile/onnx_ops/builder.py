@@ -3,6 +3,10 @@
 `FunctionBody` names intermediate values itself, so a body reads as a sequence of
 expressions. Constants that depend on the node's attributes are built from `Constant` nodes
 with attribute references; onnxruntime folds them once it has inlined the function.
+
+Given the attributes' values (`bound`), the same code builds the body of one node with
+those constants already folded (NumPy computes them as the ops would), for callers that
+inline the quantizers themselves.
 """
 
 from __future__ import annotations
@@ -29,22 +33,44 @@ INV_LN2 = 1.0 / math.log(2.0)
 
 
 class FunctionBody:
-    """Accumulates the nodes of one function body, with generated value names."""
+    """Accumulates the nodes of one function body, with generated value names. With
+    `bound` (attribute values), ops whose inputs are all constants are computed instead."""
 
-    def __init__(self) -> None:
+    def __init__(self, bound: dict[str, int | bytes] | None = None) -> None:
         self.nodes: list[onnx.NodeProto] = []
         self._count = 0
         self._table: str | None = None
+        self._bound = bound
+        self._known: dict[str, np.ndarray] = {}
+        self._emitted: set[str] = set()
 
     def op(self, op_type: str, *inputs: str, **attributes: object) -> str:
         """Append a node with one output and return that output's name."""
         self._count += 1
         output = f"t{self._count}_{op_type.lower()}"
+        if (
+            self._bound is not None
+            and op_type in _FOLDING
+            and all(i in self._known for i in inputs)
+        ):
+            values = [self._known[i] for i in inputs]
+            self._known[output] = np.asarray(_FOLDING[op_type](*values, **attributes))
+            return output
+        for name in inputs:
+            if name in self._known and name not in self._emitted:
+                tensor = numpy_helper.from_array(self._known[name])
+                self.nodes.append(helper.make_node("Constant", [], [name], value=tensor))
+                self._emitted.add(name)
         self.nodes.append(helper.make_node(op_type, list(inputs), [output], **attributes))
         return output
 
     def const(self, value: float | int | str | np.ndarray) -> str:
         """A constant: a Python float is float32, an int is int64, a str is a string."""
+        if self._bound is not None:
+            self._count += 1
+            output = f"t{self._count}_constant"
+            self._known[output] = _array(value)
+            return output
         if isinstance(value, np.ndarray):
             return self.op("Constant", value=numpy_helper.from_array(value))
         if isinstance(value, int):
@@ -55,6 +81,9 @@ class FunctionBody:
 
     def attribute(self, name: str, kind: str) -> str:
         """A scalar constant taken from the node attribute `name` (kind 'int' or 'string')."""
+        if self._bound is not None:
+            value = self._bound[name]
+            return self.const(value.decode() if isinstance(value, bytes) else value)
         self._count += 1
         output = f"t{self._count}_{name}"
         node = helper.make_node("Constant", [], [output])
@@ -121,3 +150,34 @@ class FunctionBody:
             attributes=attributes,
             overload=overload,
         )
+
+
+def _array(value: float | int | str | np.ndarray) -> np.ndarray:
+    """A constant as `const` types it."""
+    if isinstance(value, np.ndarray):
+        return value
+    if isinstance(value, int):
+        return np.array(value, np.int64)
+    if isinstance(value, float):
+        return np.array(value, np.float32)
+    return np.array(value, object)
+
+
+def _cast(value: np.ndarray, to: int) -> np.ndarray:
+    return value.astype(helper.tensor_dtype_to_np_dtype(to))
+
+
+# NumPy's result for each op a bound body folds: the same values and types as the op's.
+_FOLDING = {
+    "Add": np.add,
+    "Sub": np.subtract,
+    "Mul": np.multiply,
+    "Neg": np.negative,
+    "Min": np.minimum,
+    "Equal": lambda a, b: a == b,
+    "Where": np.where,
+    "Gather": np.take,
+    "Cast": _cast,
+    "Not": np.logical_not,
+    "And": np.logical_and,
+}

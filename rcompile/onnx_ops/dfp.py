@@ -64,14 +64,15 @@ def _code_range(body: FunctionBody) -> tuple[str, str]:
     return lowest, highest
 
 
-def build(overload: str) -> onnx.FunctionProto:
+def build(overload: str, bound: dict[str, int | bytes] | None = None) -> onnx.FunctionProto:
     """The function body for one overload.
 
     A full-width overload is a bare QuantizeLinear/DequantizeLinear pair, the pattern that
     onnxruntime fuses with the neighbouring layers into integer kernels; its `bw` must stay
-    the storage width. A clipped overload first clips to the codes of `bw` bits.
+    the storage width. A clipped overload first clips to the codes of `bw` bits. With
+    `bound`, one node's body with its constants folded (see `FunctionBody`).
     """
-    body = FunctionBody()
+    body = FunctionBody(bound)
     fl = body.attribute("fl", "int")
     if overload == "float":
         lowest, highest = _code_range(body)

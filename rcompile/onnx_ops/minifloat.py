@@ -36,10 +36,10 @@ def overload(fmt: MiniFloat) -> str:
     return next((name for name, (native, _) in NATIVE.items() if native == fmt), "")
 
 
-def build(overload: str = "") -> onnx.FunctionProto:
+def build(overload: str = "", bound: dict[str, int | bytes] | None = None) -> onnx.FunctionProto:
     if overload:
-        return _native(overload)
-    body = FunctionBody()
+        return _native(overload, bound)
+    body = FunctionBody(bound)
     mant_bits = body.attribute("mant_bits", "int")
     variant = body.attribute("variant", "string")
     is_ristretto = body.op("Equal", variant, body.const("ristretto"))
@@ -71,11 +71,11 @@ def build(overload: str = "") -> onnx.FunctionProto:
     return body.function(NAME, ATTRIBUTES, result)
 
 
-def _native(overload: str) -> onnx.FunctionProto:
+def _native(overload: str, bound: dict[str, int | bytes] | None) -> onnx.FunctionProto:
     """Cast there and back: FP8 casts saturate themselves; the 16-bit types are clipped first.
     Where the format keeps inf (IEEE-like), inf is put back after the saturation."""
     fmt, target = NATIVE[overload]
-    body = FunctionBody()
+    body = FunctionBody(bound)
     source = "X"
     if target in (onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16):
         largest = body.const(float(fmt.max))

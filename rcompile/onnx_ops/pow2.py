@@ -22,8 +22,8 @@ def overload(fmt: object) -> str:
     return ""
 
 
-def build(overload: str = "") -> onnx.FunctionProto:
-    body = FunctionBody()
+def build(overload: str = "", bound: dict[str, int | bytes] | None = None) -> onnx.FunctionProto:
+    body = FunctionBody(bound)
     exp_min = body.attribute("exp_min", "int")
     exp_max = body.attribute("exp_max", "int")
     below_range = body.op("Sub", exp_min, body.const(1))

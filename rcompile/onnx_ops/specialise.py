@@ -2,29 +2,26 @@
 
 onnxruntime inlines a model-local function at every session it builds and then folds the
 constants the body derives from the node's attributes. The search builds a session per
-candidate, so its evaluation form carries the folded bodies instead: onnxruntime folds each
-(op, overload, attributes) once, in a one-node model at its basic level, and the nodes it
-leaves are spliced in. The values are the same bit for bit; the sessions build faster.
+candidate, so its evaluation form carries each quantizer's body with those constants
+already folded (`bound_body`, once per op, overload and attributes): the same values bit
+for bit, and sessions that build faster.
 """
 
 from __future__ import annotations
 
-import tempfile
 from dataclasses import dataclass
 from functools import cache
-from pathlib import Path
 
 import onnx
-import onnxruntime as ort
 from onnx import helper
 
-from rcompile.onnx_ops.builder import DOMAIN, IR_VERSION, OPSET
+from rcompile.onnx_ops import DOMAIN, bound_body
 
 
 @dataclass(frozen=True)
 class FoldedBody:
-    """A quantizer's body with its input named `x` and its output `y`; `constants` are the
-    folded values, named as the nodes read them."""
+    """A quantizer's body reading `X` and writing `Y`; `constants` are the folded values
+    its nodes read, named as they read them."""
 
     nodes: tuple[onnx.NodeProto, ...]
     constants: tuple[onnx.TensorProto, ...]
@@ -34,7 +31,6 @@ def specialise(model: onnx.ModelProto) -> None:
     """Replace every quantizer node of `model` by its folded body, in place, and drop the
     functions. A body's values are named after its node; its first node keeps the node's
     name. Constants are shared by the nodes of one key."""
-    by_key = {(f.name, f.overload): f for f in model.functions if f.domain == DOMAIN}
     graph = model.graph
     nodes: list[onnx.NodeProto] = []
     constants: dict[str, onnx.TensorProto] = {}
@@ -43,8 +39,7 @@ def specialise(model: onnx.ModelProto) -> None:
             nodes.append(node)
             continue
         attributes = tuple(sorted((a.name, helper.get_attribute_value(a)) for a in node.attribute))
-        function = by_key[(node.op_type, node.overload)]
-        body = _folded(function.SerializeToString(), node.op_type, node.overload, attributes)
+        body = _folded(node.op_type, node.overload, attributes)
         prefix = f"{node.op_type}_{node.overload}_" + "_".join(
             f"{k}{_text(v)}" for k, v in attributes
         )
@@ -67,14 +62,14 @@ def specialise(model: onnx.ModelProto) -> None:
 
 
 def _renamed(body: FoldedBody, node: onnx.NodeProto, prefix: str) -> list[onnx.NodeProto]:
-    """The body's nodes for `node`: `x` and `y` become its input and output, constants
+    """The body's nodes for `node`: `X` and `Y` become its input and output, constants
     the shared names, other values names of its own; the first node keeps its name."""
     constant_names = {constant.name for constant in body.constants}
 
     def name(value: str) -> str:
-        if value == "x":
+        if value == "X":
             return node.input[0]
-        if value == "y":
+        if value == "Y":
             return node.output[0]
         if value in constant_names:
             return f"{prefix}/{value}"
@@ -93,31 +88,19 @@ def _renamed(body: FoldedBody, node: onnx.NodeProto, prefix: str) -> list[onnx.N
 
 @cache
 def _folded(
-    function: bytes, op_type: str, overload: str, attributes: tuple[tuple[str, int | bytes], ...]
+    op_type: str, overload: str, attributes: tuple[tuple[str, int | bytes], ...]
 ) -> FoldedBody:
-    proto = onnx.FunctionProto.FromString(function)
-    node = helper.make_node(op_type, ["x"], ["y"], domain=DOMAIN, **dict(attributes))
-    node.overload = overload
-    value = onnx.TensorProto.FLOAT
-    model = helper.make_model(
-        helper.make_graph(
-            [node],
-            "quantizer",
-            [helper.make_tensor_value_info("x", value, None)],
-            [helper.make_tensor_value_info("y", value, None)],
-        ),
-        opset_imports=[helper.make_opsetid("", OPSET), helper.make_opsetid(DOMAIN, 1)],
-        functions=[proto],
-        ir_version=IR_VERSION,
-    )
-    with tempfile.TemporaryDirectory() as folder:
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
-        options.optimized_model_filepath = str(Path(folder) / "folded.onnx")
-        options.log_severity_level = 3
-        ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-        folded = onnx.load(options.optimized_model_filepath)
-    return FoldedBody(tuple(folded.graph.node), tuple(folded.graph.initializer))
+    body = bound_body(op_type, overload, dict(attributes))
+    nodes, constants = [], []
+    for node in body.node:
+        if node.op_type == "Constant":
+            tensor = onnx.TensorProto()
+            tensor.CopyFrom(node.attribute[0].t)
+            tensor.name = node.output[0]
+            constants.append(tensor)
+        else:
+            nodes.append(node)
+    return FoldedBody(tuple(nodes), tuple(constants))
 
 
 def _text(value: int | bytes) -> str:

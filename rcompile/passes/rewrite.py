@@ -235,6 +235,14 @@ class _Rewriter:
             low, high = max(bounds[0], grid[1]), min(bounds[1], grid[2])
             self.on_grid[node.output[0]] = (grid[0], low, high)
 
+    def clamps_nothing(self, node: onnx.NodeProto) -> bool:
+        """Evaluation form: whether a Relu or constant Clip reads values on a grid that lie
+        within its bounds already (a layer's quantized output, say). It is then an Identity,
+        which onnxruntime removes."""
+        grid = self.on_grid.get(node.input[0] if node.input else "")
+        bounds = clamp_bounds(self.graph, node, self.constants) if grid else None
+        return bounds is not None and bounds[0] <= grid[1] and grid[2] <= bounds[1]
+
     def _note_sum(self, node: onnx.NodeProto) -> None:
         """Two values on power-of-two grids sum onto the finer grid, exactly while the sum
         stays within 2**24 of its steps."""
@@ -385,7 +393,7 @@ def rewrite(
       its blocked layout (`blocked_rounding`), taking over a clamp after the layer.
     - A narrow output that a clamp alone reads within its range is not clipped to its width,
       and an input already on its format's grid is not quantized again beyond what fusion
-      needs (`quantizer`).
+      needs (`quantizer`); a clamp of values within its bounds becomes an Identity.
     The values are the written model's bit for bit where every layer with quantized inputs
     has a quantized output and float32 sums it exactly; elsewhere float sums may round in
     another order (onnxruntime may, for one, add a residual into a float layer's sum).
@@ -404,6 +412,8 @@ def rewrite(
         if node.name in rewriter.absorbed:
             continue
         layer_plan = by_node.get(node.name)
+        if evaluation and not layer_plan and rewriter.clamps_nothing(node):
+            node = onnx.helper.make_node("Identity", node.input[:1], node.output, name=node.name)
         emitted = rewriter.layer(node, layer_plan) if layer_plan else [node]
         if layer_plan:
             starts[node.name] = emitted[0].name
