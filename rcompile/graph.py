@@ -59,6 +59,10 @@ class Constants:
         tensor = self._tensors.get(name)
         return None if tensor is None else numpy_helper.to_array(tensor)
 
+    def rank(self, name: str) -> int:
+        """The number of dimensions of constant `name`, without reading its values."""
+        return len(self._tensors[name].dims)
+
 
 def replace_initializer(graph: onnx.GraphProto, name: str, value: np.ndarray) -> None:
     """Set initializer `name` to `value`, adding it if missing."""

@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 
 from rcompile.api import load_source
+from rcompile.passes.rewrite import QuantizedValues, rewrite
 from rcompile.scheme import parse_scheme
 from rcompile.search import prepare_evaluator
-from rcompile.search.evaluator import Configuration, Evaluator
+from rcompile.search.evaluator import Configuration, Evaluator, _session
 
 ROOT = Path(__file__).resolve().parents[1] / "models"
 
@@ -44,3 +45,26 @@ def test_integer_and_float_kernels_score_alike(evaluator, scheme):
         for integer in (True, False)
     }
     assert len(scores) == 1
+
+
+def test_sessions_share_one_memory_arena(evaluator):
+    """A fresh arena per candidate would fault its pages in again on every first batch."""
+    model = evaluator.data.model
+    sessions = [_session(model, evaluator.data, ()) for _ in range(2)]
+    for session in sessions:
+        options = session.get_session_options()
+        assert options.get_session_config_entry("session.use_env_allocators") == "1"
+
+
+def test_quantized_parameters_are_computed_once_per_layer_rule(evaluator):
+    """The planner reuses a layer's formats for a rule it has seen, and so do the rewrites:
+    scoring dfp8 again quantizes nothing new, and gives the same model."""
+    values = QuantizedValues()
+    plan = evaluator.planner.plan(parse_scheme("dfp8"))
+    first = rewrite(evaluator.model, plan, True, True, values).model.SerializeToString()
+    entries = len(values)
+    again = evaluator.planner.plan(parse_scheme("dfp8"))
+    assert rewrite(evaluator.model, again, True, True, values).model.SerializeToString() == first
+    assert entries == len(values) == 2 * len(plan.layers)
+    rewrite(evaluator.model, evaluator.planner.plan(parse_scheme("dfp:w6a8")), True, True, values)
+    assert len(values) == 4 * len(plan.layers)

@@ -80,7 +80,7 @@ def test_rows_give_every_evaluation_in_order_with_margin_and_pareto_flags() -> N
     assert [row["pareto"] for row in table] == [True, True, True]
     assert [row["cost"] for row in table] == [1000, 100, 500]
     assert table[2]["score"] == 97.1235
-    assert table[0]["seconds"] == 0.123
+    assert table[0]["seconds"] == 0.1235
     for row in table:
         assert set(row) >= {"label", "score", "cost", "within_margin", "pareto", "seconds", "plan"}
         assert row["plan"] == []

@@ -68,12 +68,47 @@ _PICKS_VALUES = frozenset(
 )
 
 
+class QuantizedValues:
+    """Quantized parameters, kept across the rewrites of one model (a search rewrites it
+    hundreds of times). The planner hands out one formats tuple per layer rule it has seen,
+    so entries are found by tensor and formats identity: each tensor is quantized once per
+    rule. The formats are kept alive here, so an identity is never reused."""
+
+    def __init__(self) -> None:
+        self._entries: dict[tuple[str, int], tuple[tuple[Format, ...], np.ndarray]] = {}
+
+    def __len__(self) -> int:
+        """How many quantized tensors are kept."""
+        return len(self._entries)
+
+    def __call__(
+        self,
+        constants: Constants,
+        name: str,
+        formats: tuple[Format, ...],
+        axis: int | None,
+        flat: bool = False,
+    ) -> np.ndarray:
+        """`name`'s values quantized to `formats` along `axis` (`flat`: as a vector)."""
+        key = (name, id(formats))
+        if key not in self._entries:
+            values = constants(name).astype(np.float32)
+            values = values.reshape(-1) if flat else values
+            quantized = quantize_values(values, formats, axis)
+            quantized.flags.writeable = False
+            self._entries[key] = (formats, quantized)
+        return self._entries[key][1]
+
+
 class _Rewriter:
     """The state of one rewrite: fresh names and the quantizers placed so far."""
 
-    def __init__(self, graph: onnx.GraphProto, evaluation: bool, fusing: bool) -> None:
+    def __init__(
+        self, graph: onnx.GraphProto, evaluation: bool, fusing: bool, values: QuantizedValues
+    ) -> None:
         self.graph = graph
         self.evaluation = evaluation
+        self.values = values
         # Evaluation form: whether layers that float32 sums exactly fuse into integer kernels
         # (where every layer can, and the caller wants them), else they run in float; and how
         # many layers fused.
@@ -334,9 +369,8 @@ class _Rewriter:
         layer of the network cannot fuse, a layer that could takes float constants too when
         float32 sums it exactly (the same bits as the integer kernels): one integer layer
         among float ones costs more than it saves."""
-        values = self.constants(plan.layer.weight).astype(np.float32)
-        axis = _normalised_axis(plan.layer.weight_axis, values.ndim)
-        weights = quantize_values(values, plan.weights, axis)
+        axis = _normalised_axis(plan.layer.weight_axis, self.constants.rank(plan.layer.weight))
+        weights = self.values(self.constants, plan.layer.weight, plan.weights, axis)
         weight_name = self.names.fresh(f"{node.name}_weight")
         fuses = False
         if self.evaluation and not _inputs_may_fuse(plan):
@@ -354,8 +388,7 @@ class _Rewriter:
         floats = self.evaluation and not fuses
         if not plan.bias:
             return weight_name, None, fuses
-        values = self.constants(plan.layer.bias).astype(np.float32).reshape(-1)
-        bias = quantize_values(values, plan.bias, 0)
+        bias = self.values(self.constants, plan.layer.bias, plan.bias, 0, flat=True)
         target = self.names.fresh(f"{node.name}_bias")
         if floats:
             return weight_name, (self._emit(float_tensor(target, bias), emitted), True), fuses
@@ -376,7 +409,11 @@ class _Rewriter:
 
 
 def rewrite(
-    model: onnx.ModelProto, plan: Plan, evaluation: bool = False, integer_kernels: bool = True
+    model: onnx.ModelProto,
+    plan: Plan,
+    evaluation: bool = False,
+    integer_kernels: bool = True,
+    values: QuantizedValues | None = None,
 ) -> Rewritten:
     """Apply `plan` to a copy of `model`.
 
@@ -398,13 +435,15 @@ def rewrite(
     has a quantized output and float32 sums it exactly; elsewhere float sums may round in
     another order (onnxruntime may, for one, add a residual into a float layer's sum).
     The result also says where each layer's nodes start (the search cuts networks there).
+    `values` keeps quantized parameters for later rewrites of the same model.
     """
     result = onnx.ModelProto()
     result.CopyFrom(model)
     fusing = integer_kernels and all(
         _fusable(layer_plan) for layer_plan in plan.layers if layer_plan.layer.weight
     )
-    rewriter = _Rewriter(result.graph, evaluation, fusing)
+    values = values if values is not None else QuantizedValues()
+    rewriter = _Rewriter(result.graph, evaluation, fusing, values)
     by_node = {layer_plan.layer.node: layer_plan for layer_plan in plan.layers}
     nodes: list[onnx.NodeProto] = []
     starts: dict[str, str] = {}

@@ -115,7 +115,7 @@ def search(
             "evaluation_cost_vs_fp32": {
                 "median": round(stats.median(ratios), 3),
                 "max": round(max(ratios), 3),
-                "fp32_seconds": round(evaluator.fp32_seconds, 3),
+                "fp32_seconds": round(evaluator.fp32_seconds, 4),
             },
             "table": rows(runner.history, threshold),
         }

@@ -35,7 +35,7 @@ def rows(evaluations: list[Evaluation], threshold: float) -> list[dict]:
             "cost": e.cost,
             "within_margin": e.score >= threshold,
             "pareto": flag,
-            "seconds": round(e.seconds, 3),
+            "seconds": round(e.seconds, 4),
             "plan": e.plan.as_dict()["layers"],
         }
         for e, flag in zip(evaluations, optimal, strict=True)
