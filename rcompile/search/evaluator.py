@@ -21,6 +21,7 @@ import onnxruntime as ort
 
 from rcompile.onnx_ops.specialise import specialise
 from rcompile.passes.calibrate import Statistics
+from rcompile.passes.integer_clamps import clip_codes
 from rcompile.passes.layers import Layer
 from rcompile.passes.rewrite import (
     EVALUATION_DISABLED_OPTIMIZERS,
@@ -176,9 +177,11 @@ def _evaluation_form(
     model: onnx.ModelProto, plan: Plan, integer_kernels: bool, values: QuantizedValues
 ) -> Rewritten:
     """The form the search scores (see `rewrite`), its quantizers' bodies folded in
-    (`specialise`): onnxruntime builds each candidate's session faster."""
+    (`specialise`): onnxruntime builds each candidate's session faster; clamps between
+    integer layers then clip the codes (`clip_codes`)."""
     rewritten = rewrite(model, plan, True, integer_kernels, values)
     specialise(rewritten.model)
+    clip_codes(rewritten.model)
     return rewritten
 
 
