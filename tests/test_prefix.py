@@ -61,6 +61,17 @@ def trials(network, scheme: str, layer_index: int, rules: list[str], fixed=()):
     ]
 
 
+def reuses(shared: SharedPrefix, candidates, batches: list[dict]) -> list[bool]:
+    """Score the candidates in turn, each bit for bit as run whole; whether each reused
+    kept values."""
+    used = []
+    for candidate in candidates:
+        outputs, reused = shared.outputs(candidate, batches, session)
+        used.append(reused)
+        np.testing.assert_array_equal(outputs, whole(candidate, batches))
+    return used
+
+
 @pytest.mark.parametrize(
     ("network", "scheme", "layer", "fixed"),
     [
@@ -80,13 +91,7 @@ def test_later_trials_reuse_the_prefix_and_match_running_whole(
     # Widths that keep every layer's codes int8: a layer going to int4 codes changes how the
     # evaluation form runs the layers before the cut, and those trials run whole.
     node, candidates = trials(network, scheme, layer, ["dfp6", "dfp5", "dfp7"], fixed)
-    shared = SharedPrefix(node)
-    reused = []
-    for candidate in candidates:
-        outputs, used = shared.outputs(candidate, batches, session)
-        reused.append(used)
-        np.testing.assert_array_equal(outputs, whole(candidate, batches))
-    assert reused == [False, True, True]
+    assert reuses(SharedPrefix(node), candidates, batches) == [False, True, True]
 
 
 def test_a_change_before_the_cut_runs_whole(lenet):
@@ -158,11 +163,6 @@ def test_a_cut_where_a_clamp_now_clips_codes_matches_running_whole(relu6):
         for r in ("dfp6", "dfp7")
     ]
     shared = SharedPrefix(node)
-    used = []
-    for candidate in candidates:
-        outputs, reused = shared.outputs(candidate, batches, session)
-        used.append(reused)
-        np.testing.assert_array_equal(outputs, whole(candidate, batches))
-    assert used == [False, True]
+    assert reuses(shared, candidates, batches) == [False, True]
     kept_types = {values.dtype for kept in shared._kept for values in kept.values()}
     assert kept_types == {np.dtype(np.uint8)}
