@@ -31,6 +31,7 @@ def clip_codes(model: onnx.ModelProto) -> int:
     made_by = producers(graph)
     read_by = consumers(graph)
     outputs = output_names(graph)
+    retyped: dict[str, int] = {}
     changed = 0
     for clamp in list(graph.node):
         match = _match(graph, clamp, constants, made_by, read_by, outputs)
@@ -48,8 +49,9 @@ def clip_codes(model: onnx.ModelProto) -> int:
         clamp.input[:] = [dequantize.output[0], low.name, high.name]
         for quantizer in quantizers:
             _become_identity(quantizer, clamp.output[0])
-        _set_type(graph, [dequantize.output[0], clamp.output[0]], code_type)
+        retyped.update(dict.fromkeys((dequantize.output[0], clamp.output[0]), code_type))
         changed += 1
+    _set_types(graph, retyped)
     return changed
 
 
@@ -96,10 +98,10 @@ def _become_identity(node: onnx.NodeProto, source: str) -> None:
     node.input[:] = [source]
 
 
-def _set_type(graph: onnx.GraphProto, names: list[str], element_type: int) -> None:
-    """Record `names` as tensors of `element_type` (the clamp's result was float); later
-    passes that cut the graph read its types from here."""
-    kept = [value for value in graph.value_info if value.name not in names]
+def _set_types(graph: onnx.GraphProto, types: dict[str, int]) -> None:
+    """Record each value of `types` as a tensor of its element type (the clamps' results
+    were float); later passes that cut the graph read its types from here."""
+    kept = [value for value in graph.value_info if value.name not in types]
     del graph.value_info[:]
     graph.value_info.extend(kept)
-    graph.value_info.extend(helper.make_tensor_value_info(n, element_type, None) for n in names)
+    graph.value_info.extend(helper.make_tensor_value_info(n, t, None) for n, t in types.items())
