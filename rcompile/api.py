@@ -13,6 +13,7 @@ from rcompile.data import Dataset, Preprocessing, input_specs, open_data
 from rcompile.errors import CalibrationError
 from rcompile.exporter import finish_model
 from rcompile.importer import load_model, prepare_model
+from rcompile.lowering import lower
 from rcompile.passes.calibrate import (
     Statistics,
     activation_ranges,
@@ -20,7 +21,6 @@ from rcompile.passes.calibrate import (
     weight_ranges,
 )
 from rcompile.passes.layers import find_layers
-from rcompile.passes.rewrite import rewrite
 from rcompile.plan import Override, Plan, PlanOptions, load_overrides, make_plan
 from rcompile.progress import progress_bar
 from rcompile.report import Report
@@ -50,9 +50,12 @@ def compile(
     overrides: str | Path | tuple[Override, ...] = (),
     batch_size: int = DEFAULT_BATCH_SIZE,
     show_progress: bool = False,
+    target: str = "sim",
 ) -> CompileResult:
     """Quantize `model` with `scheme`, calibrating on `calib` (a folder of images, .npz or
-    .npy); with `val`, score the FP32 and the quantized model on it for the report."""
+    .npy); with `val`, score the FP32 and the quantized model on it for the report.
+    `target`: `sim`, bit-true under every onnxruntime optimisation level, or `qdq`, plain
+    QuantizeLinear/DequantizeLinear for deployment (see `rcompile.lowering`)."""
     options = options or PlanOptions()
     source, label = load_source(model)
     parsed = parse_scheme(scheme)
@@ -69,7 +72,7 @@ def compile(
         def accuracy_of(quantized: onnx.ModelProto) -> dict:
             return _accuracy(source, quantized, val, preprocessing, batch_size, show_progress)
 
-    return finish(source, label, plan, options, calibration, accuracy_of)
+    return finish(source, label, plan, options, calibration, accuracy_of, target=target)
 
 
 def load_source(model: str | Path | onnx.ModelProto) -> tuple[onnx.ModelProto, str]:
@@ -88,10 +91,12 @@ def finish(
     calibration: dict,
     accuracy_of=None,
     extra: dict | None = None,
+    target: str = "sim",
 ) -> CompileResult:
-    """Rewrite `source` by `plan`, record the provenance in the model, and build the report
-    (`accuracy_of(quantized_model)` fills its accuracy; `extra` adds report sections)."""
-    quantized = rewrite(source, plan).model
+    """Lower `plan` on `source` for `target`, record the provenance in the model, and build
+    the report (`accuracy_of(quantized_model)` fills its accuracy; `extra` adds report
+    sections)."""
+    quantized = lower(source, plan, target).model
     option_values = {
         "per_channel": options.per_channel,
         "unsigned": options.unsigned,
@@ -105,11 +110,13 @@ def finish(
             "rcompile.options": option_values,
             "rcompile.calibration": calibration,
             "rcompile.plan": plan.as_dict(),
+            "rcompile.target": target,
         },
     )
     report = Report(
         model=label,
         scheme=plan.scheme,
+        target=target,
         options=option_values,
         calibration=calibration,
         layers=layer_rows(source, plan),

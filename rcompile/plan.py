@@ -81,6 +81,7 @@ class LayerPlan:
             "output": _name(self.output),
             "weights": [fmt.name for fmt in self.weights],
             "bias": [fmt.name for fmt in self.bias],
+            "weight_axis": self.layer.weight_axis,
         }
 
 

@@ -146,6 +146,7 @@ class Report:
     skipped: tuple[str, ...] = ()
     accuracy: dict | None = None
     extra: dict = field(default_factory=dict)
+    target: str = "sim"
 
     def totals(self) -> dict:
         parameters = sum(row.parameters for row in self.layers)
@@ -174,6 +175,7 @@ class Report:
             "schema_version": SCHEMA_VERSION,
             "model": self.model,
             "scheme": self.scheme,
+            "target": self.target,
             "options": self.options,
             "calibration": self.calibration,
             "totals": self.totals(),

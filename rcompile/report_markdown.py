@@ -8,7 +8,8 @@ def render_markdown(report: dict) -> str:
     lines = [
         f"# rcompile report: {report['model']}",
         "",
-        f"Scheme `{report['scheme']}`; calibration: {_calibration(report['calibration'])}.",
+        f"Scheme `{report['scheme']}`, target `{report['target']}`; "
+        f"calibration: {_calibration(report['calibration'])}.",
         "",
         *_totals(report["totals"]),
     ]

@@ -12,8 +12,10 @@ import onnxruntime as ort
 import pytest
 
 import rcompile
+from rcompile.api import load_source
 from rcompile.data import input_specs, open_data, parse_preprocessing
 from rcompile.errors import CalibrationError
+from rcompile.lowering import lower
 from rcompile.score import predictions, score
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -131,12 +133,23 @@ def test_efficientnet_dfp8_agrees_with_fp32_on_90_percent_of_images(efficientnet
     assert score(quantized, data.labels, reference).agreement >= 0.90
 
 
-def test_efficientnet_dfp8_fuses_into_at_least_45_integer_convolutions(efficientnet):
-    optimized = efficientnet["root"] / "optimized.onnx"
+def optimized_ops(model: onnx.ModelProto, folder: Path) -> Counter:
+    """The op types of `model` as onnxruntime's default (fully optimised) session runs it."""
+    optimized = folder / "optimized.onnx"
     options = ort.SessionOptions()
     options.log_severity_level = 3
     options.optimized_model_filepath = str(optimized)
-    model = efficientnet["result"].model
     ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    ops = Counter(node.op_type for node in onnx.load(optimized).graph.node)
+    return Counter(node.op_type for node in onnx.load(optimized).graph.node)
+
+
+def test_efficientnet_dfp8_qdq_fuses_into_at_least_45_integer_convolutions(efficientnet):
+    qdq = lower(load_source(EFFICIENTNET)[0], efficientnet["result"].plan, "qdq").model
+    ops = optimized_ops(qdq, efficientnet["root"])
     assert ops["QLinearConv"] >= 45, f"optimized graph ops: {dict(ops)}"
+
+
+def test_efficientnet_dfp8_sim_leaves_onnxruntime_no_integer_kernel(efficientnet):
+    ops = optimized_ops(efficientnet["result"].model, efficientnet["root"])
+    integer = {op for op in ops if op.startswith("QLinear") or op.endswith("Integer")}
+    assert ops["Conv"] == 49 and not integer, f"optimized graph ops: {dict(ops)}"

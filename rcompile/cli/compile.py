@@ -25,6 +25,7 @@ from rcompile.cli.app import (
 from rcompile.data import parse_preprocessing
 from rcompile.errors import UserError
 from rcompile.exporter import check_targets
+from rcompile.lowering import TARGETS
 from rcompile.plan import PlanOptions
 from rcompile.scheme import SCHEME_GRAMMAR
 
@@ -77,11 +78,20 @@ def compile_command(
             help="Report path (.json; the .md goes beside it). Default: beside the output."
         ),
     ] = None,
+    target: Annotated[
+        str,
+        typer.Option(
+            help="sim: bit-true at every onnxruntime optimisation level; qdq: standard "
+            "QuantizeLinear/DequantizeLinear for deployment (fast, checked by `rcompile verify`)."
+        ),
+    ] = "sim",
     max_drop: MaxDrop = None,
     batch_size: BatchSize = DEFAULT_BATCH_SIZE,
     as_json: AsJson = False,
     debug: Debug = False,
 ) -> None:
+    if target not in TARGETS:
+        raise UserError(f"--target must be one of {', '.join(TARGETS)}, got {target!r}")
     if max_drop is not None and val is None:
         raise UserError("--max-drop needs --val, the data to measure the drop on")
     options = PlanOptions(
@@ -101,6 +111,7 @@ def compile_command(
         overrides=overrides if overrides is not None else (),
         batch_size=batch_size,
         show_progress=sys.stderr.isatty(),
+        target=target,
     )
     report_data = result.report.as_dict()
     summary = {

@@ -1,6 +1,7 @@
 """Write fine-tuned weights back into the quantized model, in the storage it already uses:
-new integer codes under the same DequantizeLinear (same scales, so the same formats), or new
-float16 / float32 values. Nothing else in the model changes."""
+new integer codes under the same DequantizeLinear, or the same Cast and Mul by the step (same
+scales, so the same formats), or new float16 / float32 values. Nothing else in the model
+changes."""
 
 from __future__ import annotations
 
@@ -32,7 +33,15 @@ def write_weights(model: onnx.ModelProto, values: dict[str, np.ndarray]) -> onnx
         if node is None:
             _replace(initializers[name], numpy_helper.from_array(value.astype(np.float32), name))
         elif node.op_type == "DequantizeLinear":
-            _store_codes(node, value, initializers)
+            codes, scale, zero = node.input[:3]
+            axis = next((a.i for a in node.attribute if a.name == "axis"), 1)
+            steps = _per_axis(initializers[scale], value.ndim, axis)
+            _store_codes(codes, steps, value, initializers)
+            _retype(initializers[zero], initializers[codes].data_type)
+        elif node.op_type == "Mul" and made_by.get(node.input[0], node).op_type == "Cast":
+            codes = made_by[node.input[0]].input[0]
+            scale = numpy_helper.to_array(initializers[node.input[1]]).astype(np.float64)
+            _store_codes(codes, scale, value, initializers)
         elif node.op_type == "Cast":
             half = value.astype(np.float16)
             if not np.array_equal(half.astype(np.float32), value):
@@ -43,14 +52,18 @@ def write_weights(model: onnx.ModelProto, values: dict[str, np.ndarray]) -> onnx
     return result
 
 
-def _store_codes(node: onnx.NodeProto, value: np.ndarray, initializers: dict) -> None:
-    codes_name, scale_name, zero_name = node.input[:3]
-    scale = numpy_helper.to_array(initializers[scale_name]).astype(np.float64)
-    axis = next((a.i for a in node.attribute if a.name == "axis"), 1)
-    if scale.ndim:
-        shape = [1] * value.ndim
-        shape[axis % value.ndim] = scale.size
-        scale = scale.reshape(shape)
+def _per_axis(scale: onnx.TensorProto, ndim: int, axis: int) -> np.ndarray:
+    """A DequantizeLinear's scale shaped to broadcast against its output."""
+    values = numpy_helper.to_array(scale).astype(np.float64)
+    if not values.ndim:
+        return values
+    shape = [1] * ndim
+    shape[axis % ndim] = values.size
+    return values.reshape(shape)
+
+
+def _store_codes(codes_name: str, scale: np.ndarray, value: np.ndarray, initializers) -> None:
+    """New codes value / scale in `codes_name`, widened where they outgrow its type."""
     codes = value.astype(np.float64) / scale
     if not np.array_equal(codes, np.rint(codes)):
         raise ValueError(f"fine-tuned values of '{codes_name}' are off their quantization grid")
@@ -63,11 +76,12 @@ def _store_codes(node: onnx.NodeProto, value: np.ndarray, initializers: dict) ->
         initializers[codes_name],
         helper.make_tensor(codes_name, data_type, integers.shape, integers.ravel().tolist()),
     )
-    zero = numpy_helper.to_array(initializers[zero_name]).astype(np.int64)
-    _replace(
-        initializers[zero_name],
-        helper.make_tensor(zero_name, data_type, zero.shape, zero.ravel().tolist()),
-    )
+
+
+def _retype(zero: onnx.TensorProto, data_type: int) -> None:
+    """A zero point in the (possibly widened) type of its codes."""
+    values = numpy_helper.to_array(zero).astype(np.int64)
+    _replace(zero, helper.make_tensor(zero.name, data_type, values.shape, values.ravel().tolist()))
 
 
 def _replace(old: onnx.TensorProto, new: onnx.TensorProto) -> None:

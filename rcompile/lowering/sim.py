@@ -1,0 +1,81 @@
+"""The passes that make a rewritten model `sim`: bit-true at every onnxruntime optimisation
+level. onnxruntime fuses QuantizeLinear/DequantizeLinear patterns into integer kernels whose
+results depend on the CPU (on AVX2 without VNNI its u8s8 kernels sum pairs of products in
+saturating 16-bit lanes) and whose rounding of ties can differ from QuantizeLinear's; with
+no such pattern left, it computes the float ops as written."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from rcompile.graph import initializers, remove_initializers
+from rcompile.onnx_ops import DOMAIN, functions_for
+from rcompile.onnx_ops.dfp import NAME as DFP_NAME
+from rcompile.passes import PassResult
+
+ARITHMETIC_OVERLOAD = "float"
+
+
+def arithmetic_quantizers(model: onnx.ModelProto) -> PassResult:
+    """Every DFP quantizer in its arithmetic body (Mul, Round, Clip, Mul: the same values as
+    the QuantizeLinear/DequantizeLinear pair, which onnxruntime would fuse with the layer)."""
+    result = onnx.ModelProto()
+    result.CopyFrom(model)
+    changed = False
+    for node in result.graph.node:
+        if node.domain == DOMAIN and node.op_type == DFP_NAME:
+            changed |= node.overload != ARITHMETIC_OVERLOAD
+            node.overload = ARITHMETIC_OVERLOAD
+    if changed:
+        quantizers = [node for node in result.graph.node if node.domain == DOMAIN]
+        del result.functions[:]
+        result.functions.extend(functions_for(quantizers))
+    return PassResult(result, changed)
+
+
+def dequantize_by_arithmetic(model: onnx.ModelProto) -> PassResult:
+    """Stored parameters dequantized by Cast and Mul instead of DequantizeLinear: the same
+    exact values (codes times a power of two), which onnxruntime folds into float constants
+    for its fastest float kernels instead of fusing them into integer ones."""
+    result = onnx.ModelProto()
+    result.CopyFrom(model)
+    graph = result.graph
+    constants = initializers(graph)
+    nodes, replaced = [], set()
+    for node in graph.node:
+        if node.op_type != "DequantizeLinear" or not all(i in constants for i in node.input):
+            nodes.append(node)
+            continue
+        nodes.extend(_cast_and_scale(node, constants, graph))
+        replaced.update(node.input[1:])
+    if len(nodes) == len(graph.node) and not replaced:
+        return PassResult(result, False)
+    del graph.node[:]
+    graph.node.extend(nodes)
+    used = {name for node in graph.node for name in node.input}
+    remove_initializers(graph, {name for name in replaced if name not in used})
+    return PassResult(result, True)
+
+
+def _cast_and_scale(node, constants, graph) -> list[onnx.NodeProto]:
+    codes = constants[node.input[0]]
+    scale = constants[node.input[1]].astype(np.float32)
+    zero = constants[node.input[2]] if len(node.input) > 2 and node.input[2] else None
+    if zero is not None and np.any(zero.astype(np.int64) != 0):
+        raise ValueError(f"{node.name}: stored parameters have a nonzero zero point")
+    if scale.size > 1:
+        axis = next((a.i for a in node.attribute if a.name == "axis"), 1) % codes.ndim
+        shape = [1] * codes.ndim
+        shape[axis] = scale.size
+        scale = scale.reshape(shape)
+    scale_name = f"{node.output[0]}_step"
+    graph.initializer.append(numpy_helper.from_array(scale, scale_name))
+    floats = f"{node.output[0]}_floats"
+    return [
+        helper.make_node(
+            "Cast", [node.input[0]], [floats], name=f"{node.name}_cast", to=TensorProto.FLOAT
+        ),
+        helper.make_node("Mul", [floats, scale_name], [node.output[0]], name=f"{node.name}_scale"),
+    ]

@@ -1,0 +1,122 @@
+"""One planned layer as integer hardware computes it: codes of the input, weights and bias;
+their exact sum on the accumulator's grid (the finer of the product grid and the bias
+grid); that sum rounded once to the output format. A layer with any FP32 part (input,
+weights or bias) computes in float32 as the ONNX op defines it, then quantizes its output."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+
+from rcompile.formats import Format
+from rcompile.formats.exact import F32
+from rcompile.passes.store_weights import quantize_values
+from rcompile.reference import sums
+from rcompile.reference.grid import step_exponents, to_codes
+from rcompile.reference.requantize import requantize
+
+# op type -> axis of the output that indexes its channels
+OUTPUT_CHANNEL_AXIS = {"Conv": 1, "ConvTranspose": 1, "Gemm": -1, "MatMul": -1}
+
+
+@dataclass(frozen=True)
+class LayerSpec:
+    """A layer node of the compiled model with its plan. `bias_outside`: the bias arrives as
+    the node's last input, from the Add after the layer that the lowering placed there."""
+
+    node: onnx.NodeProto
+    inputs: tuple[Format | None, ...]
+    output: Format | None
+    weights: tuple[Format, ...]
+    bias: tuple[Format, ...]
+    weight_axis: int | None
+    bias_outside: bool = False
+
+    @property
+    def attributes(self) -> dict:
+        return {a.name: onnx.helper.get_attribute_value(a) for a in self.node.attribute}
+
+
+def run_layer(spec: LayerSpec, inputs: list[np.ndarray], float_op) -> np.ndarray:
+    """The layer's output (float32 values of its output format) for the node's `inputs`."""
+    values = list(inputs)
+    bias = values.pop() if spec.bias_outside else (values[2] if len(values) > 2 else None)
+    for position, fmt in enumerate(spec.inputs):
+        if fmt is not None:
+            values[position] = fmt.quantize(values[position])
+    if spec.weights:
+        values[1] = quantize_values(values[1], spec.weights, _axis(spec, values[1]))
+    if _integer(spec, bias):
+        result = _integer_output(spec, values, bias)
+    else:
+        if spec.bias_outside and bias is not None:
+            values = [*values[:2], bias.reshape(-1)]
+        result = float_op(*values)
+        result = spec.output.quantize(result) if spec.output is not None else result
+    return result.astype(F32)
+
+
+def _integer(spec: LayerSpec, bias) -> bool:
+    """Whether every part of the layer has a format (and the op has an integer form)."""
+    if spec.node.op_type not in OUTPUT_CHANNEL_AXIS or None in spec.inputs:
+        return False
+    attributes = spec.attributes
+    if attributes.get("alpha", 1.0) != 1.0 or attributes.get("beta", 1.0) != 1.0:
+        return False
+    weighted = len(spec.inputs) == 1
+    return (not weighted or bool(spec.weights)) and (bias is None or bool(spec.bias))
+
+
+def _axis(spec: LayerSpec, weights: np.ndarray) -> int | None:
+    if len(spec.weights) == 1 or spec.weight_axis is None:
+        return None
+    return spec.weight_axis % weights.ndim
+
+
+def _integer_output(spec: LayerSpec, values: list[np.ndarray], bias) -> np.ndarray:
+    op = spec.node.op_type
+    x_exponent = step_exponents(spec.inputs[:1])
+    x = to_codes(values[0], x_exponent, None)
+    if len(spec.inputs) == 2:
+        second = step_exponents(spec.inputs[1:])
+        total = sums.matmul(x, to_codes(values[1], second, None))
+        return _output(spec, total, x_exponent + second, None, None)
+    w_exponents = step_exponents(spec.weights)
+    w = to_codes(values[1], w_exponents, _axis(spec, values[1]))
+    if op == "Conv":
+        total = sums.conv(x, w, spec.attributes)
+    elif op == "ConvTranspose":
+        total = sums.conv_transpose(x, w, spec.node)
+    elif op == "Gemm" and spec.attributes.get("transB", 0):
+        total = sums.matmul(x, w.T)
+    else:
+        total = sums.matmul(x, w)
+    b = None
+    if bias is not None:
+        b_exponents = step_exponents(spec.bias)
+        flat = quantize_values(bias.reshape(-1), spec.bias, 0 if len(spec.bias) > 1 else None)
+        b = (to_codes(flat, b_exponents, 0), b_exponents)
+    return _output(spec, total, x_exponent + w_exponents, b, OUTPUT_CHANNEL_AXIS[op])
+
+
+def _output(spec: LayerSpec, total, product_exponents, bias, axis) -> np.ndarray:
+    """Add the bias on the accumulator grid and round to the output format."""
+    exponent = product_exponents
+    if bias is not None:
+        codes, bias_exponents = bias
+        channels = max(codes.size, product_exponents.size)
+        product_exponents = np.broadcast_to(product_exponents, channels)
+        exponent = np.minimum(product_exponents, np.broadcast_to(bias_exponents, channels))
+        bias_codes = codes << (bias_exponents - exponent)
+    shape = [1] * total.ndim
+    if exponent.size > 1:
+        shape[axis] = exponent.size
+    accumulator = total << (product_exponents - exponent).reshape(shape)
+    if bias is not None:
+        accumulator = accumulator + bias_codes.reshape(shape)
+    exponent = exponent.reshape(shape) if exponent.size > 1 else exponent.reshape(())
+    if spec.output is None:
+        return np.ldexp(accumulator.astype(np.float64), exponent).astype(F32)
+    return requantize(accumulator, exponent, spec.output)

@@ -1,0 +1,82 @@
+"""`onnx.reference` kernels for the `ai.rcompile` ops: the three quantizers, by their NumPy
+references, and `IntegerLayer`, one planned layer executed in integer arithmetic."""
+
+from __future__ import annotations
+
+from functools import cache
+
+import numpy as np
+import onnx
+from onnx.reference import ReferenceEvaluator
+from onnx.reference.op_run import OpRun
+
+from rcompile.formats import DFP, MiniFloat, Pow2
+from rcompile.formats.exact import F32
+from rcompile.reference.layer import LayerSpec, run_layer
+
+REFERENCE_DOMAIN = "ai.rcompile.reference"
+
+
+class QuantizeDFP(OpRun):
+    op_domain = "ai.rcompile"
+
+    def _run(self, x, bw=None, fl=None, signed=None):
+        return (DFP.of(bw, fl, bool(signed)).quantize(x),)
+
+
+class QuantizeMiniFloat(OpRun):
+    op_domain = "ai.rcompile"
+
+    def _run(self, x, exp_bits=None, mant_bits=None, variant=None):
+        name = variant.decode() if isinstance(variant, bytes) else variant
+        return (MiniFloat(exp_bits, mant_bits, name).quantize(x),)
+
+
+class QuantizePow2(OpRun):
+    op_domain = "ai.rcompile"
+
+    def _run(self, x, exp_min=None, exp_max=None, zero=None):
+        return (Pow2(exp_min, exp_max, bool(zero)).quantize(x),)
+
+
+QUANTIZERS = (QuantizeDFP, QuantizeMiniFloat, QuantizePow2)
+
+
+def integer_layer_kernel(specs: dict[str, LayerSpec]) -> type[OpRun]:
+    """The `IntegerLayer` kernel for these layers (looked up by node name)."""
+
+    class IntegerLayer(OpRun):
+        op_domain = REFERENCE_DOMAIN
+
+        def _run(self, *inputs, **_attributes):
+            spec = specs[self.onnx_node.name]
+            return (run_layer(spec, list(inputs), _float_op(spec.node.SerializeToString())),)
+
+    return IntegerLayer
+
+
+@cache
+def _float_op(serialized: bytes):
+    """The layer's op run by `onnx.reference` in float32 (for layers without integer codes)."""
+    node = onnx.NodeProto.FromString(serialized)
+    node.domain, node.name = "", "layer"
+    count = len(node.input)
+    inputs = [
+        onnx.helper.make_tensor_value_info(f"i{k}", onnx.TensorProto.FLOAT, None)
+        for k in range(count)
+    ]
+    node.input[:] = [f"i{k}" if name else "" for k, name in enumerate(node.input)]
+    node.output[:] = ["y"]
+    graph = onnx.helper.make_graph(
+        [node],
+        "layer",
+        inputs,
+        [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)],
+    )
+    evaluator = ReferenceEvaluator(onnx.helper.make_model(graph))
+
+    def run(*values):
+        feeds = {f"i{k}": np.asarray(v, F32) for k, v in enumerate(values)}
+        return evaluator.run(None, feeds)[0].astype(F32)
+
+    return run

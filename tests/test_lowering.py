@@ -1,0 +1,101 @@
+"""The two lowerings of one plan: `sim` gives the reference datapath's bits at every
+onnxruntime optimisation level; `qdq` is standard QuantizeLinear/DequantizeLinear only."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+
+import rcompile
+from rcompile.api import load_source
+from rcompile.data import input_specs, open_data, parse_preprocessing
+from rcompile.exporter import finish_model
+from rcompile.lowering import lower
+from rcompile.onnx_ops import DOMAIN
+from rcompile.reference import Reference
+
+ROOT = Path(__file__).resolve().parents[1]
+LENET = ROOT / "models" / "lenet5.onnx"
+MNIST_CALIB = ROOT / "models" / "mnist_calib.npz"
+SHARED = ROOT.parent / "shared"
+EFFICIENTNET = SHARED / "models" / "efficientnet_lite0.onnx"
+IMAGENET = SHARED / "data" / "imagenet-sample-dev"
+LEVELS = (
+    ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+    ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+    ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+    ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+)
+SCHEMES = ("dfp8", "dfp:w4a8", "fp8e4m3", "fp6e3m2", "pow2")
+
+
+def run_at(model: onnx.ModelProto, feeds: dict, level) -> np.ndarray:
+    options = ort.SessionOptions()
+    options.graph_optimization_level = level
+    session = ort.InferenceSession(
+        model.SerializeToString(), options, providers=["CPUExecutionProvider"]
+    )
+    return session.run(None, feeds)[0]
+
+
+def assert_bit_true(model: onnx.ModelProto, feeds: dict) -> None:
+    """Every optimisation level gives the reference's bits."""
+    expected = Reference(model).run(feeds)[0].view(np.uint32)
+    for level in LEVELS:
+        got = run_at(model, feeds, level).view(np.uint32)
+        assert np.array_equal(got, expected), f"{level}: {int((got != expected).sum())} differ"
+
+
+@pytest.fixture(scope="module")
+def mnist() -> dict:
+    data = np.load(MNIST_CALIB)
+    return {"input": data["input"][:100]}
+
+
+@pytest.mark.parametrize("scheme", SCHEMES)
+def test_lenet_sim_is_the_reference_at_every_optimisation_level(scheme, mnist):
+    result = rcompile.compile(LENET, scheme, MNIST_CALIB, calib_count=100)
+    assert_bit_true(result.model, mnist)
+
+
+@pytest.fixture(scope="module")
+def imagenet() -> dict:
+    if not EFFICIENTNET.is_file() or not IMAGENET.is_dir():
+        pytest.skip(f"shared EfficientNet-Lite0 or ImageNet sample not found under {SHARED}")
+    source = load_source(EFFICIENTNET)[0]
+    preprocessing = parse_preprocessing("inception")
+    data = open_data(IMAGENET, input_specs(source), preprocessing)
+    return {"source": source, "feeds": data.read(0, 4)}
+
+
+@pytest.mark.parametrize("scheme", SCHEMES)
+def test_efficientnet_sim_is_the_reference_at_every_optimisation_level(scheme, imagenet):
+    result = rcompile.compile(EFFICIENTNET, scheme, IMAGENET, calib_count=16)
+    assert_bit_true(result.model, imagenet["feeds"])
+
+
+def test_qdq_is_standard_ops_only_and_runs_the_same_plan(mnist):
+    result = rcompile.compile(LENET, "dfp8", MNIST_CALIB, calib_count=100)
+    qdq = lower(load_source(LENET)[0], result.plan, "qdq").model
+    onnx.checker.check_model(qdq, full_check=True)
+    assert not qdq.functions
+    assert all(node.domain == "" for node in qdq.graph.node)
+    assert all(opset.domain != DOMAIN for opset in qdq.opset_import)
+    ops = {node.op_type for node in qdq.graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear", "Conv", "Gemm"} <= ops
+    qdq = finish_model(qdq, {"rcompile.plan": result.plan.as_dict()})
+    expected = Reference(qdq).run(mnist)[0]
+    got = run_at(qdq, mnist, ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
+    assert np.array_equal(got, expected)
+
+
+def test_sim_stores_parameters_as_integer_codes_without_dequantize_linear():
+    result = rcompile.compile(LENET, "dfp8", MNIST_CALIB, calib_count=100)
+    ops = {node.op_type for node in result.model.graph.node}
+    assert "DequantizeLinear" not in ops and "QuantizeLinear" not in ops
+    types = {t.data_type for t in result.model.graph.initializer if t.name.endswith("_codes")}
+    assert types == {onnx.TensorProto.INT8, onnx.TensorProto.INT32}
