@@ -104,3 +104,18 @@ class Names:
             candidate, suffix = f"{base}_{suffix}", suffix + 1
         self._taken.add(candidate)
         return candidate
+
+
+def remove_unread(graph: onnx.GraphProto) -> None:
+    """Remove the nodes whose outputs nothing reads (repeatedly, so whole dead chains go),
+    then the initializers nothing reads."""
+    while True:
+        read = {name for node in graph.node for name in values_read(node)}
+        read |= output_names(graph)
+        live = [node for node in graph.node if any(out in read for out in node.output)]
+        if len(live) == len(graph.node):
+            break
+        del graph.node[:]
+        graph.node.extend(live)
+    read = {name for node in graph.node for name in values_read(node)} | output_names(graph)
+    remove_initializers(graph, {t.name for t in graph.initializer if t.name not in read})

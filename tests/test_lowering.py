@@ -30,7 +30,7 @@ LEVELS = (
     ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
     ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
 )
-SCHEMES = ("dfp8", "dfp:w4a8", "fp8e4m3", "fp6e3m2", "pow2")
+SCHEMES = ("dfp8", "dfp:w4a8", "dfp16", "fp8e4m3", "fp6e3m2", "pow2")
 
 
 def run_at(model: onnx.ModelProto, feeds: dict, level) -> np.ndarray:

@@ -22,7 +22,10 @@ from rcompile.errors import UserError
 from rcompile.finetune.ops import handler
 from rcompile.finetune.quantizers import fake_quantize, per_channel
 from rcompile.formats import DFP, Format, MiniFloat, Pow2, parse_format
+from rcompile.lowering.wide_layers import WIDE
 from rcompile.onnx_ops import DOMAIN
+
+WIDE_OPS = {call: op for op, call in WIDE.items()}
 
 
 class NotAQuantizedModel(UserError):
@@ -91,7 +94,7 @@ class QuantizedGraph(torch.nn.Module):
     def _fold_constants(self) -> list[onnx.NodeProto]:
         """Evaluate every node whose inputs are all constant; return the others."""
         runtime = []
-        for node in self.model.graph.node:
+        for node in map(_plain_layer, self.model.graph.node):
             if node.domain != DOMAIN and all(not n or n in self.constants for n in node.input):
                 inputs = [self.constants[n] if n else None for n in node.input]
                 attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
@@ -104,7 +107,7 @@ class QuantizedGraph(torch.nn.Module):
         return runtime
 
     def _shadows(self) -> list[Shadow]:
-        by_name = {node.name: node for node in self.model.graph.node}
+        by_name = {node.name: _plain_layer(node) for node in self.model.graph.node}
         shadows = []
         for layer in self.plan["layers"]:
             node = by_name[layer["node"]]
@@ -144,6 +147,17 @@ class QuantizedGraph(torch.nn.Module):
                 outputs = handler(node)(node, inputs_, attrs)
             values.update(zip(node.output, outputs, strict=False))
         return values[self.output_name]
+
+
+def _plain_layer(node: onnx.NodeProto) -> onnx.NodeProto:
+    """A wide layer's call (see `rcompile.lowering.wide_layers`) as its plain op: the same
+    sum and bias; the quantizer after it rounds as the call does."""
+    if node.domain != DOMAIN or node.op_type not in WIDE_OPS:
+        return node
+    plain = onnx.NodeProto()
+    plain.CopyFrom(node)
+    plain.op_type, plain.domain, plain.overload = WIDE_OPS[node.op_type], "", ""
+    return plain
 
 
 def _tensor(initializer: onnx.TensorProto) -> torch.Tensor:

@@ -3,9 +3,9 @@
 `sim` (the default) computes the reference datapath's bits under every onnxruntime
 optimisation level: it leaves onnxruntime no integer kernel to fuse (their sums and rounding
 depend on the CPU) and computes each layer in float32 only where float32 holds every partial
-sum exactly. `qdq` is plain standard QuantizeLinear/DequantizeLinear for deployment on any
-QDQ runtime, fast, and as exact as that runtime's fused kernels: `rcompile verify` measures
-how far.
+sum exactly, wider elsewhere (`wide_layers`). `qdq` is plain standard
+QuantizeLinear/DequantizeLinear for deployment on any QDQ runtime, fast, and as exact as that
+runtime's fused kernels: `rcompile verify` measures how far.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import onnx
 
 from rcompile.lowering.qdq import inline_quantizers
 from rcompile.lowering.sim import arithmetic_quantizers, dequantize_by_arithmetic
+from rcompile.lowering.wide_layers import wide_layers
 from rcompile.passes import PassResult
 from rcompile.passes.rewrite import rewrite
 from rcompile.plan import Plan
@@ -26,12 +27,7 @@ def lower(model: onnx.ModelProto, plan: Plan, target: str = "sim") -> PassResult
     if target not in TARGETS:
         raise ValueError(f"target must be one of {TARGETS}, got {target!r}")
     result = rewrite(model, plan)
-    passes = (
-        (arithmetic_quantizers, dequantize_by_arithmetic)
-        if target == "sim"
-        else (inline_quantizers,)
-    )
-    lowered = result.model
-    for transform in passes:
-        lowered = transform(lowered).model
-    return PassResult(lowered, result.modified)
+    if target == "qdq":
+        return PassResult(inline_quantizers(result.model).model, result.modified)
+    lowered = dequantize_by_arithmetic(arithmetic_quantizers(result.model).model).model
+    return PassResult(wide_layers(lowered, plan).model, result.modified)

@@ -101,8 +101,12 @@ def _other(add: onnx.NodeProto, value: str) -> str:
 
 
 def _spec(node: onnx.NodeProto, entry: dict, bias_outside: bool) -> LayerSpec:
+    """The layer's spec; its node as the plan's op (a wide layer is a function call)."""
+    layer = onnx.NodeProto()
+    layer.CopyFrom(node)
+    layer.op_type, layer.domain, layer.overload = entry["op_type"], "", ""
     return LayerSpec(
-        node=node,
+        node=layer,
         inputs=tuple(_format(name) for name in entry["inputs"]),
         output=_format(entry["output"]),
         weights=tuple(_format(name) for name in entry["weights"]),

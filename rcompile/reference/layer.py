@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
-from rcompile.formats import Format
+from rcompile.formats import DFP, Format
 from rcompile.formats.exact import F32
 from rcompile.passes.store_weights import quantize_values
 from rcompile.reference import sums
@@ -96,9 +96,22 @@ def _integer_output(spec: LayerSpec, values: list[np.ndarray], bias) -> np.ndarr
     b = None
     if bias is not None:
         b_exponents = step_exponents(spec.bias)
-        flat = quantize_values(bias.reshape(-1), spec.bias, 0 if len(spec.bias) > 1 else None)
-        b = (to_codes(flat, b_exponents, 0), b_exponents)
+        b = (to_codes(_bias_values(bias.reshape(-1), spec.bias), b_exponents, 0), b_exponents)
     return _output(spec, total, x_exponent + w_exponents, b, OUTPUT_CHANNEL_AXIS[op])
+
+
+def _bias_values(bias: np.ndarray, formats: tuple[Format, ...]) -> np.ndarray:
+    """The bias quantized to its formats. A wide layer reads its bias in float64, from codes
+    float32 may not hold: DFP biases are quantized there in float64, exactly."""
+    axis = 0 if len(formats) > 1 else None
+    if bias.dtype != np.float64 or np.array_equal(bias.astype(F32), bias):
+        return quantize_values(bias.astype(F32), formats, axis)
+    if not all(isinstance(fmt, DFP) for fmt in formats):
+        raise ValueError("a float64 bias needs DFP formats")
+    fl, low, high = (
+        np.array([getattr(f, k) for f in formats]) for k in ("fl", "code_min", "code_max")
+    )
+    return np.ldexp(np.clip(np.rint(np.ldexp(bias, fl)), low, high), -fl)
 
 
 def _output(spec: LayerSpec, total, product_exponents, bias, axis) -> np.ndarray:

@@ -5,6 +5,8 @@ which float64 holds, with the same steps as the format's NumPy reference."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from rcompile.formats import DFP, Format, MiniFloat
@@ -21,10 +23,34 @@ def requantize(accumulator: np.ndarray, exponent: np.ndarray, fmt: Format) -> np
         codes = np.clip(codes, fmt.code_min, fmt.code_max)
         return (np.ldexp(codes.astype(np.float64), -fmt.fl).astype(F32) + F32(0)).astype(F32)
     if isinstance(fmt, MiniFloat):
-        if np.any(np.abs(accumulator) >= FLOAT64_EXACT):
-            raise ValueError("an accumulator exceeds 2**53, beyond an exact mini-float rounding")
+        if accumulator.dtype == object or np.any(np.abs(accumulator) >= FLOAT64_EXACT):
+            exponents = np.broadcast_to(exponent, accumulator.shape)
+            rounded = [
+                _minifloat_of_integer(int(a), int(e), fmt)
+                for a, e in zip(accumulator.ravel(), exponents.ravel(), strict=True)
+            ]
+            return np.array(rounded, F32).reshape(accumulator.shape)
         return minifloat_of(np.ldexp(accumulator.astype(np.float64), exponent), fmt)
     raise ValueError(f"{fmt.name} is a weight format, not an activation format")
+
+
+def _minifloat_of_integer(value: int, exponent: int, fmt: MiniFloat) -> float:
+    """`fmt.quantize` of value * 2**exponent for one exact Python integer (any size)."""
+    magnitude = abs(value)
+    if magnitude == 0:
+        return 0.0
+    top = magnitude.bit_length() - 1 + exponent  # floor(log2) of the exact value
+    if top < fmt.emin and not fmt.has_subnormals:
+        return math.copysign(0.0, value)
+    drop = max(top, fmt.emin) - fmt.mant_bits - exponent
+    if drop > 0:
+        kept, remainder = magnitude >> drop, magnitude & ((1 << drop) - 1)
+        half = 1 << (drop - 1)
+        kept += remainder > half or (remainder == half and kept & 1)
+        result = math.ldexp(kept, exponent + drop)
+    else:
+        result = math.ldexp(magnitude, exponent)
+    return math.copysign(min(result, fmt.max), value)
 
 
 def shift_round(value: np.ndarray, shift: np.ndarray) -> np.ndarray:

@@ -1,7 +1,8 @@
 """The sums of products of a layer's integer codes, exact.
 
 float64 BLAS computes them while every partial sum stays below 2**53 (checked from the codes'
-magnitudes before it runs, whatever order BLAS adds in); larger sums are added in int64."""
+magnitudes before it runs, whatever order BLAS adds in); larger sums are added in int64, and
+beyond 2**62 (16-bit mini floats span some 80 bits) in Python integers."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 FLOAT64_EXACT = 2**53
+INT64_EXACT = 2**62
 
 
 def exact_product(contract, x: np.ndarray, w: np.ndarray, bound: float) -> np.ndarray:
@@ -16,8 +18,8 @@ def exact_product(contract, x: np.ndarray, w: np.ndarray, bound: float) -> np.nd
     magnitude of every partial sum."""
     if bound < FLOAT64_EXACT:
         return contract(x.astype(np.float64), w.astype(np.float64)).astype(np.int64)
-    if bound >= 2**62:
-        raise ValueError("a layer's sums exceed 2**62, beyond an int64 accumulator")
+    if bound >= INT64_EXACT:
+        return contract(x.astype(object), w.astype(object))
     return contract(x.astype(np.int64), w.astype(np.int64))
 
 
