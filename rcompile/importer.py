@@ -23,6 +23,11 @@ FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProt
 
 def load_model(path: str | Path) -> onnx.ModelProto:
     """Read, check, convert to OPSET, infer shapes and fold BatchNormalization."""
+    return prepare_model(read_model(path), str(path))
+
+
+def read_model(path: str | Path) -> onnx.ModelProto:
+    """The model in the file as it is (a compiled model is run as written)."""
     path = Path(path)
     if path.is_dir():
         raise ModelImportError(f"{path}: is a folder; give the .onnx file")
@@ -38,7 +43,7 @@ def load_model(path: str | Path) -> onnx.ModelProto:
         ) from error
     except (DecodeError, ValueError, RuntimeError, OSError) as error:
         raise ModelImportError(f"{path}: not an ONNX model ({_first_line(error)})") from error
-    return prepare_model(model, str(path))
+    return model
 
 
 def prepare_model(model: onnx.ModelProto, label: str = "model") -> onnx.ModelProto:

@@ -7,12 +7,12 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 
 from rcompile.batching import model_batches
 from rcompile.data import Dataset
 from rcompile.errors import CalibrationError
 from rcompile.progress import progress_bar
+from rcompile.sessions import open_session
 
 
 @dataclass(frozen=True)
@@ -26,14 +26,6 @@ class Scores:
         return asdict(self)
 
 
-def session_for(model: onnx.ModelProto) -> ort.InferenceSession:
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    return ort.InferenceSession(
-        model.SerializeToString(), options, providers=["CPUExecutionProvider"]
-    )
-
-
 def predictions(
     model: onnx.ModelProto,
     data: Dataset,
@@ -42,7 +34,7 @@ def predictions(
     show_progress: bool = False,
 ) -> np.ndarray:
     """The first output's class scores for every sample, as an (N, classes) array."""
-    session = session_for(model)
+    session = open_session(model)
     outputs = []
     with progress_bar(label, data.count, show_progress) as advance:
         for batch in model_batches(model, data, batch_size):

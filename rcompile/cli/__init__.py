@@ -3,6 +3,7 @@
     rcompile net.onnx -o net_q.onnx --scheme dfp8 --calib images/
     rcompile inspect net.onnx
     rcompile eval net_q.onnx --data val/ --reference net.onnx
+    rcompile verify net_q.onnx --data images/
 
 Exit status: 0 success, 1 a user error (one line on stderr; --debug shows the traceback),
 2 an internal error.
@@ -15,7 +16,7 @@ import traceback
 
 import typer
 
-from rcompile.cli import compile, finetune, inspect, search  # noqa: F401 - registers the commands
+from rcompile.cli import compile, finetune, inspect, search, verify  # noqa: F401 - registers the commands
 from rcompile.cli.app import app
 from rcompile.errors import UserError
 

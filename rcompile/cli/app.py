@@ -24,6 +24,7 @@ Examples:
   rcompile net.onnx -o net_q.onnx --scheme dfp:w4a8 --calib images/ --preprocess inception
   rcompile inspect net.onnx
   rcompile eval net_q.onnx --data val/ --reference net.onnx
+  rcompile verify net_q.onnx --data images/
 """
 
 
@@ -38,7 +39,7 @@ class _DefaultToCompile(TyperGroup):
 
     def list_commands(self, ctx):
         """In the order a user meets them."""
-        order = ("compile", "search", "finetune", "inspect", "eval")
+        order = ("compile", "search", "finetune", "inspect", "eval", "verify")
         return sorted(super().list_commands(ctx), key=lambda name: order.index(name))
 
 

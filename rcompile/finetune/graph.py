@@ -21,9 +21,9 @@ from onnx import helper, numpy_helper
 from rcompile.errors import UserError
 from rcompile.finetune.ops import handler
 from rcompile.finetune.quantizers import fake_quantize, per_channel
-from rcompile.formats import DFP, Format, MiniFloat, Pow2, parse_format
+from rcompile.formats import Format, parse_format
 from rcompile.lowering.wide_layers import WIDE
-from rcompile.onnx_ops import DOMAIN
+from rcompile.onnx_ops import DOMAIN, format_of
 
 WIDE_OPS = {call: op for op, call in WIDE.items()}
 
@@ -46,17 +46,6 @@ def read_plan(model: onnx.ModelProto) -> dict:
         if entry.key == "rcompile.plan":
             return json.loads(entry.value)
     raise NotAQuantizedModel("the model carries no rcompile plan; compile it with rcompile first")
-
-
-def node_format(node: onnx.NodeProto) -> Format:
-    """The format a quantizer node's attributes describe."""
-    a = {attribute.name: helper.get_attribute_value(attribute) for attribute in node.attribute}
-    if node.op_type == "QuantizeDFP":
-        return DFP(a["bw"], a["fl"], bool(a["signed"]))
-    if node.op_type == "QuantizeMiniFloat":
-        variant = a["variant"].decode() if isinstance(a["variant"], bytes) else a["variant"]
-        return MiniFloat(a["exp_bits"], a["mant_bits"], variant)
-    return Pow2(a["exp_min"], a["exp_max"], bool(a["zero"]))
 
 
 def _axis(node: onnx.NodeProto) -> int:
@@ -89,7 +78,7 @@ class QuantizedGraph(torch.nn.Module):
             ]
         )
         self._trainable = {s.value: i for i, s in enumerate(self.shadows)}
-        self._formats = {id(n): node_format(n) for n in self.nodes if n.domain == DOMAIN}
+        self._formats = {id(n): format_of(n) for n in self.nodes if n.domain == DOMAIN}
 
     def _fold_constants(self) -> list[onnx.NodeProto]:
         """Evaluate every node whose inputs are all constant; return the others."""

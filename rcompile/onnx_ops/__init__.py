@@ -20,6 +20,7 @@ __all__ = [
     "IR_VERSION",
     "OPSET",
     "bound_body",
+    "format_of",
     "function_key",
     "functions_for",
     "quantizer_node",
@@ -49,6 +50,17 @@ def quantizer_node(
     node = helper.make_node(op_type, [source], [target], name=name, domain=DOMAIN, **attributes)
     node.overload = overload
     return node
+
+
+def format_of(node: onnx.NodeProto) -> Format:
+    """The format a quantizer node's attributes describe (the inverse of `quantizer_node`)."""
+    values = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    values = {k: v.decode() if isinstance(v, bytes) else v for k, v in values.items()}
+    if node.op_type == dfp.NAME:
+        return DFP.of(values["bw"], values["fl"], bool(values["signed"]))
+    if node.op_type == minifloat.NAME:
+        return MiniFloat(values["exp_bits"], values["mant_bits"], values["variant"])
+    return Pow2(values["exp_min"], values["exp_max"], bool(values["zero"]))
 
 
 def functions_for(nodes: list[onnx.NodeProto]) -> list[onnx.FunctionProto]:

@@ -18,6 +18,7 @@ import onnxruntime as ort
 from rcompile.errors import CalibrationError, ModelImportError
 from rcompile.graph import constant_value
 from rcompile.passes.layers import Layer
+from rcompile.sessions import open_session
 
 
 @dataclass(frozen=True)
@@ -126,11 +127,7 @@ def _observing_session(model: onnx.ModelProto, tensors: list[str]) -> ort.Infere
     for name in tensors:
         if name not in existing:
             observed.graph.output.append(onnx.ValueInfoProto(name=name))
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    return ort.InferenceSession(
-        observed.SerializeToString(), options, providers=["CPUExecutionProvider"]
-    )
+    return open_session(observed)
 
 
 def batch_inputs(batches: Iterable) -> Iterator[dict[str, np.ndarray]]:

@@ -10,33 +10,32 @@ import onnx
 from onnx.reference import ReferenceEvaluator
 from onnx.reference.op_run import OpRun
 
-from rcompile.formats import DFP, MiniFloat, Pow2
 from rcompile.formats.exact import F32
+from rcompile.onnx_ops import DOMAIN, format_of
 from rcompile.reference.layer import LayerSpec, run_layer
 
 REFERENCE_DOMAIN = "ai.rcompile.reference"
 
 
-class QuantizeDFP(OpRun):
-    op_domain = "ai.rcompile"
+class _Quantizer(OpRun):
+    """A quantizer node run by its format's NumPy reference."""
 
-    def _run(self, x, bw=None, fl=None, signed=None):
-        return (DFP.of(bw, fl, bool(signed)).quantize(x),)
+    op_domain = DOMAIN
 
-
-class QuantizeMiniFloat(OpRun):
-    op_domain = "ai.rcompile"
-
-    def _run(self, x, exp_bits=None, mant_bits=None, variant=None):
-        name = variant.decode() if isinstance(variant, bytes) else variant
-        return (MiniFloat(exp_bits, mant_bits, name).quantize(x),)
+    def _run(self, x, **_attributes):
+        return (format_of(self.onnx_node).quantize(x),)
 
 
-class QuantizePow2(OpRun):
-    op_domain = "ai.rcompile"
+class QuantizeDFP(_Quantizer):
+    pass
 
-    def _run(self, x, exp_min=None, exp_max=None, zero=None):
-        return (Pow2(exp_min, exp_max, bool(zero)).quantize(x),)
+
+class QuantizeMiniFloat(_Quantizer):
+    pass
+
+
+class QuantizePow2(_Quantizer):
+    pass
 
 
 QUANTIZERS = (QuantizeDFP, QuantizeMiniFloat, QuantizePow2)

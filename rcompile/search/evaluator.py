@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, replace
-from functools import cache
 from statistics import median
 
 import numpy as np
@@ -34,6 +33,7 @@ from rcompile.scheme import Scheme, parse_scheme
 from rcompile.search.cost import LayerSize, plan_cost
 from rcompile.search.metrics import Metric
 from rcompile.search.prefix import SharedPrefix
+from rcompile.sessions import open_session
 
 FP32_TIMINGS = 3
 # Choosing between integer and float kernels: the batches run, the runs of each (the first
@@ -188,26 +188,6 @@ def _evaluation_form(
 def _session(
     model: bytes, data: EvaluationData, disabled_optimizers: tuple[str, ...]
 ) -> ort.InferenceSession:
-    _register_shared_arena()
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    options.add_session_config_entry("session.use_env_allocators", "1")
-    if data.threads:
-        options.intra_op_num_threads = data.threads
-    return ort.InferenceSession(
-        model,
-        options,
-        providers=["CPUExecutionProvider"],
-        disabled_optimizers=list(disabled_optimizers),
+    return open_session(
+        model, threads=data.threads, disabled_optimizers=disabled_optimizers, shared_arena=True
     )
-
-
-@cache
-def _register_shared_arena() -> None:
-    """One CPU memory arena for every session the search opens in this process, the FP32
-    model's included. Each session's own arena would fault its pages in anew on its first
-    batches: on EfficientNet-Lite0 that made a candidate's run 10-20 % slower."""
-    info = ort.OrtMemoryInfo(
-        "Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT
-    )
-    ort.create_and_register_allocator(info, ort.OrtArenaCfg(0, -1, -1, -1))
