@@ -209,7 +209,8 @@ def _bias(rule, statistics, layer, input_format, weights, options: PlanOptions):
     grids = accumulator_fls(input_format, weights)
     fitted = DFP.for_weights(32, observed.overall.max_abs).fl
     if options.bias == "accumulator" and grids is not None:
-        return tuple(DFP.of(32, min(grid, fitted)) for grid in grids.tolist())
+        rounding = weights[0].rounding if isinstance(weights[0], DFP) else "even"
+        return tuple(DFP.of(32, min(grid, fitted), True, rounding) for grid in grids.tolist())
     if options.bias == "accumulator" and families(weights) <= {DFP, Pow2}:
         return (DFP(32, fitted),)  # an FP32 input: no grid, but still the accumulator's width
     return (rule.for_weights(observed.overall.max_abs, observed.channels.ravel(), options.fit),)
@@ -228,7 +229,8 @@ def _within_accumulator(input_format, weights: tuple[Format, ...], bias_max: flo
         if grid <= finest:
             adjusted.append(weight)
         elif isinstance(weight, DFP):
-            adjusted.append(DFP.of(weight.bw, weight.fl - (grid - finest), weight.signed))
+            coarser = weight.fl - (grid - finest)
+            adjusted.append(DFP.of(weight.bw, coarser, weight.signed, weight.rounding))
         else:
             low = weight.exp_min + (grid - finest)
             adjusted.append(Pow2(min(low, weight.exp_max), weight.exp_max, weight.zero))

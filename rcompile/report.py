@@ -15,6 +15,7 @@ import numpy as np
 
 import rcompile
 from rcompile.formats import DFP, Format, MiniFloat
+from rcompile.formats.rounding import rounding_suffix
 
 SCHEMA_VERSION = 1
 FP32_BITS = 32
@@ -31,6 +32,7 @@ def describe_format(fmt: Format | None) -> dict:
             "bits": fmt.bw,
             "fl": fmt.fl,
             "signed": fmt.signed,
+            "rounding": fmt.rounding,
         }
     if isinstance(fmt, MiniFloat):
         return {
@@ -40,6 +42,7 @@ def describe_format(fmt: Format | None) -> dict:
             "exp_bits": fmt.exp_bits,
             "mant_bits": fmt.mant_bits,
             "variant": fmt.variant,
+            "rounding": fmt.rounding,
         }
     return {
         "name": fmt.name,
@@ -48,6 +51,7 @@ def describe_format(fmt: Format | None) -> dict:
         "exp_min": fmt.exp_min,
         "exp_max": fmt.exp_max,
         "zero": fmt.zero,
+        "rounding": "log-nearest",
     }
 
 
@@ -66,10 +70,12 @@ def describe_formats(formats: tuple[Format, ...]) -> dict | None:
         "channels": len(formats),
     }
     if all(isinstance(f, DFP) for f in formats):
+        low, high = min(f.fl for f in formats), max(f.fl for f in formats)
         summary.update(
             fl=[f.fl for f in formats],
             signed=formats[0].signed,
-            name=f"dfp{summary['bits']}f{min(f.fl for f in formats)}..{max(f.fl for f in formats)}",
+            rounding=formats[0].rounding,
+            name=f"dfp{summary['bits']}f{low}..{high}{rounding_suffix(formats[0].rounding)}",
         )
     else:
         summary.update(

@@ -9,18 +9,23 @@ Grammar (case-insensitive):
                        fp8e5m2, fp16, bf16, fp8e4m3r (Ristretto's variant), any fp<N>e<E>m<M>[r|fn]
     pow2               4-bit power-of-two weights, 8-bit DFP activations
     pow2:w<W>a<A>      W-bit power-of-two weights, A-bit DFP activations
+
+Any scheme may end in `@<rounding>` (away, up, floor; default even): the rounding of every
+DFP and mini-float tensor (power-of-two weights round in the log domain).
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from rcompile.errors import SchemeError
 from rcompile.formats import DFP, Format, MiniFloat, Pow2, parse_format
 from rcompile.formats.dfp import code_range, quantize_fixed_point, weight_fls
+from rcompile.formats.names import split_rounding
+from rcompile.formats.rounding import ROUNDING_MODES, rounding_suffix
 
 # How DFP fractional lengths follow from the data. `mse`: weights take the least squared
 # quantization error among the format that holds the largest weight and up to two finer ones
@@ -30,15 +35,18 @@ FITS = ("mse", "max", "ristretto")
 
 SCHEME_GRAMMAR = (
     "dfp<N> (e.g. dfp8), dfp:w<W>a<A> (e.g. dfp:w4a8), a mini-float format (fp8e4m3, fp8e5m2, "
-    "fp16, bf16, fp8e4m3r, fp<N>e<E>m<M>[r|fn]), pow2, pow2:w<W>a<A>"
+    "fp16, bf16, fp8e4m3r, fp<N>e<E>m<M>[r|fn]), pow2, pow2:w<W>a<A>; each may end in "
+    "@away, @up or @floor (the rounding; default even)"
 )
 
 
 @dataclass(frozen=True)
 class DFPRule:
-    """DFP with `bits` bits, fl chosen by a fitting policy (see FITS)."""
+    """DFP with `bits` bits, fl chosen by a fitting policy (see FITS), rounding by
+    `rounding`."""
 
     bits: int
+    rounding: str = "even"
 
     def for_weights(self, max_abs: float, values: np.ndarray, fit: str = "mse") -> DFP:
         return self.for_channels((max_abs,), values.reshape(1, -1), fit)[0]
@@ -50,21 +58,23 @@ class DFPRule:
         the squared error."""
         fl = weight_fls(self.bits, maxima)
         if fit == "mse" and rows.size:
-            fl = least_error_fl(fl, rows, self.bits)
-        return tuple(DFP.of(self.bits, int(f)) for f in fl)
+            fl = least_error_fl(fl, rows, self.bits, self.rounding)
+        return tuple(DFP.of(self.bits, int(f), True, self.rounding) for f in fl)
 
     def for_activations(self, max_abs: float, signed: bool, fit: str = "mse") -> DFP:
         if fit == "ristretto":
-            return DFP.for_activations(self.bits, max_abs, signed=signed)
-        return DFP.for_range(self.bits, max_abs, signed=signed)
+            fmt = DFP.for_activations(self.bits, max_abs, signed=signed)
+        else:
+            fmt = DFP.for_range(self.bits, max_abs, signed=signed)
+        return DFP.of(fmt.bw, fmt.fl, fmt.signed, self.rounding)
 
     @property
     def name(self) -> str:
-        return f"dfp{self.bits}"
+        return f"dfp{self.bits}{rounding_suffix(self.rounding)}"
 
 
 def least_error_fl(
-    base_fl: np.ndarray, rows: np.ndarray, bits: int, extra_bits: int = 2
+    base_fl: np.ndarray, rows: np.ndarray, bits: int, rounding: str = "even", extra_bits: int = 2
 ) -> np.ndarray:
     """For each row of values (a channel) and its base fractional length: among the base and
     1..extra_bits more fractional bits (which saturate the largest values to resolve the rest
@@ -74,7 +84,10 @@ def least_error_fl(
     errors = [
         np.sum(
             np.square(
-                quantize_fixed_point(rows, candidates[:, [k]], code_min, code_max) - rows,
+                quantize_fixed_point(
+                    rows, candidates[:, [k]], code_min, code_max, rounding=rounding
+                )
+                - rows,
                 dtype=np.float64,
             ),
             axis=1,
@@ -134,6 +147,17 @@ class Scheme:
 def parse_scheme(text: str) -> Scheme:
     """Parse a scheme name (see SCHEME_GRAMMAR); raise SchemeError listing the valid forms."""
     name = text.strip().lower()
+    try:
+        base, rounding = split_rounding(name)
+    except ValueError as error:
+        raise SchemeError(f"scheme {text!r}: {error}") from None
+    scheme = _parse_base_scheme(base, text)
+    if rounding == "even":
+        return scheme
+    return Scheme(name, _rounded(scheme.weights, rounding), _rounded(scheme.activations, rounding))
+
+
+def _parse_base_scheme(name: str, text: str) -> Scheme:
     if match := re.fullmatch(r"dfp(\d+)", name):
         bits = _bits(match.group(1), name)
         return Scheme(name, DFPRule(bits), DFPRule(bits))
@@ -154,13 +178,25 @@ def parse_scheme(text: str) -> Scheme:
     raise SchemeError(f"unknown scheme {text!r}; valid schemes: {SCHEME_GRAMMAR}")
 
 
+def _rounded(rule: Rule, rounding: str) -> Rule:
+    """`rule` with `rounding` for its DFP or mini-float formats (power-of-two keeps its own)."""
+    if isinstance(rule, DFPRule):
+        return replace(rule, rounding=rounding)
+    if isinstance(rule, FixedRule) and isinstance(rule.format, DFP | MiniFloat):
+        return FixedRule(replace(rule.format, rounding=rounding))
+    return rule
+
+
 def parse_rule(text: str) -> Rule:
     """A rule in an override: `dfp<N>`, `pow2` or `pow2:<N>`, `fp32`, or any format name."""
     name = text.strip().lower()
     if name == "fp32":
         return FP32
-    if match := re.fullmatch(r"dfp(\d+)", name):
-        return DFPRule(_bits(match.group(1), name))
+    if match := re.fullmatch(r"dfp(\d+)(?:@(\w+))?", name):
+        rounding = match.group(2) or "even"
+        if rounding not in ROUNDING_MODES:
+            raise SchemeError(f"unknown rounding {rounding!r} in {text!r}; use {ROUNDING_MODES}")
+        return DFPRule(_bits(match.group(1), name), rounding)
     if match := re.fullmatch(r"pow2(?::(\d+))?", name):
         return Pow2Rule(_bits(match.group(1) or "4", name))
     try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -79,6 +80,24 @@ def sweep_formats() -> list[Format]:
     ranges = [(-8, -1), (-4, 3), (0, 0), (-20, -10), (-126, 126)]
     formats += [Pow2(low, high, zero) for low, high in ranges for zero in (True, False)]
     return formats
+
+
+def rounded_formats() -> list[Format]:
+    """DFP and mini-float formats in every rounding mode but half to even."""
+    bases = (
+        DFP(8, 3),
+        DFP(8, 4, signed=False),
+        DFP(4, -2),
+        DFP(16, 12),
+        DFP(24, 0),
+        MiniFloat(4, 3, "fn"),
+        MiniFloat(5, 2, "ieee"),
+        MiniFloat(3, 2),
+        MiniFloat(5, 10, "ieee"),
+        MiniFloat(8, 7, "ieee"),
+        MiniFloat(2, 0),
+    )
+    return [replace(fmt, rounding=mode) for mode in ("away", "up", "floor") for fmt in bases]
 
 
 def assert_same_bits(fmt: Format, x: np.ndarray, expected: np.ndarray, actual: np.ndarray) -> None:

@@ -24,12 +24,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import assert_same_bits, sweep_formats, sweep_inputs
+from conftest import assert_same_bits, rounded_formats, sweep_formats, sweep_inputs
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import array_shapes, arrays
 
-from rcompile.cuda_ops import kernel_arguments, kernel_source, quantize_cupy
+from rcompile.cuda_ops import kernel_arguments, kernel_source, quantize_cupy, rounding_argument
 from rcompile.formats import DFP, Format, MiniFloat, Pow2
 
 try:
@@ -93,13 +93,12 @@ def _host_backend(directory: Path) -> Quantize:
             ctypes.c_int32,
             ctypes.c_uint64,
         ]
-        stochastic = seed is not None
         kernel(
             x.ctypes.data,
             out.ctypes.data,
             x.size,
             *(p.item() for p in parameters),
-            int(stochastic),
+            int(rounding_argument(fmt, seed)),
             0 if seed is None else seed & 0xFFFFFFFFFFFFFFFF,
         )
         return out
@@ -150,6 +149,11 @@ def check(quantize: Quantize, fmt: Format, x: np.ndarray, seed: int | None = Non
 def test_kernel_matches_reference_on_float16_patterns_and_float32_edges(
     quantize: Quantize, fmt: Format
 ) -> None:
+    check(quantize, fmt, PROBE)
+
+
+@pytest.mark.parametrize("fmt", rounded_formats(), ids=lambda fmt: fmt.name)
+def test_every_rounding_mode_matches_reference_on_every_tie(quantize: Quantize, fmt: Format):
     check(quantize, fmt, PROBE)
 
 

@@ -11,7 +11,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from conftest import assert_same_bits, sweep_formats, sweep_inputs
+from conftest import assert_same_bits, rounded_formats, sweep_formats, sweep_inputs
 from onnx import helper
 
 import rcompile
@@ -37,6 +37,13 @@ def test_torch_quantizers_equal_the_reference_bit_for_bit(seed):
         assert_same_bits(fmt, x, fmt.quantize(x, seed=seed), got)
 
 
+def test_torch_quantizers_round_by_every_mode_as_the_reference():
+    x = sweep_inputs()
+    for fmt in rounded_formats():
+        got = quantize(torch.from_numpy(x), fmt).numpy()
+        assert_same_bits(fmt, x, fmt.quantize(x), got)
+
+
 @pytest.mark.parametrize("axis", [0, 1])
 def test_vectorised_per_channel_quantizers_equal_the_reference(axis):
     rng = np.random.default_rng(0)
@@ -44,6 +51,7 @@ def test_vectorised_per_channel_quantizers_equal_the_reference(axis):
     values = np.moveaxis(values, 0, axis).copy()
     for formats in (
         tuple(DFP(4, int(fl)) for fl in rng.integers(-2, 9, 8)),
+        tuple(DFP(6, int(fl), rounding="up") for fl in rng.integers(-2, 9, 8)),
         tuple(
             Pow2(int(low), int(low) + 5, bool(z))
             for low, z in zip(rng.integers(-9, -2, 8), rng.integers(0, 2, 8), strict=True)

@@ -99,3 +99,11 @@ def test_sim_stores_parameters_as_integer_codes_without_dequantize_linear():
     assert "DequantizeLinear" not in ops and "QuantizeLinear" not in ops
     types = {t.data_type for t in result.model.graph.initializer if t.name.endswith("_codes")}
     assert types == {onnx.TensorProto.INT8, onnx.TensorProto.INT32}
+
+
+@pytest.mark.parametrize("scheme", ["dfp8@up", "dfp:w4a8@floor", "fp8e4m3@away", "dfp16@up"])
+def test_lenet_sim_rounds_by_the_schemes_mode_as_the_reference(scheme, mnist):
+    result = rcompile.compile(LENET, scheme, MNIST_CALIB, calib_count=100)
+    modes = {fmt.rounding for layer in result.plan.layers for fmt in (*layer.inputs, layer.output)}
+    assert modes == {scheme.split("@")[1]}
+    assert_bit_true(result.model, mnist)

@@ -6,7 +6,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from conftest import assert_same_bits, sweep_formats, sweep_inputs
+from conftest import assert_same_bits, rounded_formats, sweep_formats, sweep_inputs
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
@@ -15,6 +15,7 @@ from rcompile.formats import DFP, Format, MiniFloat, Pow2
 from rcompile.onnx_ops import (
     DOMAIN,
     dfp,
+    format_of,
     minifloat,
     quantizer_node,
     single_quantizer_model,
@@ -58,6 +59,19 @@ def sweep_outputs() -> dict[str, np.ndarray]:
 def test_function_matches_reference_on_every_float16_pattern(fmt, sweep_outputs):
     x = sweep_inputs()
     assert_same_bits(fmt, x, fmt.quantize(x), sweep_outputs[fmt.name])
+
+
+@pytest.mark.parametrize("optimize", [True, False], ids=["optimized", "unoptimized"])
+def test_every_rounding_mode_matches_the_reference_on_every_tie(optimize):
+    x = sweep_inputs()
+    formats = rounded_formats()
+    for fmt, out in zip(formats, run(formats, x, optimize), strict=True):
+        assert_same_bits(fmt, x, fmt.quantize(x), out)
+
+
+def test_a_rounding_mode_is_named_in_the_node_and_read_back():
+    model = single_quantizer_model(rounded_formats())
+    assert [format_of(node) for node in model.graph.node] == rounded_formats()
 
 
 def test_functions_match_without_graph_optimizations():

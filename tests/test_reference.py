@@ -9,7 +9,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from conftest import assert_same_bits, sweep_formats, sweep_inputs
+from conftest import assert_same_bits, rounded_formats, sweep_formats, sweep_inputs
 from onnx import TensorProto, helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
 
@@ -59,13 +59,17 @@ def test_shift_round_shifts_left_exactly_and_saturates_past_int64():
     assert shift_round(np.array([2**40]), 30).tolist() == [2**62]
 
 
-@pytest.mark.parametrize("fmt", ACTIVATION_FORMATS, ids=str)
+@pytest.mark.parametrize("fmt", ACTIVATION_FORMATS + rounded_formats(), ids=str)
 def test_requantize_is_the_format_where_float32_holds_the_sum(fmt):
-    accumulator = np.random.default_rng(0).integers(-(2**23), 2**23, 20000)
-    for exponent in (-12, -4, 0, 3):
+    random = np.random.default_rng(0).integers(-(2**23), 2**23, 20000)
+    accumulator = np.concatenate([random, np.arange(-300, 300)])  # every tie of small shifts
+    for exponent in (-12, -4, -1, 0, 3):
         expected = fmt.quantize(np.ldexp(accumulator.astype(F32), exponent))
         got = requantize(accumulator, np.int64(exponent), fmt)
         assert np.array_equal(got.view(np.uint32), expected.view(np.uint32))
+        if isinstance(fmt, MiniFloat):  # the path for sums past 2**53, on the same values
+            wide = requantize(accumulator.astype(object), np.int64(exponent), fmt)
+            assert np.array_equal(wide.view(np.uint32), expected.view(np.uint32))
 
 
 def test_requantize_rounds_a_wide_sum_once():

@@ -15,7 +15,7 @@ from rcompile.cuda_ops.compile import (
     compile_source,
     kernel_source,
 )
-from rcompile.cuda_ops.launcher import kernel_arguments, quantize_cupy
+from rcompile.cuda_ops.launcher import kernel_arguments, quantize_cupy, rounding_argument
 
 __all__ = [
     "COMPILE_OPTIONS",
@@ -27,4 +27,5 @@ __all__ = [
     "kernel_arguments",
     "kernel_source",
     "quantize_cupy",
+    "rounding_argument",
 ]

@@ -92,6 +92,18 @@ def kernel_arguments(fmt: Format) -> tuple[str, tuple[np.generic, ...]]:
     raise TypeError(f"expected a DFP, MiniFloat or Pow2 format, got {type(fmt).__name__}")
 
 
+# The kernels' codes for the roundings (round_value in quantize.cu); 1 is stochastic.
+ROUNDING_CODES = {"even": 0, "away": 2, "up": 3, "floor": 4}
+STOCHASTIC = 1
+
+
+def rounding_argument(fmt: Format, seed: int | None) -> np.int32:
+    """The kernel's rounding code: stochastic with a seed, else the format's mode."""
+    if seed is not None:
+        return np.int32(STOCHASTIC)
+    return np.int32(ROUNDING_CODES[getattr(fmt, "rounding", "even")])
+
+
 def quantize_cupy(fmt: Format, x: cupy.ndarray, seed: int | None = None) -> cupy.ndarray:
     """Quantize a float32 CuPy array on its GPU, bit for bit as `fmt.quantize` does in NumPy.
 
@@ -115,11 +127,11 @@ def quantize_cupy(fmt: Format, x: cupy.ndarray, seed: int | None = None) -> cupy
             return out
         kernels, max_blocks = _kernels(x.device.id)
         blocks = min(math.ceil(x.size / BLOCK_SIZE), max_blocks)
-        stochastic = np.int32(seed is not None)
+        rounding = rounding_argument(fmt, seed)
         seed_bits = np.uint64(0 if seed is None else seed & _SEED_MASK)
         kernels[name](
             (blocks,),
             (BLOCK_SIZE,),
-            (x, out, np.uint64(x.size), *parameters, stochastic, seed_bits),
+            (x, out, np.uint64(x.size), *parameters, rounding, seed_bits),
         )
     return out

@@ -10,7 +10,7 @@
 //
 // Every kernel takes float32 input and output arrays of n elements (C order: element i is
 // the reference's flat index i, which keys the stochastic rounding), walks them with a
-// grid-stride loop, and takes `stochastic` (0 or 1) and a 64-bit `seed`.
+// grid-stride loop, and takes `rounding` (a mode code, see round_value) and a 64-bit `seed`.
 //
 // The source uses nothing beyond the CUDA built-ins named here, so a small shim can compile
 // it as host C++ to check its logic on a machine without a GPU (tests/test_cuda_kernels.py).
@@ -63,14 +63,30 @@ __device__ __forceinline__ float uniform(u64 seed, u64 index) {
     return (float)(unsigned)(z >> 40) * UNIFORM_STEP;
 }
 
-// rounding.round_values for element `index`: rint (half to even), or with `stochastic`
-// copysign(floor(y) + (u < y - floor(y)), y), leaving inf and NaN unchanged.
-__device__ __forceinline__ float round_value(float y, int stochastic, u64 seed, u64 index) {
-    if (!stochastic) {
+// floor(y) + (y - floor(y) >= 1/2) with the sign of y: rounding._half_up for finite y.
+__device__ __forceinline__ float half_up(float y) {
+    const float down = floorf(y);
+    return copysignf(down + (y - down >= 0.5f ? 1.0f : 0.0f), y);
+}
+
+// rounding.round_values for element `index`, by `rounding`: 0 rint (half to even),
+// 1 stochastic copysign(floor(y) + (u < y - floor(y)), y), 2 half away from zero, 3 half up,
+// 4 floor; inf and NaN unchanged.
+__device__ __forceinline__ float round_value(float y, int rounding, u64 seed, u64 index) {
+    if (rounding == 0) {
         return rintf(y);
+    }
+    if (rounding == 4) {
+        return floorf(y);
     }
     if (is_nan(y) || is_inf(y)) {
         return y;
+    }
+    if (rounding == 3) {
+        return half_up(y);
+    }
+    if (rounding == 2) {
+        return copysignf(half_up(fabsf(y)), y);
     }
     const float down = floorf(y);
     const float fraction = y - down;
@@ -81,7 +97,7 @@ __device__ __forceinline__ float round_value(float y, int stochastic, u64 seed, 
 // DFP.quantize: clip(round(x * 2**fl), code_min, code_max) * 2**-fl + 0.0.
 // fl lies in [bw - 128, 126] (validated by DFP), so both powers of two are normal.
 extern "C" __global__ void quantize_dfp(const float* __restrict__ x, float* __restrict__ y,
-                                        u64 n, int bw, int fl, int is_signed, int stochastic,
+                                        u64 n, int bw, int fl, int is_signed, int rounding,
                                         u64 seed) {
     const float scale = pow2i(fl);
     const float step = pow2i(-fl);
@@ -90,7 +106,7 @@ extern "C" __global__ void quantize_dfp(const float* __restrict__ x, float* __re
     const float code_max = is_signed ? (float)((1ll << (bw - 1)) - 1) : (float)((1ll << bw) - 1);
     const u64 stride = (u64)blockDim.x * gridDim.x;
     for (u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) {
-        float code = round_value(x[i] * scale, stochastic, seed, i);
+        float code = round_value(x[i] * scale, rounding, seed, i);
         code = clip(code, code_min, code_max);
         y[i] = code * step + 0.0f;  // + 0.0 makes zero +0 (integers have no -0)
     }
@@ -101,7 +117,7 @@ extern "C" __global__ void quantize_dfp(const float* __restrict__ x, float* __re
 extern "C" __global__ void quantize_minifloat(const float* __restrict__ x,
                                               float* __restrict__ y, u64 n, float max_value,
                                               int emin, int mant_bits, int flush_subnormals,
-                                              int keep_inf, int stochastic, u64 seed) {
+                                              int keep_inf, int rounding, u64 seed) {
     const float smallest_normal = pow2i(emin);
     const u64 stride = (u64)blockDim.x * gridDim.x;
     for (u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) {
@@ -115,7 +131,7 @@ extern "C" __global__ void quantize_minifloat(const float* __restrict__ x,
         const int exponent =
             floor_log2(magnitude > smallest_normal ? magnitude : smallest_normal);
         const float quantum = pow2i(exponent - mant_bits);
-        float result = round_value(clamped / quantum, stochastic, seed, i) * quantum;
+        float result = round_value(clamped / quantum, rounding, seed, i) * quantum;
         if (flush_subnormals && magnitude < smallest_normal) {
             result = clamped * 0.0f;  // signed zero
         }
@@ -131,7 +147,7 @@ extern "C" __global__ void quantize_minifloat(const float* __restrict__ x,
 // gives the zero code, +0. The sign is that of x < 0.
 extern "C" __global__ void quantize_pow2(const float* __restrict__ x, float* __restrict__ y,
                                          u64 n, int exp_min, int exp_max, int zero,
-                                         int stochastic, u64 seed) {
+                                         int rounding, u64 seed) {
     const float lowest = pow2i(exp_min - 1);
     const float highest = pow2i(exp_max + 1);
     const u64 stride = (u64)blockDim.x * gridDim.x;
@@ -145,7 +161,7 @@ extern "C" __global__ void quantize_pow2(const float* __restrict__ x, float* __r
         const int floor_exp = floor_log2(magnitude);
         const float mantissa = magnitude / pow2i(floor_exp);
         int exponent;
-        if (stochastic) {
+        if (rounding == 1) {
             exponent = floor_exp + (int)round_value(mantissa - 1.0f, 1, seed, i);
         } else {
             exponent = floor_exp + (mantissa > SQRT2_F32 ? 1 : 0);

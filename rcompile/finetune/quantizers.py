@@ -25,9 +25,23 @@ def _floor_log2(value: torch.Tensor) -> torch.Tensor:
     return torch.frexp(value).exponent - 1
 
 
-def _round(y: torch.Tensor, seed: int | None) -> torch.Tensor:
+def _half_up(y: torch.Tensor) -> torch.Tensor:
+    down = torch.floor(y)
+    up = torch.copysign(down + (y - down >= 0.5).to(torch.float32), y)
+    return torch.where(torch.isfinite(y), up, y)
+
+
+_MODES = {
+    "even": torch.round,
+    "floor": torch.floor,
+    "up": _half_up,
+    "away": lambda y: torch.copysign(_half_up(y.abs()), y),
+}
+
+
+def _round(y: torch.Tensor, seed: int | None, mode: str = "even") -> torch.Tensor:
     if seed is None:
-        return torch.round(y)
+        return _MODES[mode](y)
     down = torch.floor(y)
     u = torch.from_numpy(uniform(seed, np.arange(y.numel(), dtype=np.uint64))).reshape(y.shape)
     rounded = torch.copysign(down + (u < (y - down)).to(torch.float32), y)
@@ -35,7 +49,7 @@ def _round(y: torch.Tensor, seed: int | None) -> torch.Tensor:
 
 
 def _dfp(x: torch.Tensor, fmt: DFP, seed: int | None) -> torch.Tensor:
-    codes = _round(x * 2.0**fmt.fl, seed)
+    codes = _round(x * 2.0**fmt.fl, seed, fmt.rounding)
     codes = torch.clamp(codes, float(np.float32(fmt.code_min)), float(np.float32(fmt.code_max)))
     return codes * 2.0**-fmt.fl + 0.0
 
@@ -47,7 +61,7 @@ def _minifloat(x: torch.Tensor, fmt: MiniFloat, seed: int | None) -> torch.Tenso
     normal = float(np.float32(fmt.smallest_normal))
     exponent = _floor_log2(torch.clamp(magnitude, min=normal))
     quantum = _pow2(exponent - fmt.mant_bits)
-    result = _round(clamped / quantum, seed) * quantum
+    result = _round(clamped / quantum, seed, fmt.rounding) * quantum
     if not fmt.has_subnormals:
         result = torch.where(magnitude < normal, clamped * 0.0, result)
     if fmt.has_inf:
@@ -106,7 +120,8 @@ def per_channel(x: torch.Tensor, formats: tuple[Format, ...], axis: int, seed=No
     channel's constants broadcast along `axis`."""
     if len(formats) == 1:
         return fake_quantize(x, formats[0], seed)
-    if len({type(f) for f in formats}) == 1 and isinstance(formats[0], DFP | Pow2) and seed is None:
+    alike = len({(type(f), getattr(f, "rounding", "")) for f in formats}) == 1
+    if alike and isinstance(formats[0], DFP | Pow2) and seed is None:
         return _Channels.apply(x, formats, axis)
     slices = torch.unbind(x, dim=axis)
     seeds = [None if seed is None else seed + i for i in range(len(slices))]
@@ -125,7 +140,7 @@ def _channels_dfp(x: torch.Tensor, formats: tuple[DFP, ...], axis: int) -> torch
     down = _along([2.0**-f.fl for f in formats], x, axis)
     low = _along([float(np.float32(f.code_min)) for f in formats], x, axis)
     high = _along([float(np.float32(f.code_max)) for f in formats], x, axis)
-    return torch.clamp(torch.round(x * up), low, high) * down + 0.0
+    return torch.clamp(_MODES[formats[0].rounding](x * up), low, high) * down + 0.0
 
 
 def _channels_pow2(x: torch.Tensor, formats: tuple[Pow2, ...], axis: int) -> torch.Tensor:

@@ -9,24 +9,27 @@ from dataclasses import dataclass
 import numpy as np
 
 from rcompile.formats.exact import F32, ceil_log2, pow2
-from rcompile.formats.rounding import round_values
+from rcompile.formats.rounding import check_rounding, round_values, rounding_suffix
 
 MIN_BW, MAX_BW = 2, 32
 
 
 @dataclass(frozen=True)
 class DFP:
-    """DFP(bw, fl, signed): values k * 2**-fl for integers k of `bw` bits.
+    """DFP(bw, fl, signed, rounding): values k * 2**-fl for integers k of `bw` bits.
 
     `fl` (the fractional length) may be negative. Both the step 2**-fl and the largest value
-    must be normal float32 numbers, which bounds fl to [bw - 128, 126].
+    must be normal float32 numbers, which bounds fl to [bw - 128, 126]. `rounding` is the
+    hardware's mode (see `rcompile.formats.rounding`).
     """
 
     bw: int
     fl: int
     signed: bool = True
+    rounding: str = "even"
 
     def __post_init__(self) -> None:
+        check_rounding(self.rounding)
         if not MIN_BW <= self.bw <= MAX_BW:
             raise ValueError(f"DFP bw must be in [{MIN_BW}, {MAX_BW}], got {self.bw}")
         low, high = self.fl_range(self.bw)
@@ -35,10 +38,10 @@ class DFP:
 
     @staticmethod
     @functools.cache
-    def of(bw: int, fl: int, signed: bool = True) -> DFP:
+    def of(bw: int, fl: int, signed: bool = True, rounding: str = "even") -> DFP:
         """The format, made once and shared: a plan holds one per weight channel (tens of
         thousands in a network), nearly all alike."""
-        return DFP(bw, fl, signed)
+        return DFP(bw, fl, signed, rounding)
 
     @staticmethod
     def fl_range(bw: int) -> tuple[int, int]:
@@ -47,8 +50,9 @@ class DFP:
 
     @property
     def name(self) -> str:
-        """Canonical name, e.g. `dfp8f5`, `udfp8f-2`; `parse_format` reads it back."""
-        return f"{'' if self.signed else 'u'}dfp{self.bw}f{self.fl}"
+        """Canonical name, e.g. `dfp8f5`, `udfp8f-2`, `dfp8f5@up`; `parse_format` reads it
+        back."""
+        return f"{'' if self.signed else 'u'}dfp{self.bw}f{self.fl}{rounding_suffix(self.rounding)}"
 
     @property
     def bit_width(self) -> int:
@@ -85,7 +89,7 @@ class DFP:
         value: fixed point has no NaN code, so NaN is rejected before data reaches a quantizer.
         `seed` selects stochastic rounding (see `rcompile.formats.rounding`).
         """
-        return quantize_fixed_point(x, self.fl, self.code_min, self.code_max, seed)
+        return quantize_fixed_point(x, self.fl, self.code_min, self.code_max, seed, self.rounding)
 
     @classmethod
     def for_weights(cls, bw: int, max_abs: float) -> DFP:
@@ -127,7 +131,9 @@ def code_range(bw, signed) -> tuple[np.ndarray, np.ndarray]:
     return np.where(signed, -(2 ** (bw - 1)), 0), 2 ** (bw - signed) - 1
 
 
-def quantize_fixed_point(x, fl, code_min, code_max, seed: int | None = None) -> np.ndarray:
+def quantize_fixed_point(
+    x, fl, code_min, code_max, seed: int | None = None, rounding: str = "even"
+) -> np.ndarray:
     """DFP quantization with parameters that may be arrays broadcast against `x` (one per
     output channel, for per-channel weights): the same float32 operations either way."""
     x = np.asarray(x, dtype=F32)
@@ -135,7 +141,7 @@ def quantize_fixed_point(x, fl, code_min, code_max, seed: int | None = None) -> 
     high = np.asarray(code_max, dtype=np.float64).astype(F32)
     fl = np.asarray(fl)
     with np.errstate(over="ignore", invalid="ignore"):
-        codes = np.clip(round_values(x * pow2(fl), seed), low, high)
+        codes = np.clip(round_values(x * pow2(fl), seed, rounding), low, high)
         return (codes * pow2(-fl) + F32(0.0)).astype(F32)
 
 

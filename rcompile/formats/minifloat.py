@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from rcompile.formats.exact import F32, MAX_POW2_EXP, MIN_POW2_EXP, floor_log2, pow2
-from rcompile.formats.rounding import round_values
+from rcompile.formats.rounding import check_rounding, round_values, rounding_suffix
 
 VARIANTS = ("ristretto", "ieee", "fn")
 MIN_EXP_BITS, MAX_EXP_BITS = 2, 8
@@ -34,13 +34,16 @@ AMBIGUOUS_IEEE_NAMES = ("fp8e4m3",)
 
 @dataclass(frozen=True)
 class MiniFloat:
-    """MiniFloat(exp_bits, mant_bits, variant); Ristretto's variant is the default."""
+    """MiniFloat(exp_bits, mant_bits, variant, rounding); Ristretto's variant is the default,
+    the mantissa rounds by `rounding` (see `rcompile.formats.rounding`)."""
 
     exp_bits: int
     mant_bits: int
     variant: str = "ristretto"
+    rounding: str = "even"
 
     def __post_init__(self) -> None:
+        check_rounding(self.rounding)
         if not MIN_EXP_BITS <= self.exp_bits <= MAX_EXP_BITS:
             raise ValueError(
                 f"MiniFloat exp_bits must be in [{MIN_EXP_BITS}, {MAX_EXP_BITS}], "
@@ -93,10 +96,15 @@ class MiniFloat:
 
     @property
     def name(self) -> str:
-        """Canonical name: `fp16`, `bf16`, `fp8e5m2`, `fp8e4m3fn`, `fp8e4m3r` (Ristretto).
+        """Canonical name: `fp16`, `bf16`, `fp8e5m2`, `fp8e4m3fn`, `fp8e4m3r` (Ristretto),
+        `fp8e4m3fn@floor` (another rounding).
 
         `fp8e4m3` alone means OCP's E4M3FN, so the IEEE-like E4M3 is `fp8e4m3ieee`.
         """
+        return self._base_name + rounding_suffix(self.rounding)
+
+    @property
+    def _base_name(self) -> str:
         if self.variant == "ieee" and (self.exp_bits, self.mant_bits) == (5, 10):
             return "fp16"
         if self.variant == "ieee" and (self.exp_bits, self.mant_bits) == (8, 7):
@@ -140,7 +148,7 @@ class MiniFloat:
             magnitude = np.abs(clamped)
             exponent = floor_log2(np.maximum(magnitude, F32(self.smallest_normal)))
             quantum = pow2(exponent - self.mant_bits)
-            result = round_values(clamped / quantum, seed) * quantum
+            result = round_values(clamped / quantum, seed, self.rounding) * quantum
             if not self.has_subnormals:
                 result = np.where(magnitude < F32(self.smallest_normal), clamped * F32(0), result)
             if self.has_inf:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 
 from rcompile.formats.dfp import DFP
 from rcompile.formats.minifloat import MiniFloat
 from rcompile.formats.pow2 import Pow2
+from rcompile.formats.rounding import ROUNDING_MODES
 
 Format = DFP | MiniFloat | Pow2
 
@@ -22,13 +24,32 @@ _VARIANT_SUFFIX = {"r": "ristretto", None: "ieee", "ieee": "ieee", "fn": "fn"}
 
 FORMAT_GRAMMAR = (
     "dfp<bw>f<fl> or udfp<bw>f<fl> (e.g. dfp8f5), fp<N>e<E>m<M>[r|fn|ieee] (e.g. fp8e4m3, "
-    "fp8e5m2, fp8e4m3r), fp16, bf16, pow2e<min>..<max>[r] (e.g. pow2e-8..-1)"
+    "fp8e5m2, fp8e4m3r), fp16, bf16, pow2e<min>..<max>[r] (e.g. pow2e-8..-1); DFP and mini "
+    f"floats may end in @<rounding> ({', '.join(ROUNDING_MODES[1:])}; default even)"
 )
 
 
 def parse_format(name: str) -> Format:
     """Parse a canonical format name (see FORMAT_GRAMMAR); raise ValueError otherwise."""
-    text = name.strip().lower()
+    text, rounding = split_rounding(name.strip().lower())
+    fmt = _parse_base(text, name)
+    if rounding == "even":
+        return fmt
+    if isinstance(fmt, Pow2):
+        raise ValueError(f"format {name!r}: power-of-two weights round in the log domain only")
+    return replace(fmt, rounding=rounding)
+
+
+def split_rounding(text: str) -> tuple[str, str]:
+    """`text` without its `@rounding` suffix, and the rounding (`even` when none)."""
+    base, _, rounding = text.partition("@")
+    rounding = rounding or "even"
+    if rounding not in ROUNDING_MODES:
+        raise ValueError(f"unknown rounding {rounding!r} in {text!r}; use one of {ROUNDING_MODES}")
+    return base, rounding
+
+
+def _parse_base(text: str, name: str) -> Format:
     if text in _ALIASES:
         return _ALIASES[text]
     if match := _DFP.fullmatch(text):

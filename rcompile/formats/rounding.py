@@ -1,4 +1,13 @@
-"""Rounding of float32 values to integers: half to even, or stochastic.
+"""Rounding of float32 values to integers, by mode, as accelerators differ:
+
+- `even`: half to even (IEEE, QuantizeLinear);
+- `away`: half away from zero (C `round()`, what Ristretto's kernels did);
+- `up`: half up, towards +inf (add half a step, then shift: most accelerators);
+- `floor`: towards -inf (the shift alone: truncation of two's complement codes);
+- stochastic (a seed): up with probability equal to the fraction.
+
+Every mode is a few exact float32 operations (floor, the fraction y - floor(y), a compare), so
+the ONNX bodies and CUDA kernels repeat them bit for bit; ties are exact.
 
 Stochastic rounding draws one uniform number per element from a counter-based generator
 keyed by (seed, flat element index): the output of the SplitMix64 generator whose state is
@@ -17,6 +26,7 @@ GOLDEN_GAMMA = np.uint64(0x9E3779B97F4A7C15)
 _MIX1 = np.uint64(0xBF58476D1CE4E5B9)
 _MIX2 = np.uint64(0x94D049BB133111EB)
 UNIFORM_BITS = 24
+ROUNDING_MODES = ("even", "away", "up", "floor")
 
 
 def uniform(seed: int, index: np.ndarray) -> np.ndarray:
@@ -31,20 +41,47 @@ def uniform(seed: int, index: np.ndarray) -> np.ndarray:
     return k * F32(2.0**-UNIFORM_BITS)
 
 
-def round_values(y: np.ndarray, seed: int | None = None) -> np.ndarray:
-    """Round float32 values to integers (as float32).
+def check_rounding(mode: str) -> None:
+    if mode not in ROUNDING_MODES:
+        raise ValueError(f"rounding must be one of {ROUNDING_MODES}, got {mode!r}")
 
-    With `seed=None` ties go to even. With a seed, y rounds up with probability frac(y)
-    (exactly, when frac(y) is a multiple of 2**-24, which holds for every float32 with
-    |y| >= 0.5), so the rounding is unbiased to within 2**-24 of one unit; the sign is kept
-    (a negative value rounding to zero gives -0, as rint does).
+
+def rounding_suffix(mode: str) -> str:
+    """What a format's name adds for its rounding: nothing for `even`, else `@mode`."""
+    return "" if mode == "even" else f"@{mode}"
+
+
+def round_values(y: np.ndarray, seed: int | None = None, mode: str = "even") -> np.ndarray:
+    """Round float32 values to integers (as float32) by `mode` (see ROUNDING_MODES).
+
+    With a seed the rounding is stochastic whatever the mode: y rounds up with probability
+    frac(y) (exactly, when frac(y) is a multiple of 2**-24, which holds for every float32
+    with |y| >= 0.5), so the rounding is unbiased to within 2**-24 of one unit; the sign is
+    kept (a negative value rounding to zero gives -0, as rint does), in every mode.
     """
     y = np.asarray(y, dtype=F32)
     if seed is None:
-        return np.rint(y)
+        return _ROUND[mode](y)
     down = np.floor(y)
     with np.errstate(invalid="ignore"):
         fraction = y - down
     u = uniform(seed, np.arange(y.size, dtype=np.uint64)).reshape(y.shape)
     rounded = np.copysign(down + (u < fraction).astype(F32), y)
     return np.where(np.isfinite(y), rounded, y).astype(F32)
+
+
+def _half_up(y: np.ndarray) -> np.ndarray:
+    """floor(y) + (y - floor(y) >= 1/2) with the sign of y: half up, exactly (a value that
+    rounds to zero keeps its sign, as rint's does; inf and NaN pass)."""
+    down = np.floor(y)
+    with np.errstate(invalid="ignore"):
+        up = np.copysign(down + (y - down >= F32(0.5)).astype(F32), y)
+    return np.where(np.isfinite(y), up, y).astype(F32)
+
+
+def _half_away(y: np.ndarray) -> np.ndarray:
+    """|y| rounded half up, with the sign of y."""
+    return np.copysign(_half_up(np.abs(y)), y).astype(F32)
+
+
+_ROUND = {"even": np.rint, "away": _half_away, "up": _half_up, "floor": np.floor}

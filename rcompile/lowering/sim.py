@@ -11,11 +11,9 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from rcompile.graph import initializers, remove_initializers
-from rcompile.onnx_ops import DOMAIN, functions_for
+from rcompile.onnx_ops import DOMAIN, dfp, format_of, functions_for
 from rcompile.onnx_ops.dfp import NAME as DFP_NAME
 from rcompile.passes import PassResult
-
-ARITHMETIC_OVERLOAD = "float"
 
 
 def arithmetic_quantizers(model: onnx.ModelProto) -> PassResult:
@@ -26,8 +24,9 @@ def arithmetic_quantizers(model: onnx.ModelProto) -> PassResult:
     changed = False
     for node in result.graph.node:
         if node.domain == DOMAIN and node.op_type == DFP_NAME:
-            changed |= node.overload != ARITHMETIC_OVERLOAD
-            node.overload = ARITHMETIC_OVERLOAD
+            arithmetic = dfp.overload(format_of(node), "arithmetic")
+            changed |= node.overload != arithmetic
+            node.overload = arithmetic
     if changed:
         quantizers = [node for node in result.graph.node if node.domain == DOMAIN]
         del result.functions[:]

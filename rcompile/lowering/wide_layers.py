@@ -289,7 +289,7 @@ def _round_double(body: FunctionBody, value: str, fmt: Format | None) -> str:
         scaled = body.op("Mul", value, body.const(_double(math.ldexp(1.0, fmt.fl))))
         codes = body.op(
             "Clip",
-            body.op("Round", scaled),
+            body.round(scaled, fmt.rounding, np.float64),
             body.const(_double(fmt.code_min)),
             body.const(_double(fmt.code_max)),
         )
@@ -329,7 +329,9 @@ def _minifloat_double(body: FunctionBody, value: str, fmt: MiniFloat) -> str:
     index = body.op("Add", index, too_low)
     quanta = body.const(np.ldexp(1.0, np.arange(low, high + 1) - fmt.mant_bits))
     quantum = body.op("Gather", quanta, index)
-    rounded = body.op("Mul", body.op("Round", body.op("Div", clamped, quantum)), quantum)
+    rounded = body.op(
+        "Mul", body.round(body.op("Div", clamped, quantum), fmt.rounding, np.float64), quantum
+    )
     if not fmt.has_subnormals:
         # Below the smallest normal: a zero of the value's sign. As products and a sum of
         # zeros of one sign, since onnxruntime's Where does not keep a selected -0.

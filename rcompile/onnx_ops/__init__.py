@@ -56,10 +56,11 @@ def format_of(node: onnx.NodeProto) -> Format:
     """The format a quantizer node's attributes describe (the inverse of `quantizer_node`)."""
     values = {a.name: helper.get_attribute_value(a) for a in node.attribute}
     values = {k: v.decode() if isinstance(v, bytes) else v for k, v in values.items()}
+    rounding = values.get("rounding", "even")
     if node.op_type == dfp.NAME:
-        return DFP.of(values["bw"], values["fl"], bool(values["signed"]))
+        return DFP.of(values["bw"], values["fl"], bool(values["signed"]), rounding)
     if node.op_type == minifloat.NAME:
-        return MiniFloat(values["exp_bits"], values["mant_bits"], values["variant"])
+        return MiniFloat(values["exp_bits"], values["mant_bits"], values["variant"], rounding)
     return Pow2(values["exp_min"], values["exp_max"], bool(values["zero"]))
 
 

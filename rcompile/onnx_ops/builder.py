@@ -123,6 +123,36 @@ class FunctionBody:
         too_low = self.to_int(self.op("LessOrEqual", next_power, value))
         return self.op("Add", estimate, too_low)
 
+    def round(self, value: str, mode: str, dtype=np.float32) -> str:
+        """`value` rounded to integers by `mode`, as `rcompile.formats.rounding` does:
+        Round (half to even), Floor, or for `up` and `away` the floor plus whether the
+        fraction reaches one half, with the sign of the value put back (of zeros too)."""
+        if mode == "even":
+            return self.op("Round", value)
+        if mode == "floor":
+            return self.op("Floor", value)
+        source = self.op("Abs", value) if mode == "away" else value
+        down = self.op("Floor", source)
+        half = self.const(np.array(0.5, dtype))
+        reaches = self.op("GreaterOrEqual", self.op("Sub", source, down), half)
+        rounded = self.op("Add", down, self.op("Cast", reaches, to=_TENSOR_TYPE[np.dtype(dtype)]))
+        return self.op("Mul", self.op("Abs", rounded), self.sign_with_zeros(value, dtype))
+
+    def sign_with_zeros(self, value: str, dtype=np.float32) -> str:
+        """-1 where value has its sign bit set (-0 included, which 1/value tells), else +1."""
+        zero = self.const(np.array(0.0, dtype))
+        negative = self.op(
+            "Or",
+            self.op("Less", value, zero),
+            self.op("Less", self.op("Reciprocal", value), zero),
+        )
+        twice = self.op(
+            "Mul",
+            self.op("Cast", negative, to=_TENSOR_TYPE[np.dtype(dtype)]),
+            self.const(np.array(2.0, dtype)),
+        )
+        return self.op("Sub", self.const(np.array(1.0, dtype)), twice)
+
     def sign_of(self, value: str) -> str:
         """-1.0 where value < 0, else +1.0 (so -0 counts as positive).
 
@@ -150,6 +180,9 @@ class FunctionBody:
             attributes=attributes,
             overload=overload,
         )
+
+
+_TENSOR_TYPE = {np.dtype(np.float32): TensorProto.FLOAT, np.dtype(np.float64): TensorProto.DOUBLE}
 
 
 def _array(value: float | int | str | np.ndarray) -> np.ndarray:

@@ -14,6 +14,7 @@ import numpy as np
 import onnx
 
 from rcompile.formats import DFP
+from rcompile.formats.rounding import ROUNDING_MODES
 from rcompile.onnx_ops.builder import FunctionBody
 
 NAME = "QuantizeDFP"
@@ -26,7 +27,9 @@ OVERLOADS = (
     *(name + CLIPPED for name in STORAGE),
     *(name + CLIPPED + LATE for name in STORAGE),
     "float",
+    *(f"float_{mode}" for mode in ROUNDING_MODES[1:]),
 )
+FLOAT = "float"
 
 
 FORMS = ("default", "arithmetic", "late", "unclipped")
@@ -45,8 +48,10 @@ def overload(fmt: DFP, form: str = "default") -> str:
     not change, which the caller must know (the search's evaluation form uses it)."""
     if form not in FORMS:
         raise ValueError(f"DFP quantizer form must be one of {FORMS}, got {form!r}")
+    if fmt.rounding != "even":
+        return f"{FLOAT}_{fmt.rounding}"  # QuantizeLinear rounds half to even only
     if form == "arithmetic":
-        return "float"
+        return FLOAT
     for name, (_, width) in STORAGE.items():
         if fmt.bw == width or (fmt.bw < width and form == "unclipped"):
             return name
@@ -74,14 +79,16 @@ def build(overload: str, bound: dict[str, int | bytes] | None = None) -> onnx.Fu
     """
     body = FunctionBody(bound)
     fl = body.attribute("fl", "int")
-    if overload == "float":
+    if overload.startswith(FLOAT):
+        mode = overload.removeprefix(FLOAT).removeprefix("_") or "even"
         lowest, highest = _code_range(body)
-        codes = body.op("Round", body.op("Mul", "X", body.pow2(fl)))
+        codes = body.round(body.op("Mul", "X", body.pow2(fl)), mode)
         codes = body.op("Clip", codes, lowest, highest)
         zero = body.op("Equal", codes, body.const(0.0))
         codes = body.op("Where", zero, body.const(0.0), codes)  # integers have no -0
         values = body.op("Mul", codes, body.pow2(body.op("Neg", fl)))
-        return body.function(NAME, ATTRIBUTES, values, overload)
+        declared = ATTRIBUTES if mode == "even" else [*ATTRIBUTES, "rounding"]
+        return body.function(NAME, declared, values, overload)
     step = body.pow2(body.op("Neg", fl))
     source = "X"
     if overload.endswith(CLIPPED):
@@ -102,5 +109,10 @@ def _clip(body: FunctionBody, value: str, step: str) -> str:
     return body.op("Clip", value, body.op("Mul", lowest, step), body.op("Mul", highest, step))
 
 
-def attributes(fmt: DFP) -> dict[str, int]:
-    return {"bw": fmt.bw, "fl": fmt.fl, "signed": int(fmt.signed)}
+def attributes(fmt: DFP) -> dict[str, int | str]:
+    """The node's attributes; `rounding` only where it is not half to even (informative: the
+    overload rounds)."""
+    values: dict[str, int | str] = {"bw": fmt.bw, "fl": fmt.fl, "signed": int(fmt.signed)}
+    if fmt.rounding != "even":
+        values["rounding"] = fmt.rounding
+    return values

@@ -30,15 +30,22 @@ NATIVE = {
 }
 
 
+ROUNDED = "round_"
+
+
 def overload(fmt: MiniFloat) -> str:
     """A native overload for the standard formats (its attributes are then informative only),
-    else the generic body computed from the attributes."""
+    else the generic body computed from the attributes, `round_<mode>` for another rounding
+    than half to even."""
+    if fmt.rounding != "even":
+        return ROUNDED + fmt.rounding
     return next((name for name, (native, _) in NATIVE.items() if native == fmt), "")
 
 
 def build(overload: str = "", bound: dict[str, int | bytes] | None = None) -> onnx.FunctionProto:
-    if overload:
+    if overload in NATIVE:
         return _native(overload, bound)
+    mode = overload.removeprefix(ROUNDED) or "even"
     body = FunctionBody(bound)
     mant_bits = body.attribute("mant_bits", "int")
     variant = body.attribute("variant", "string")
@@ -60,7 +67,7 @@ def build(overload: str = "", bound: dict[str, int | bytes] | None = None) -> on
     magnitude = body.op("Abs", clamped)
     exponent = body.floor_log2(body.op("Max", magnitude, smallest_normal), emin, emax)
     quantum = body.pow2(body.op("Sub", exponent, mant_bits))
-    result = body.op("Mul", body.op("Round", body.op("Div", clamped, quantum)), quantum)
+    result = body.op("Mul", body.round(body.op("Div", clamped, quantum), mode), quantum)
 
     flush_below = body.op("Where", is_ristretto, smallest_normal, body.const(0.0))
     keep = body.to_float(body.op("Not", body.op("Less", magnitude, flush_below)))
@@ -68,7 +75,8 @@ def build(overload: str = "", bound: dict[str, int | bytes] | None = None) -> on
     keep_inf = body.op("And", body.op("IsInf", "X"), is_ieee)
     result = body.op("Where", keep_inf, "X", result)
     result = body.op("Where", body.op("IsNaN", "X"), "X", result)
-    return body.function(NAME, ATTRIBUTES, result)
+    declared = ATTRIBUTES if mode == "even" else [*ATTRIBUTES, "rounding"]
+    return body.function(NAME, declared, result, overload)
 
 
 def _native(overload: str, bound: dict[str, int | bytes] | None) -> onnx.FunctionProto:
@@ -90,4 +98,7 @@ def _native(overload: str, bound: dict[str, int | bytes] | None) -> onnx.Functio
 
 
 def attributes(fmt: MiniFloat) -> dict[str, int | str]:
-    return {"exp_bits": fmt.exp_bits, "mant_bits": fmt.mant_bits, "variant": fmt.variant}
+    values = {"exp_bits": fmt.exp_bits, "mant_bits": fmt.mant_bits, "variant": fmt.variant}
+    if fmt.rounding != "even":
+        values["rounding"] = fmt.rounding
+    return values

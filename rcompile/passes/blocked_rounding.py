@@ -50,9 +50,10 @@ def from_zero(step: float, low: float, high: float) -> bool:
 
 
 def fits(fmt: object) -> bool:
-    """Whether a quantizer to `fmt` can take this form: a DFP format of at most 16 bits whose
-    constants (M, alpha and S) are normal float32 numbers."""
-    if not isinstance(fmt, DFP) or fmt.bw > MAX_BW:
+    """Whether a quantizer to `fmt` can take this form: a DFP format of at most 16 bits that
+    rounds half to even (as float32 addition does), whose constants (M, alpha and S) are
+    normal float32 numbers."""
+    if not isinstance(fmt, DFP) or fmt.bw > MAX_BW or fmt.rounding != "even":
         return False
     return fmt.fl - UNIT_BITS >= -126 and fmt.fl - SIGNIFICAND_BITS <= 126
 

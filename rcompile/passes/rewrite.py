@@ -520,8 +520,11 @@ def _accumulator_steps(bias: np.ndarray, plan: LayerPlan) -> np.ndarray | None:
 
 
 def _inputs_may_fuse(plan: LayerPlan) -> bool:
-    """onnxruntime fuses only layers whose inputs are 8-bit codes (DFP of at most 8 bits)."""
-    return all(isinstance(fmt, DFP) and fmt.bw <= 8 for fmt in plan.inputs)
+    """onnxruntime fuses only layers whose inputs are 8-bit codes (DFP of at most 8 bits,
+    rounded half to even: QuantizeLinear rounds no other way)."""
+    return all(
+        isinstance(fmt, DFP) and fmt.bw <= 8 and fmt.rounding == "even" for fmt in plan.inputs
+    )
 
 
 def _fusable(plan: LayerPlan) -> bool:

@@ -52,12 +52,11 @@ def quantize_values(
     values = values.astype(F32)
     if len(formats) == 1:
         return formats[0].quantize(values)
-    if families(formats) == {DFP}:
+    if families(formats) == {DFP} and len({f.rounding for f in formats}) == 1:
         fl, bw, signed = np.array([(f.fl, f.bw, f.signed) for f in formats], np.int64).T
         code_min, code_max = code_range(bw, signed)
-        return quantize_fixed_point(
-            values, *(_along(p, values, axis) for p in (fl, code_min, code_max))
-        )
+        parameters = (_along(p, values, axis) for p in (fl, code_min, code_max))
+        return quantize_fixed_point(values, *parameters, rounding=formats[0].rounding)
     if families(formats) == {Pow2}:
         return quantize_power_of_two(
             values,

@@ -1,7 +1,8 @@
 """The output of an integer layer: its exact accumulator, a whole number of steps 2**e,
-rounded once to the output format. DFP rounds by an integer shift (half to even on the
-discarded bits), saturating to the format's codes; a mini float rounds the exact value,
-which float64 holds, with the same steps as the format's NumPy reference."""
+rounded once to the output format by the format's rounding mode. DFP rounds by an integer
+shift (on the discarded bits), saturating to the format's codes; a mini float rounds the
+exact value, which float64 holds (else Python integers), with the same steps as the format's
+NumPy reference."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ FLOAT64_EXACT = 2**53
 def requantize(accumulator: np.ndarray, exponent: np.ndarray, fmt: Format) -> np.ndarray:
     """float32 values of `fmt` nearest `accumulator * 2**exponent` (exponent broadcasts)."""
     if isinstance(fmt, DFP):
-        codes = shift_round(accumulator, np.asarray(exponent, np.int64) + fmt.fl)
+        codes = shift_round(accumulator, np.asarray(exponent, np.int64) + fmt.fl, fmt.rounding)
         codes = np.clip(codes, fmt.code_min, fmt.code_max)
         return (np.ldexp(codes.astype(np.float64), -fmt.fl).astype(F32) + F32(0)).astype(F32)
     if isinstance(fmt, MiniFloat):
@@ -44,29 +45,51 @@ def _minifloat_of_integer(value: int, exponent: int, fmt: MiniFloat) -> float:
         return math.copysign(0.0, value)
     drop = max(top, fmt.emin) - fmt.mant_bits - exponent
     if drop > 0:
-        kept, remainder = magnitude >> drop, magnitude & ((1 << drop) - 1)
-        half = 1 << (drop - 1)
-        kept += remainder > half or (remainder == half and kept & 1)
-        result = math.ldexp(kept, exponent + drop)
+        result = math.ldexp(_shift_round_int(value, drop, fmt.rounding), exponent + drop)
     else:
-        result = math.ldexp(magnitude, exponent)
-    return math.copysign(min(result, fmt.max), value)
+        result = math.ldexp(value, exponent)
+    return math.copysign(min(abs(result), fmt.max), value)
 
 
-def shift_round(value: np.ndarray, shift: np.ndarray) -> np.ndarray:
-    """value * 2**shift rounded to an integer, half to even, in int64 arithmetic: a left
-    shift where `shift` >= 0, else a right shift that rounds on the bits it drops."""
+def _shift_round_int(value: int, drop: int, mode: str) -> int:
+    """value / 2**drop rounded to an integer by `mode` (Python integers, any size)."""
+    if mode == "away":
+        rounded = _shift_round_int(abs(value), drop, "up")
+        return rounded if value >= 0 else -rounded
+    floor = value >> drop
+    remainder, half = value - (floor << drop), 1 << (drop - 1)
+    if mode == "floor":
+        return floor
+    if mode == "up":
+        return floor + (remainder >= half)
+    return floor + (remainder > half or (remainder == half and floor & 1))
+
+
+def shift_round(value: np.ndarray, shift: np.ndarray, mode: str = "even") -> np.ndarray:
+    """value * 2**shift rounded to an integer by `mode`, in int64 arithmetic: a left shift
+    where `shift` >= 0, else a right shift that rounds on the bits it drops (`floor` is the
+    shift alone, `up` adds half first, `away` rounds the magnitude up, `even` breaks ties
+    to the even result)."""
     value, shift = np.broadcast_arrays(np.asarray(value, np.int64), np.asarray(shift, np.int64))
     left = np.clip(shift, 0, 62)
     right = np.clip(-shift, 0, 62)
     # A left shift that would overflow int64 saturates at 2**62, beyond every format.
     fits = np.abs(value) < (np.int64(1) << (62 - left))
     widened = np.where(fits, value << left, np.sign(value) << 62)
-    floor = value >> right
-    remainder = value - (floor << right)
+    source = np.abs(value) if mode == "away" else value
+    floor = source >> right
+    remainder = source - (floor << right)
     half = np.where(right > 0, np.int64(1) << np.maximum(right - 1, 0), 0)
-    up = (right > 0) & ((remainder > half) | ((remainder == half) & (floor % 2 == 1)))
-    return np.where(shift >= 0, widened, floor + up)
+    if mode == "floor":
+        up = np.zeros_like(floor, dtype=bool)
+    elif mode in ("up", "away"):
+        up = (right > 0) & (remainder >= half)
+    else:
+        up = (right > 0) & ((remainder > half) | ((remainder == half) & (floor % 2 == 1)))
+    rounded = floor + up
+    if mode == "away":
+        rounded = np.where(value < 0, -rounded, rounded)
+    return np.where(shift >= 0, widened, rounded)
 
 
 def minifloat_of(value: np.ndarray, fmt: MiniFloat) -> np.ndarray:
@@ -75,7 +98,18 @@ def minifloat_of(value: np.ndarray, fmt: MiniFloat) -> np.ndarray:
     magnitude = np.abs(clamped)
     _, exponent = np.frexp(np.maximum(magnitude, fmt.smallest_normal))
     quantum = np.ldexp(1.0, exponent - 1 - fmt.mant_bits)
-    result = np.rint(clamped / quantum) * quantum
+    result = _round64(clamped / quantum, fmt.rounding) * quantum
     if not fmt.has_subnormals:
         result = np.where(magnitude < fmt.smallest_normal, clamped * 0.0, result)
     return result.astype(F32)
+
+
+def _round64(y: np.ndarray, mode: str) -> np.ndarray:
+    """`rcompile.formats.rounding.round_values` in float64 (exact for these values)."""
+    if mode == "even":
+        return np.rint(y)
+    if mode == "floor":
+        return np.floor(y)
+    source = np.abs(y) if mode == "away" else y
+    down = np.floor(source)
+    return np.copysign(down + (source - down >= 0.5), y)
