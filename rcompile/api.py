@@ -72,7 +72,9 @@ def compile(
         def accuracy_of(quantized: onnx.ModelProto) -> dict:
             return _accuracy(source, quantized, val, preprocessing, batch_size, show_progress)
 
-    return finish(source, label, plan, options, calibration, accuracy_of, target=target)
+    return finish(
+        source, label, plan, options, calibration, accuracy_of, target=target, statistics=statistics
+    )
 
 
 def load_source(model: str | Path | onnx.ModelProto) -> tuple[onnx.ModelProto, str]:
@@ -92,6 +94,7 @@ def finish(
     accuracy_of=None,
     extra: dict | None = None,
     target: str = "sim",
+    statistics: Statistics | None = None,
 ) -> CompileResult:
     """Lower `plan` on `source` for `target`, record the provenance in the model, and build
     the report (`accuracy_of(quantized_model)` fills its accuracy; `extra` adds report
@@ -102,6 +105,7 @@ def finish(
         "unsigned": options.unsigned,
         "bias": options.bias,
         "fit": options.fit,
+        "accumulator": options.accumulator.as_dict() if options.accumulator else "default",
     }
     quantized = finish_model(
         quantized,
@@ -119,7 +123,7 @@ def finish(
         target=target,
         options=option_values,
         calibration=calibration,
-        layers=layer_rows(source, plan),
+        layers=layer_rows(source, plan, statistics),
         unquantized=unquantized_ops(source, plan),
         skipped=plan.skipped,
         accuracy=accuracy_of(quantized) if accuracy_of else None,

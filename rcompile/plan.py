@@ -15,19 +15,63 @@ from pathlib import Path
 import numpy as np
 
 from rcompile.errors import SchemeError
-from rcompile.formats import DFP, Format, Pow2
+from rcompile.formats import DFP, Format, MiniFloat, Pow2
+from rcompile.formats.codes import largest_code
 from rcompile.passes.calibrate import Range, Statistics
 from rcompile.passes.layers import Layer
 from rcompile.passes.store_weights import families, weight_exponents
 from rcompile.scheme import FITS, FP32, DFPRule, FixedRule, Pow2Rule, Rule, Scheme, parse_rule
 
 BIAS_MODES = ("weights", "accumulator")
-OVERRIDE_KEYS = ("weights", "bias", "activations", "input", "output", "skip")
+OVERFLOWS = ("saturate", "wrap")
+ACCUMULATOR_BITS = (8, 64)
+OVERRIDE_KEYS = (
+    "weights",
+    "bias",
+    "activations",
+    "input",
+    "output",
+    "skip",
+    "accumulator",
+    "overflow",
+)
+
+
+@dataclass(frozen=True)
+class Accumulator:
+    """The register a layer's products and bias are summed in: `bits` wide (8..64), and on
+    overflow it saturates at its largest codes or wraps around (two's complement)."""
+
+    bits: int = 32
+    overflow: str = "saturate"
+
+    def __post_init__(self) -> None:
+        low, high = ACCUMULATOR_BITS
+        if (
+            isinstance(self.bits, bool)
+            or not isinstance(self.bits, int)
+            or not low <= self.bits <= high
+        ):
+            raise SchemeError(
+                f"accumulator width must be an integer in [{low}, {high}], got {self.bits!r}"
+            )
+        if self.overflow not in OVERFLOWS:
+            raise SchemeError(f"overflow must be one of {OVERFLOWS}, got {self.overflow!r}")
+
+    @property
+    def largest(self) -> int:
+        return 2 ** (self.bits - 1) - 1
+
+    def as_dict(self) -> dict:
+        return {"bits": self.bits, "overflow": self.overflow}
 
 
 @dataclass(frozen=True)
 class PlanOptions:
     """Choices beyond the scheme; the defaults give the best accuracy for the same hardware.
+
+    `accumulator`: every layer's register; by default 32 bits where its operand codes add up
+    to at most 16 bits (8 x 8), else 64 (16-bit and mini-float products), saturating.
 
     Per-channel weight fl costs one shift per channel. An unsigned activation spends the
     unused sign bit on resolution. The bias is added at the accumulator's width and scale, as
@@ -39,6 +83,7 @@ class PlanOptions:
     unsigned: bool = True
     bias: str = "accumulator"
     fit: str = "mse"
+    accumulator: Accumulator | None = None
 
     def __post_init__(self) -> None:
         if self.bias not in BIAS_MODES:
@@ -57,6 +102,8 @@ class Override:
     input: Rule | None = None
     output: Rule | None = None
     skip: bool | None = None
+    accumulator: int | None = None
+    overflow: str | None = None
 
     def matches(self, layer: Layer) -> bool:
         return any(fnmatch.fnmatchcase(text, self.pattern) for text in (layer.node, layer.op_type))
@@ -72,6 +119,7 @@ class LayerPlan:
     output: Format | None
     weights: tuple[Format, ...] = ()
     bias: tuple[Format, ...] = ()
+    accumulator: Accumulator = Accumulator()
 
     def as_dict(self) -> dict:
         return {
@@ -82,6 +130,7 @@ class LayerPlan:
             "weights": [fmt.name for fmt in self.weights],
             "bias": [fmt.name for fmt in self.bias],
             "weight_axis": self.layer.weight_axis,
+            "accumulator": self.accumulator.as_dict(),
         }
 
 
@@ -150,7 +199,7 @@ def _rules_for(layer: Layer, scheme: Scheme, overrides: tuple[Override, ...]) ->
     for override in matching:
         changes = {
             key: getattr(override, key)
-            for key in ("weights", "bias", "input", "output", "skip")
+            for key in ("weights", "bias", "input", "output", "skip", "accumulator", "overflow")
             if getattr(override, key) is not None
         }
         rules = replace(rules, **changes)
@@ -169,7 +218,24 @@ def _layer_plan(layer: Layer, statistics: Statistics, rules: Override, options: 
             bias_max = statistics.weights[layer.bias].overall.max_abs
             weights = _within_accumulator(inputs[0], weights, bias_max)
         bias = _bias(rules.bias or rules.weights, statistics, layer, inputs[0], weights, options)
-    return LayerPlan(layer, inputs, output, weights, bias)
+    register = options.accumulator or Accumulator(_default_width(inputs, weights))
+    accumulator = Accumulator(
+        rules.accumulator or register.bits, rules.overflow or register.overflow
+    )
+    return LayerPlan(layer, inputs, output, weights, bias, accumulator)
+
+
+def _default_width(inputs, weights) -> int:
+    """32 bits for products of codes of at most 16 bits together, else 64. A mini float's
+    code is its value in steps of its smallest quantum: far wider than its bits."""
+
+    def width(fmt) -> int:
+        if isinstance(fmt, MiniFloat):
+            return largest_code(fmt).bit_length() + 1
+        return fmt.bit_width if fmt is not None else 32
+
+    operands = [*inputs[:1], *(weights[:1] or inputs[1:2])]
+    return 32 if sum(width(fmt) for fmt in operands) <= 16 else 64
 
 
 def _activation(rule, statistics: Statistics, name: str, options: PlanOptions, layer: Layer):
@@ -293,4 +359,16 @@ def _override(pattern: str, settings: object, path: Path) -> Override:
         rules.setdefault("input", rule)
         rules.setdefault("output", rule)
     skip = settings.get("skip")
-    return Override(pattern, skip=None if skip is None else bool(skip), **rules)
+    accumulator, overflow = settings.get("accumulator"), settings.get("overflow")
+    if accumulator is not None or overflow is not None:
+        try:
+            Accumulator(accumulator or 32, overflow or "saturate")
+        except SchemeError as error:
+            raise SchemeError(f"{path}: {pattern!r}: {error}") from None
+    return Override(
+        pattern,
+        skip=None if skip is None else bool(skip),
+        accumulator=accumulator,
+        overflow=overflow,
+        **rules,
+    )

@@ -102,6 +102,7 @@ class LayerRow:
     parameter_memory_bits: int
     activation_input_bits: int | None
     activation_output_bits: int | None
+    accumulator: dict
 
     @property
     def multiplier(self) -> dict:
@@ -131,6 +132,7 @@ class LayerRow:
                 "bias": self.bias,
             },
             "multiplier": self.multiplier,
+            "accumulator": self.accumulator,
             "parameter_memory_bits": self.parameter_memory_bits,
             "activation_buffer_bits": {
                 "input": self.activation_input_bits,

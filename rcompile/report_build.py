@@ -5,20 +5,26 @@ from __future__ import annotations
 import math
 from collections import Counter
 
+import numpy as np
 import onnx
 
+from rcompile.formats.codes import step_exponents
 from rcompile.graph import constant_value
+from rcompile.passes.calibrate import Statistics
 from rcompile.passes.layers import find_layers
 from rcompile.plan import LayerPlan, Plan
 from rcompile.report import FP32_BITS, LayerRow, describe_format, describe_formats
 from rcompile.shapes import per_sample_shapes
 
 
-def layer_rows(model: onnx.ModelProto, plan: Plan) -> tuple[LayerRow, ...]:
-    """One row per planned layer, with shapes and MACs for a single sample."""
+def layer_rows(
+    model: onnx.ModelProto, plan: Plan, statistics: Statistics | None = None
+) -> tuple[LayerRow, ...]:
+    """One row per planned layer, with shapes and MACs for a single sample, and with the
+    calibration's `statistics` the accumulator range it saw."""
     shapes = per_sample_shapes(model)
     nodes = {node.name: node for node in model.graph.node}
-    return tuple(_row(model, nodes[p.layer.node], p, shapes) for p in plan.layers)
+    return tuple(_row(model, nodes[p.layer.node], p, shapes, statistics) for p in plan.layers)
 
 
 def unquantized_ops(model: onnx.ModelProto, plan: Plan) -> dict[str, int]:
@@ -31,7 +37,7 @@ def unquantized_ops(model: onnx.ModelProto, plan: Plan) -> dict[str, int]:
     )
 
 
-def _row(model, node: onnx.NodeProto, plan: LayerPlan, shapes) -> LayerRow:
+def _row(model, node: onnx.NodeProto, plan: LayerPlan, shapes, statistics) -> LayerRow:
     layer = plan.layer
     weight = constant_value(model.graph, layer.weight) if layer.weight else None
     bias = constant_value(model.graph, layer.bias) if layer.bias else None
@@ -55,7 +61,33 @@ def _row(model, node: onnx.NodeProto, plan: LayerPlan, shapes) -> LayerRow:
         parameter_memory_bits=int(memory),
         activation_input_bits=_bits(input_shapes[0], _width(plan.inputs[0])),
         activation_output_bits=_bits(output_shape, _width(plan.output)),
+        accumulator=_accumulator(plan, statistics),
     )
+
+
+def _accumulator(plan: LayerPlan, statistics: Statistics | None) -> dict:
+    """The register's width and overflow; with calibration, the largest magnitude the layer's
+    sum took there (its FP32 output, before any clamp) in steps of the accumulator grid (the
+    product grid, or the bias grid where finer) and the bits a register needs to hold it."""
+    entry = plan.accumulator.as_dict()
+    grid = _accumulator_exponent(plan)
+    observed = statistics.activations.get(plan.layer.output) if statistics else None
+    if grid is None or observed is None:
+        return entry
+    largest = math.ceil(math.ldexp(observed.max_abs, -grid))
+    return {**entry, "largest_seen": largest, "bits_needed": largest.bit_length() + 1}
+
+
+def _accumulator_exponent(plan: LayerPlan) -> int | None:
+    """The finest exponent of the layer's accumulator grid, where every part has a format."""
+    if None in plan.inputs or (plan.layer.weight and not plan.weights):
+        return None
+    exponents = step_exponents(plan.inputs[:1]) + (
+        step_exponents(plan.weights) if plan.weights else step_exponents(plan.inputs[1:])
+    )
+    if plan.bias:
+        exponents = np.minimum(exponents, step_exponents(plan.bias))
+    return int(exponents.min())
 
 
 def _width(fmt) -> int:

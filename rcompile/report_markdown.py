@@ -73,6 +73,7 @@ def _layers(layers: list[dict]) -> list[str]:
         "bias",
         "output",
         "multiplier",
+        "accumulator",
         "param bits",
         "output bits",
     ]
@@ -90,11 +91,20 @@ def _layers(layers: list[dict]) -> list[str]:
                 _fmt(formats["bias"]),
                 _fmt(formats["output"]),
                 f"{multiplier['weight_bits']}x{multiplier['activation_bits']} {multiplier['kind']}",
+                _accumulator(row["accumulator"]),
                 _number(row["parameter_memory_bits"]),
                 _number(row["activation_buffer_bits"]["output"]),
             ]
         )
     return ["## Layers", "", *_table(header, rows)]
+
+
+def _accumulator(register: dict) -> str:
+    """`32-bit saturate`, with the bits calibration needed where it was measured."""
+    text = f"{register['bits']}-bit {register['overflow']}"
+    if "bits_needed" in register:
+        text += f" (needs {register['bits_needed']})"
+    return text
 
 
 def _fmt(description: dict | None) -> str:

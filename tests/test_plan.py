@@ -15,7 +15,15 @@ from rcompile.formats import DFP, MiniFloat
 from rcompile.onnx_ops import IR_VERSION, OPSET
 from rcompile.passes.calibrate import Range, Statistics, weight_ranges
 from rcompile.passes.layers import find_layers
-from rcompile.plan import Override, Plan, Planner, PlanOptions, load_overrides, make_plan
+from rcompile.plan import (
+    Accumulator,
+    Override,
+    Plan,
+    Planner,
+    PlanOptions,
+    load_overrides,
+    make_plan,
+)
 from rcompile.scheme import DFPRule, FixedRule, Pow2Rule, parse_scheme
 
 F32 = np.float32
@@ -338,3 +346,37 @@ def test_planner_reuses_the_plans_of_layers_whose_rules_did_not_change():
     assert layer(second, "conv") is layer(first, "conv")
     assert layer(second, "gemm").weights[0].bw == 4
     assert layer(first, "gemm").weights[0].bw == 8
+
+
+@pytest.mark.parametrize(
+    ("scheme", "bits"), [("dfp8", 32), ("dfp:w4a8", 32), ("dfp16", 64), ("fp8e4m3", 64)]
+)
+def test_accumulators_default_to_32_bits_for_8x8_products_and_64_beyond(scheme, bits):
+    plan = plan_for(scheme)
+    assert {p.accumulator for p in plan.layers} == {Accumulator(bits, "saturate")}
+
+
+def test_an_override_sets_one_layers_accumulator(tmp_path):
+    path = tmp_path / "overrides.yaml"
+    path.write_text("conv:\n  accumulator: 20\n  overflow: wrap\n")
+    plan = plan_for(overrides=load_overrides(path))
+    assert layer(plan, "conv").accumulator == Accumulator(20, "wrap")
+    others = {p.accumulator for p in plan.layers if p.layer.node != "conv"}
+    assert others == {Accumulator(32, "saturate")}
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [{"accumulator": 7}, {"accumulator": 65}, {"accumulator": "wide"}, {"overflow": "clamp"}],
+)
+def test_an_invalid_accumulator_override_is_refused_naming_the_layer(settings, tmp_path):
+    path = tmp_path / "overrides.json"
+    path.write_text(json.dumps({"conv": settings}))
+    with pytest.raises(SchemeError, match="'conv'"):
+        load_overrides(path)
+
+
+def test_the_plan_records_each_layers_accumulator():
+    entry = plan_for("dfp8@up").as_dict()["layers"][0]
+    assert entry["accumulator"] == {"bits": 32, "overflow": "saturate"}
+    assert entry["output"].endswith("@up")

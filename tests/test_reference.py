@@ -23,7 +23,9 @@ from rcompile.onnx_ops import (
     quantizer_node,
     single_quantizer_model,
 )
+from rcompile.plan import Accumulator
 from rcompile.reference import QUANTIZERS, Reference, ReferenceError
+from rcompile.reference.layer import overflow as overflow_of
 from rcompile.reference.requantize import requantize, shift_round
 
 F32 = np.float32
@@ -168,3 +170,20 @@ def test_a_planned_bias_missing_from_the_model_is_refused():
     entry.value = entry.value.replace('"bias": []', '"bias": ["dfp32f11"]')
     with pytest.raises(ReferenceError, match="planned bias is not in the model"):
         Reference(model)
+
+
+@pytest.mark.parametrize(
+    ("overflow", "expected"),
+    [
+        ("wrap", [-44, 127, -128, 127, -128, -56, -1, 0, -24]),
+        ("saturate", [-128, -128, -128, 127, 127, 127, 127, 127, 127]),
+    ],
+)
+def test_an_accumulator_wraps_or_saturates_its_exact_sum(overflow, expected):
+    sums = np.array([-300, -129, -128, 127, 128, 200, 255, 256, 1000])
+    assert overflow_of(sums, Accumulator(8, overflow)).tolist() == expected
+
+
+def test_a_64_bit_accumulator_wraps_sums_past_int64():
+    sums = np.array([2**63 + 5, -(2**63) - 1], dtype=object)
+    assert overflow_of(sums, Accumulator(64, "wrap")).tolist() == [-(2**63) + 5, 2**63 - 1]

@@ -10,6 +10,8 @@ from test_lowering import assert_bit_true
 
 import rcompile
 from rcompile.onnx_ops import OPSET
+from rcompile.plan import Accumulator, PlanOptions
+from rcompile.reference import Reference
 
 F32 = np.float32
 
@@ -86,3 +88,14 @@ def test_a_bias_float32_cannot_hold_is_added_in_float64_to_float32_products(data
     body = next(f for f in result.model.functions if f.overload == calls[0].overload)
     assert [node.op_type for node in body.node][:2] == ["Conv", "Cast"]
     assert_bit_true(result.model, data["feeds"])
+
+
+@pytest.mark.parametrize("overflow", ["wrap", "saturate"])
+def test_a_narrow_accumulator_overflows_as_the_reference_at_every_level(overflow, data):
+    narrow = PlanOptions(accumulator=Accumulator(12, overflow))
+    result = rcompile.compile(strided_network(), "dfp8", data["path"], options=narrow)
+    wide = rcompile.compile(strided_network(), "dfp8", data["path"])
+    assert {layer.accumulator for layer in result.plan.layers} == {Accumulator(12, overflow)}
+    assert_bit_true(result.model, data["feeds"])
+    narrow_out = Reference(result.model).run(data["feeds"])[0]
+    assert not np.array_equal(narrow_out, Reference(wide.model).run(data["feeds"])[0])

@@ -26,7 +26,7 @@ from rcompile.data import parse_preprocessing
 from rcompile.errors import UserError
 from rcompile.exporter import check_targets
 from rcompile.lowering import TARGETS
-from rcompile.plan import PlanOptions
+from rcompile.plan import OVERFLOWS, Accumulator, PlanOptions
 from rcompile.scheme import SCHEME_GRAMMAR
 
 
@@ -78,6 +78,18 @@ def compile_command(
             help="Report path (.json; the .md goes beside it). Default: beside the output."
         ),
     ] = None,
+    accumulator_bits: Annotated[
+        int | None,
+        typer.Option(
+            min=8,
+            max=64,
+            help="Every layer's accumulator width (default: 32 bits for 8x8-bit products, "
+            "64 for wider ones).",
+        ),
+    ] = None,
+    overflow: Annotated[
+        str, typer.Option(help="What an accumulator does on overflow: saturate or wrap.")
+    ] = "saturate",
     target: Annotated[
         str,
         typer.Option(
@@ -94,8 +106,17 @@ def compile_command(
         raise UserError(f"--target must be one of {', '.join(TARGETS)}, got {target!r}")
     if max_drop is not None and val is None:
         raise UserError("--max-drop needs --val, the data to measure the drop on")
+    if overflow not in OVERFLOWS:
+        raise UserError(f"--overflow must be one of {', '.join(OVERFLOWS)}, got {overflow!r}")
+    register = None
+    if accumulator_bits is not None or overflow != "saturate":
+        register = Accumulator(accumulator_bits or 32, overflow)
     options = PlanOptions(
-        per_channel=not per_tensor, unsigned=not signed_activations, bias=bias, fit=fit
+        per_channel=not per_tensor,
+        unsigned=not signed_activations,
+        bias=bias,
+        fit=fit,
+        accumulator=register,
     )
     report_json = report or output.with_name(f"{output.stem}.report.json")
     report_md = report_json.with_suffix(".md")

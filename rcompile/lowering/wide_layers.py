@@ -16,18 +16,19 @@ float64; `rcompile verify` measures them."""
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from rcompile.formats import DFP, Format, MiniFloat
+from rcompile.formats.codes import largest_code, step_exponents
 from rcompile.graph import consumers, initializers, producers, remove_unread
 from rcompile.onnx_ops import DOMAIN, OPSET
 from rcompile.onnx_ops.builder import FunctionBody
 from rcompile.passes import PassResult
-from rcompile.plan import LayerPlan, Plan
-from rcompile.reference.grid import largest_code, step_exponents
+from rcompile.plan import Accumulator, LayerPlan, Plan
 
 FLOAT32_EXACT = 2**24
 WIDE = {"Conv": "WideConv", "Gemm": "WideGemm", "MatMul": "WideMatMul"}
@@ -53,8 +54,10 @@ def wide_layers(model: onnx.ModelProto, plan: Plan) -> PassResult:
         if bias_add is not None:
             bias_name = next(i for i in bias_add.input if i != node.output[0])
         bias = values.get(bias_name) if bias_name else None
-        products, total = exact_in_float32(layer_plan, weights, bias)
-        if total:
+        sums = sum_bounds(layer_plan, weights, bias)
+        products = sums is not None and sums.products <= FLOAT32_EXACT
+        overflows = sums is None or sums.total > layer_plan.accumulator.largest
+        if sums is not None and sums.total <= FLOAT32_EXACT and not overflows:
             continue
         emitted = []
         if bias_name is not None:
@@ -62,7 +65,10 @@ def wide_layers(model: onnx.ModelProto, plan: Plan) -> PassResult:
         if bias_add is not None:  # shaped to broadcast after the layer: a vector inside it
             emitted.append(_flattened(graph, bias_name))
             bias_name = emitted[-1].output[0]
-        call, function = _wide(node, layer_plan, f"layer{index}", bias_name, weights, products)
+        grid = None if not overflows else (sums.grid if sums is not None else None)
+        call, function = _wide(
+            node, layer_plan, f"layer{index}", bias_name, weights, products, overflows, grid
+        )
         if bias_add is not None:
             call.output[0] = bias_add.output[0]
             dropped.add(bias_add.name)
@@ -94,25 +100,35 @@ def _integer(layer_plan: LayerPlan, node: onnx.NodeProto) -> bool:
     return (not weighted or bool(layer_plan.weights)) and (not has_bias or bool(layer_plan.bias))
 
 
-def exact_in_float32(layer_plan: LayerPlan, weights, bias) -> tuple[bool, bool]:
-    """Whether no partial sum of the products, and of the products and the bias, can pass
-    2**24 steps of the layer's accumulator grid."""
+@dataclass(frozen=True)
+class SumBounds:
+    """The largest partial sum of a layer's products, and with its bias, in steps of its
+    accumulator grid (2**grid, one exponent per output channel or one)."""
+
+    products: float
+    total: float
+    grid: np.ndarray
+
+
+def sum_bounds(layer_plan: LayerPlan, weights, bias) -> SumBounds | None:
+    """Bounds from the largest input code and each channel's absolute weight codes; None
+    for a product of two activations (the reduced length is not known here)."""
     if weights is None:
-        return False, False  # two activations: the reduced length is not known here
+        return None
     x_code = largest_code(layer_plan.inputs[0])
     w_exponents = step_exponents(layer_plan.weights)
     axis = layer_plan.layer.weight_axis % weights.ndim
     by_channel = np.moveaxis(weights.astype(np.float64), axis, 0).reshape(weights.shape[axis], -1)
     steps = np.ldexp(1.0, w_exponents).reshape(-1, 1)
     product = x_code * np.abs(by_channel / steps).sum(axis=1)
-    products_exact = bool(np.all(product <= FLOAT32_EXACT))
-    if bias is None or not layer_plan.bias:
-        return products_exact, products_exact
     product_exponents = step_exponents(layer_plan.inputs[:1]) + w_exponents
+    if bias is None or not layer_plan.bias:
+        largest = float(product.max(initial=0))
+        return SumBounds(largest, largest, product_exponents)
     grid = np.minimum(product_exponents, step_exponents(layer_plan.bias))
     bias_codes = np.abs(bias.reshape(-1).astype(np.float64)) / np.ldexp(1.0, grid)
-    total = product * np.ldexp(1.0, product_exponents - grid) + bias_codes
-    return products_exact, bool(np.all(total <= FLOAT32_EXACT))
+    products = product * np.ldexp(1.0, product_exponents - grid)
+    return SumBounds(float(products.max()), float((products + bias_codes).max()), grid)
 
 
 def _bias_add(node, layer_plan: LayerPlan, users) -> onnx.NodeProto | None:
@@ -167,9 +183,20 @@ def _cast(source: str, target: str, to: int) -> onnx.NodeProto:
     return helper.make_node("Cast", [source], [target], name=f"{target}_cast", to=to)
 
 
-def _wide(node, layer_plan: LayerPlan, overload: str, bias, weights, products_exact: bool):
+def _wide(
+    node,
+    layer_plan: LayerPlan,
+    overload: str,
+    bias,
+    weights,
+    products_exact: bool,
+    overflows: bool,
+    grid: np.ndarray | None,
+):
     """The call of the layer's function and the function itself: products summed in float32
-    where `products_exact`, else in float64; the float64 bias `B` added in float64."""
+    where `products_exact`, else in float64; the float64 bias `B` added in float64; where
+    the sum may pass the accumulator, its overflow (on the grid 2**grid, or the product
+    grid of two activations)."""
     body = FunctionBody({})
     attributes = {a.name: helper.get_attribute_value(a) for a in node.attribute}
     if products_exact:
@@ -194,6 +221,11 @@ def _wide(node, layer_plan: LayerPlan, overload: str, bias, weights, products_ex
             b = body.op("Reshape", b, body.const(shape))
         total = body.op("Add", total, b)
         inputs.append("B")
+    if overflows:
+        if grid is None:
+            grid = step_exponents(layer_plan.inputs[:1]) + step_exponents(layer_plan.inputs[1:])
+        rank = len(weights.shape) if node.op_type == "Conv" else None
+        total = _overflow(body, total, layer_plan.accumulator, grid, rank)
     output = _round_double(body, total, layer_plan.output)
     body.nodes[-1].output[0] = "Y" if body.nodes[-1].output[0] == output else output
     if body.nodes[-1].output[0] != "Y":
@@ -278,6 +310,32 @@ def _conv(body: FunctionBody, x: str, w: str, shape: tuple, attributes: dict) ->
         axis=0,
     )
     return body.op("Reshape", total, shape_out)
+
+
+def _overflow(body: FunctionBody, value: str, register: Accumulator, grid, rank) -> str:
+    """`value` (exact float64, whole steps of 2**grid per output channel) as the register
+    holds it: clipped to its codes (`saturate`), or wrapped into them: the remainder of
+    value over 2**bits steps, less 2**bits steps where it passes the largest code."""
+    steps = np.ldexp(1.0, np.asarray(grid, np.int64))
+    if steps.size > 1 and rank is not None:  # a convolution's channels are axis 1
+        steps = steps.reshape(-1, *([1] * (rank - 2)))
+    elif steps.size == 1:
+        steps = steps.reshape(())
+
+    def const(codes: float) -> str:
+        return body.const(np.asarray(codes * steps, np.float64))
+
+    if register.overflow == "saturate":
+        top = body.op("Min", value, const(register.largest))
+        return body.op("Max", top, const(-register.largest - 1))
+    span = const(2.0**register.bits)
+    remainder = body.op(
+        "Sub", value, body.op("Mul", body.op("Floor", body.op("Div", value, span)), span)
+    )
+    high = body.op("GreaterOrEqual", remainder, const(2.0 ** (register.bits - 1)))
+    return body.op(
+        "Sub", remainder, body.op("Mul", span, body.op("Cast", high, to=TensorProto.DOUBLE))
+    )
 
 
 def _round_double(body: FunctionBody, value: str, fmt: Format | None) -> str:

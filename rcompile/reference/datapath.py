@@ -16,6 +16,7 @@ from rcompile.errors import UserError
 from rcompile.formats import parse_format
 from rcompile.graph import consumers
 from rcompile.onnx_ops import DOMAIN
+from rcompile.plan import Accumulator
 from rcompile.reference.layer import LayerSpec
 from rcompile.reference.ops import QUANTIZERS, REFERENCE_DOMAIN, integer_layer_kernel
 
@@ -113,6 +114,7 @@ def _spec(node: onnx.NodeProto, entry: dict, bias_outside: bool) -> LayerSpec:
         bias=tuple(_format(name) for name in entry["bias"]),
         weight_axis=entry.get("weight_axis"),
         bias_outside=bias_outside,
+        accumulator=Accumulator(**entry.get("accumulator", {})),
     )
 
 

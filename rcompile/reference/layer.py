@@ -11,10 +11,11 @@ import numpy as np
 import onnx
 
 from rcompile.formats import DFP, Format
+from rcompile.formats.codes import step_exponents, to_codes
 from rcompile.formats.exact import F32
 from rcompile.passes.store_weights import quantize_values
+from rcompile.plan import Accumulator
 from rcompile.reference import sums
-from rcompile.reference.grid import step_exponents, to_codes
 from rcompile.reference.requantize import requantize
 
 # op type -> axis of the output that indexes its channels
@@ -32,6 +33,7 @@ class LayerSpec:
     weights: tuple[Format, ...]
     bias: tuple[Format, ...]
     weight_axis: int | None
+    accumulator: Accumulator
     bias_outside: bool = False
 
     @property
@@ -100,6 +102,20 @@ def _integer_output(spec: LayerSpec, values: list[np.ndarray], bias) -> np.ndarr
     return _output(spec, total, x_exponent + w_exponents, b, OUTPUT_CHANNEL_AXIS[op])
 
 
+def overflow(accumulator: np.ndarray, register: Accumulator) -> np.ndarray:
+    """The exact sum as the register holds it: clipped to its codes (`saturate`), or its low
+    `bits` bits as a two's-complement number (`wrap`)."""
+    if np.all(np.abs(accumulator) <= register.largest):
+        return accumulator
+    low, high = -register.largest - 1, register.largest
+    if register.overflow == "saturate":
+        return np.clip(accumulator, low, high)
+    values = accumulator.astype(object) if register.bits > 62 else accumulator
+    span = 2**register.bits
+    remainder = values % span
+    return np.where(remainder > high, remainder - span, remainder)
+
+
 def _bias_values(bias: np.ndarray, formats: tuple[Format, ...]) -> np.ndarray:
     """The bias quantized to its formats. A wide layer reads its bias in float64, from codes
     float32 may not hold: DFP biases are quantized there in float64, exactly."""
@@ -129,6 +145,7 @@ def _output(spec: LayerSpec, total, product_exponents, bias, axis) -> np.ndarray
     accumulator = total << (product_exponents - exponent).reshape(shape)
     if bias is not None:
         accumulator = accumulator + bias_codes.reshape(shape)
+    accumulator = overflow(accumulator, spec.accumulator)
     exponent = exponent.reshape(shape) if exponent.size > 1 else exponent.reshape(())
     if spec.output is None:
         return np.ldexp(accumulator.astype(np.float64), exponent).astype(F32)

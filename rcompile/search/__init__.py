@@ -130,7 +130,9 @@ def search(
             "quantized": score(outputs, evaluator.data.labels, evaluator.reference).as_dict(),
         }
 
-    result = finish(source, label, chosen.plan, options, calibration, accuracy, section)
+    result = finish(
+        source, label, chosen.plan, options, calibration, accuracy, section, statistics=statistics
+    )
     plot = plot_svg(runner.history, threshold, chosen, cost, metric_name)
     return SearchResult(result, summary, plot, interrupted)
 
