@@ -16,7 +16,7 @@ import traceback
 
 import typer
 
-from rcompile.cli import compile, finetune, inspect, search, verify  # noqa: F401 - registers the commands
+from rcompile.cli import compile, finetune, inspect, search, vectors, verify  # noqa: F401 - registers the commands
 from rcompile.cli.app import app
 from rcompile.errors import UserError
 

@@ -12,7 +12,9 @@ import typer
 from typer.core import TyperGroup
 
 import rcompile
+from rcompile.data import input_specs, open_data, parse_preprocessing
 from rcompile.exporter import write_bytes, write_model
+from rcompile.importer import read_model
 from rcompile.report_markdown import render_markdown
 
 EXAMPLES = """
@@ -39,7 +41,7 @@ class _DefaultToCompile(TyperGroup):
 
     def list_commands(self, ctx):
         """In the order a user meets them."""
-        order = ("compile", "search", "finetune", "inspect", "eval", "verify")
+        order = ("compile", "search", "finetune", "inspect", "eval", "verify", "vectors")
         return sorted(super().list_commands(ctx), key=lambda name: order.index(name))
 
 
@@ -61,6 +63,8 @@ Preprocess = Annotated[
     ),
 ]
 BatchSize = Annotated[int, typer.Option(help="Samples per onnxruntime run.")]
+CompiledModel = Annotated[Path, typer.Argument(help="A model rcompile wrote.")]
+InputData = Annotated[Path, typer.Option(help="Inputs: a folder of images, a .npz or a .npy.")]
 MaxDrop = Annotated[
     float | None,
     typer.Option(
@@ -109,6 +113,12 @@ def write_outputs(result, report_data: dict, output: Path, report_json: Path, mo
     write_model(result.model, output, protected=(model,))
     write_bytes(json.dumps(report_data, indent=2).encode() + b"\n", report_json, (model,))
     write_bytes(render_markdown(report_data).encode(), report_json.with_suffix(".md"), (model,))
+
+
+def compiled_and_data(model: Path, data: Path, preprocess: str):
+    """A compiled model as written, and its input data."""
+    compiled = read_model(model)
+    return compiled, open_data(data, input_specs(compiled), parse_preprocessing(preprocess))
 
 
 def emit(summary: dict, as_json: bool, lines) -> None:

@@ -3,15 +3,22 @@
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from rcompile.cli.app import AsJson, BatchSize, Debug, Preprocess, app, emit
-from rcompile.data import input_specs, open_data, parse_preprocessing
+from rcompile.cli.app import (
+    AsJson,
+    BatchSize,
+    CompiledModel,
+    Debug,
+    InputData,
+    Preprocess,
+    app,
+    compiled_and_data,
+    emit,
+)
 from rcompile.errors import UserError
-from rcompile.importer import read_model
 from rcompile.verify import verify
 
 DEFAULT_COUNT = 100
@@ -24,8 +31,8 @@ DEFAULT_COUNT = 100
     "Exit status 1 when a sim model is not bit-true.",
 )
 def verify_command(
-    model: Annotated[Path, typer.Argument(help="A model rcompile wrote.")],
-    data: Annotated[Path, typer.Option(help="Inputs: a folder of images, a .npz or a .npy.")],
+    model: CompiledModel,
+    data: InputData,
     count: Annotated[
         int, typer.Option(min=1, help="Verify on the first N samples.")
     ] = DEFAULT_COUNT,
@@ -34,8 +41,7 @@ def verify_command(
     as_json: AsJson = False,
     debug: Debug = False,
 ) -> None:
-    compiled = read_model(model)
-    dataset = open_data(data, input_specs(compiled), parse_preprocessing(preprocess))
+    compiled, dataset = compiled_and_data(model, data, preprocess)
     result = verify(compiled, dataset, count, batch_size, str(model), sys.stderr.isatty())
     emit(result.as_dict(), as_json, _verify_lines)
     if result.target == "sim" and not result.exact:

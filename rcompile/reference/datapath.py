@@ -17,7 +17,7 @@ from rcompile.formats import parse_format
 from rcompile.graph import consumers
 from rcompile.onnx_ops import DOMAIN
 from rcompile.plan import Accumulator
-from rcompile.reference.layer import LayerSpec
+from rcompile.reference.layer import LayerCodes, LayerSpec
 from rcompile.reference.ops import QUANTIZERS, REFERENCE_DOMAIN, integer_layer_kernel
 
 PLAN_KEY = "rcompile.plan"
@@ -28,11 +28,13 @@ class ReferenceError(UserError):
 
 
 class Reference:
-    """Runs a compiled model through the reference datapath."""
+    """Runs a compiled model through the reference datapath. After each run, `codes` holds
+    every integer layer's tensors (`LayerCodes`) by node name, and `specs` the layers."""
 
     def __init__(self, model: onnx.ModelProto) -> None:
-        prepared, specs = _prepared(model)
-        kernels = [*QUANTIZERS, integer_layer_kernel(specs)]
+        prepared, self.specs = _prepared(model)
+        self.codes: dict[str, LayerCodes] = {}
+        kernels = [*QUANTIZERS, integer_layer_kernel(self.specs, self.codes)]
         self._evaluator = ReferenceEvaluator(prepared, new_ops=kernels)
         self.output_names = [value.name for value in model.graph.output]
 

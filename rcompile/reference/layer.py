@@ -11,7 +11,7 @@ import numpy as np
 import onnx
 
 from rcompile.formats import DFP, Format
-from rcompile.formats.codes import step_exponents, to_codes
+from rcompile.formats.codes import step_exponent, step_exponents, to_codes
 from rcompile.formats.exact import F32
 from rcompile.passes.store_weights import quantize_values
 from rcompile.plan import Accumulator
@@ -41,8 +41,28 @@ class LayerSpec:
         return {a.name: onnx.helper.get_attribute_value(a) for a in self.node.attribute}
 
 
-def run_layer(spec: LayerSpec, inputs: list[np.ndarray], float_op) -> np.ndarray:
-    """The layer's output (float32 values of its output format) for the node's `inputs`."""
+@dataclass(frozen=True)
+class LayerCodes:
+    """The integer tensors of one run of an integer layer, as hardware holds them; each
+    tensor's step is 2**exponent (one exponent per output channel, or one). The bias is on
+    the accumulator's grid, where the hardware adds it; the accumulator is after overflow."""
+
+    inputs: tuple[np.ndarray, ...]
+    input_exponents: tuple[int, ...]
+    weights: np.ndarray | None
+    weight_exponents: np.ndarray | None
+    bias: np.ndarray | None
+    accumulator: np.ndarray
+    accumulator_exponents: np.ndarray
+    output: np.ndarray | None
+    output_exponent: int | None
+
+
+def run_layer(
+    spec: LayerSpec, inputs: list[np.ndarray], float_op
+) -> tuple[np.ndarray, LayerCodes | None]:
+    """The layer's output (float32 values of its output format) for the node's `inputs`, and
+    its integer tensors (None for a layer that computes in float32)."""
     values = list(inputs)
     bias = values.pop() if spec.bias_outside else (values[2] if len(values) > 2 else None)
     for position, fmt in enumerate(spec.inputs):
@@ -51,13 +71,12 @@ def run_layer(spec: LayerSpec, inputs: list[np.ndarray], float_op) -> np.ndarray
     if spec.weights:
         values[1] = quantize_values(values[1], spec.weights, _axis(spec, values[1]))
     if _integer(spec, bias):
-        result = _integer_output(spec, values, bias)
-    else:
-        if spec.bias_outside and bias is not None:
-            values = [*values[:2], bias.reshape(-1)]
-        result = float_op(*values)
-        result = spec.output.quantize(result) if spec.output is not None else result
-    return result.astype(F32)
+        return _integer_output(spec, values, bias)
+    if spec.bias_outside and bias is not None:
+        values = [*values[:2], bias.reshape(-1)]
+    result = float_op(*values)
+    result = spec.output.quantize(result) if spec.output is not None else result
+    return result.astype(F32), None
 
 
 def _integer(spec: LayerSpec, bias) -> bool:
@@ -77,14 +96,16 @@ def _axis(spec: LayerSpec, weights: np.ndarray) -> int | None:
     return spec.weight_axis % weights.ndim
 
 
-def _integer_output(spec: LayerSpec, values: list[np.ndarray], bias) -> np.ndarray:
+def _integer_output(spec: LayerSpec, values: list[np.ndarray], bias):
     op = spec.node.op_type
     x_exponent = step_exponents(spec.inputs[:1])
     x = to_codes(values[0], x_exponent, None)
     if len(spec.inputs) == 2:
         second = step_exponents(spec.inputs[1:])
-        total = sums.matmul(x, to_codes(values[1], second, None))
-        return _output(spec, total, x_exponent + second, None, None)
+        y = to_codes(values[1], second, None)
+        total = sums.matmul(x, y)
+        inputs = ((x, y), (int(x_exponent[0]), int(second[0])))
+        return _output(spec, total, x_exponent + second, None, None, inputs, None)
     w_exponents = step_exponents(spec.weights)
     w = to_codes(values[1], w_exponents, _axis(spec, values[1]))
     if op == "Conv":
@@ -99,7 +120,11 @@ def _integer_output(spec: LayerSpec, values: list[np.ndarray], bias) -> np.ndarr
     if bias is not None:
         b_exponents = step_exponents(spec.bias)
         b = (to_codes(_bias_values(bias.reshape(-1), spec.bias), b_exponents, 0), b_exponents)
-    return _output(spec, total, x_exponent + w_exponents, b, OUTPUT_CHANNEL_AXIS[op])
+    inputs = ((x,), (int(x_exponent[0]),))
+    weights = (w, w_exponents)
+    return _output(
+        spec, total, x_exponent + w_exponents, b, OUTPUT_CHANNEL_AXIS[op], inputs, weights
+    )
 
 
 def overflow(accumulator: np.ndarray, register: Accumulator) -> np.ndarray:
@@ -130,9 +155,11 @@ def _bias_values(bias: np.ndarray, formats: tuple[Format, ...]) -> np.ndarray:
     return np.ldexp(np.clip(np.rint(np.ldexp(bias, fl)), low, high), -fl)
 
 
-def _output(spec: LayerSpec, total, product_exponents, bias, axis) -> np.ndarray:
-    """Add the bias on the accumulator grid and round to the output format."""
+def _output(spec: LayerSpec, total, product_exponents, bias, axis, inputs, weights):
+    """Add the bias on the accumulator grid, apply the register's overflow and round to the
+    output format; with the layer's integer tensors."""
     exponent = product_exponents
+    bias_codes = None
     if bias is not None:
         codes, bias_exponents = bias
         channels = max(codes.size, product_exponents.size)
@@ -146,7 +173,23 @@ def _output(spec: LayerSpec, total, product_exponents, bias, axis) -> np.ndarray
     if bias is not None:
         accumulator = accumulator + bias_codes.reshape(shape)
     accumulator = overflow(accumulator, spec.accumulator)
-    exponent = exponent.reshape(shape) if exponent.size > 1 else exponent.reshape(())
+    grid = exponent.reshape(shape) if exponent.size > 1 else exponent.reshape(())
     if spec.output is None:
-        return np.ldexp(accumulator.astype(np.float64), exponent).astype(F32)
-    return requantize(accumulator, exponent, spec.output)
+        result = np.ldexp(accumulator.astype(np.float64), grid).astype(F32)
+        output_codes, output_exponent = None, None
+    else:
+        result = requantize(accumulator, grid, spec.output)
+        output_exponent = step_exponent(spec.output)
+        output_codes = to_codes(result, np.array([output_exponent]), None)
+    codes = LayerCodes(
+        inputs=inputs[0],
+        input_exponents=inputs[1],
+        weights=None if weights is None else weights[0],
+        weight_exponents=None if weights is None else weights[1],
+        bias=bias_codes,
+        accumulator=accumulator,
+        accumulator_exponents=exponent,
+        output=output_codes,
+        output_exponent=output_exponent,
+    )
+    return result, codes

@@ -41,15 +41,21 @@ class QuantizePow2(_Quantizer):
 QUANTIZERS = (QuantizeDFP, QuantizeMiniFloat, QuantizePow2)
 
 
-def integer_layer_kernel(specs: dict[str, LayerSpec]) -> type[OpRun]:
-    """The `IntegerLayer` kernel for these layers (looked up by node name)."""
+def integer_layer_kernel(specs: dict[str, LayerSpec], codes: dict | None = None) -> type[OpRun]:
+    """The `IntegerLayer` kernel for these layers (looked up by node name); with `codes`, it
+    keeps there each layer's integer tensors of its last run, by node name."""
 
     class IntegerLayer(OpRun):
         op_domain = REFERENCE_DOMAIN
 
         def _run(self, *inputs, **_attributes):
             spec = specs[self.onnx_node.name]
-            return (run_layer(spec, list(inputs), _float_op(spec.node.SerializeToString())),)
+            output, integers = run_layer(
+                spec, list(inputs), _float_op(spec.node.SerializeToString())
+            )
+            if codes is not None and integers is not None:
+                codes[self.onnx_node.name] = integers
+            return (output,)
 
     return IntegerLayer
 
