@@ -380,6 +380,42 @@ def test_unknown_scheme_is_reported_with_the_valid_schemes(tmp_path):
     assert_user_error(result, "unknown scheme 'int7'", "dfp8", "fp8e4m3", "pow2")
 
 
+@pytest.mark.parametrize(
+    ("option", "value", "names"),
+    [
+        ("--target", "tensorrt", ("--target", "sim", "qdq")),
+        ("--overflow", "clamp", ("--overflow", "saturate", "wrap")),
+        ("--accumulator-bits", "7", ("--accumulator-bits",)),
+        ("--accumulator-bits", "65", ("--accumulator-bits",)),
+        ("--scheme", "dfp8@nearest", ("unknown rounding 'nearest'", "up")),
+    ],
+)
+def test_a_bad_lowering_option_is_one_line_and_writes_nothing(option, value, names, tmp_path):
+    result = rcompile_run(*compile_args(tmp_path / "q.onnx"), option, value)
+    assert_user_error(result, *names)
+    assert not list(tmp_path.iterdir())
+
+
+def test_target_qdq_writes_standard_ops_with_the_target_in_the_report(tmp_path):
+    output = tmp_path / "q.onnx"
+    result = rcompile_run(*compile_args(output), "--target", "qdq")
+    assert result.returncode == 0, result.stderr
+    model = onnx.load(output)
+    assert not model.functions and all(node.domain == "" for node in model.graph.node)
+    report = json.loads((tmp_path / "q.report.json").read_text())
+    assert report["target"] == "qdq"
+
+
+def test_accumulator_options_reach_every_layer_and_the_report(tmp_path):
+    output = tmp_path / "q.onnx"
+    result = rcompile_run(*compile_args(output), "--accumulator-bits", "24", "--overflow", "wrap")
+    assert result.returncode == 0, result.stderr
+    layers = json.loads((tmp_path / "q.report.json").read_text())["layers"]
+    registers = {(row["accumulator"]["bits"], row["accumulator"]["overflow"]) for row in layers}
+    assert registers == {(24, "wrap")}
+    assert all(row["accumulator"]["bits_needed"] < 24 for row in layers)
+
+
 def test_missing_calibration_for_dfp8_asks_for_calib(tmp_path):
     result = rcompile_run(LENET, "-o", tmp_path / "q.onnx", "--scheme", "dfp8")
     assert_user_error(result, "dfp8", "--calib")

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import platform
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import onnx
@@ -83,3 +87,20 @@ def test_verify_counts_steps_of_the_output_format(compiled):
         and worst >= 1
         and all(float(k) > 0 for d in result.deviations for k in d.by_steps)
     )
+
+
+QEMU = shutil.which("qemu-x86_64")
+
+
+@pytest.mark.skipif(
+    QEMU is None or platform.machine() != "x86_64",
+    reason="needs qemu-x86_64 (Debian's qemu-user) on x86_64 to emulate an AVX2-only CPU",
+)
+def test_a_sim_model_is_bit_true_on_an_avx2_cpu_without_vnni(compiled):
+    """onnxruntime's fused u8s8 kernels on such CPUs sum in saturating 16-bit lanes; a sim
+    model leaves it none. QEMU's Haswell has AVX2 and no AVX-512 or VNNI."""
+    command = [QEMU, "-cpu", "Haswell", sys.executable, "-m", "rcompile", "verify"]
+    command += [str(compiled["sim"]), "--data", str(TEST), "--count", "20"]
+    run = subprocess.run(command, capture_output=True, text=True, timeout=600, check=False)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert run.stdout.splitlines()[-1] == "bit-true: yes"

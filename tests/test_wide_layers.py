@@ -70,7 +70,7 @@ def data(tmp_path_factory) -> dict:
 def test_wide_layers_are_the_reference_at_every_optimisation_level(scheme, data):
     result = rcompile.compile(strided_network(), scheme, data["path"])
     ops = [node.op_type for node in result.model.graph.node]
-    assert {"WideConv", "WideGemm"} & set(ops), ops
+    assert any(op.startswith(("WideConv_", "WideGemm_")) for op in ops), ops
     assert_bit_true(result.model, data["feeds"])
 
 
@@ -83,9 +83,9 @@ def test_layers_float32_sums_exactly_stay_float32_convolutions(data):
 
 def test_a_bias_float32_cannot_hold_is_added_in_float64_to_float32_products(data):
     result = rcompile.compile(strided_network(dead_channel=True), "dfp8", data["path"])
-    calls = [node for node in result.model.graph.node if node.op_type == "WideConv"]
+    calls = [node for node in result.model.graph.node if node.op_type.startswith("WideConv_")]
     assert len(calls) == 1
-    body = next(f for f in result.model.functions if f.overload == calls[0].overload)
+    body = next(f for f in result.model.functions if f.name == calls[0].op_type)
     assert [node.op_type for node in body.node][:2] == ["Conv", "Cast"]
     assert_bit_true(result.model, data["feeds"])
 

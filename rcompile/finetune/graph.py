@@ -22,10 +22,8 @@ from rcompile.errors import UserError
 from rcompile.finetune.ops import handler
 from rcompile.finetune.quantizers import fake_quantize, per_channel
 from rcompile.formats import Format, parse_format
-from rcompile.lowering.wide_layers import WIDE
+from rcompile.lowering.wide_layers import wide_op
 from rcompile.onnx_ops import DOMAIN, format_of
-
-WIDE_OPS = {call: op for op, call in WIDE.items()}
 
 
 class NotAQuantizedModel(UserError):
@@ -141,11 +139,11 @@ class QuantizedGraph(torch.nn.Module):
 def _plain_layer(node: onnx.NodeProto) -> onnx.NodeProto:
     """A wide layer's call (see `rcompile.lowering.wide_layers`) as its plain op: the same
     sum and bias; the quantizer after it rounds as the call does."""
-    if node.domain != DOMAIN or node.op_type not in WIDE_OPS:
+    if node.domain != DOMAIN or wide_op(node.op_type) is None:
         return node
     plain = onnx.NodeProto()
     plain.CopyFrom(node)
-    plain.op_type, plain.domain, plain.overload = WIDE_OPS[node.op_type], "", ""
+    plain.op_type, plain.domain = wide_op(node.op_type), ""
     return plain
 
 

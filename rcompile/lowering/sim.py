@@ -37,14 +37,17 @@ def arithmetic_quantizers(model: onnx.ModelProto) -> PassResult:
 def dequantize_by_arithmetic(model: onnx.ModelProto) -> PassResult:
     """Stored parameters dequantized by Cast and Mul instead of DequantizeLinear: the same
     exact values (codes times a power of two), which onnxruntime folds into float constants
-    for its fastest float kernels instead of fusing them into integer ones."""
+    for its fastest float kernels instead of fusing them into integer ones. int4 codes keep
+    their DequantizeLinear (onnxruntime 1.20 cannot Cast int4); with no DequantizeLinear on
+    the layer's input, onnxruntime has no integer kernel to fuse them into."""
     result = onnx.ModelProto()
     result.CopyFrom(model)
     graph = result.graph
     constants = initializers(graph)
     nodes, replaced = [], set()
     for node in graph.node:
-        if node.op_type != "DequantizeLinear" or not all(i in constants for i in node.input):
+        dequantizes = node.op_type == "DequantizeLinear"
+        if not dequantizes or not all(i in constants for i in node.input) or _int4(node, graph):
             nodes.append(node)
             continue
         nodes.extend(_cast_and_scale(node, constants, graph))
@@ -56,6 +59,11 @@ def dequantize_by_arithmetic(model: onnx.ModelProto) -> PassResult:
     used = {name for node in graph.node for name in node.input}
     remove_initializers(graph, {name for name in replaced if name not in used})
     return PassResult(result, True)
+
+
+def _int4(node: onnx.NodeProto, graph: onnx.GraphProto) -> bool:
+    codes = next(t for t in graph.initializer if t.name == node.input[0])
+    return codes.data_type in (TensorProto.INT4, TensorProto.UINT4)
 
 
 def _cast_and_scale(node, constants, graph) -> list[onnx.NodeProto]:

@@ -34,6 +34,11 @@ FLOAT32_EXACT = 2**24
 WIDE = {"Conv": "WideConv", "Gemm": "WideGemm", "MatMul": "WideMatMul"}
 
 
+def wide_op(op_type: str) -> str | None:
+    """The layer op of a wide call's op type (`WideConv_layer3` -> `Conv`), else None."""
+    return next((op for op, call in WIDE.items() if op_type.startswith(f"{call}_")), None)
+
+
 def wide_layers(model: onnx.ModelProto, plan: Plan) -> PassResult:
     """`model` with every planned layer that float32 cannot sum exactly made wide."""
     result = onnx.ModelProto()
@@ -141,18 +146,32 @@ def _bias_add(node, layer_plan: LayerPlan, users) -> onnx.NodeProto | None:
 
 def _parameter_values(graph: onnx.GraphProto) -> dict[str, np.ndarray]:
     """Parameters as the sim form stores them (codes Cast and scaled by Mul, a float16 Cast,
-    or plain initializers), evaluated."""
+    int4 codes under DequantizeLinear, or plain initializers), evaluated."""
     constants = initializers(graph)
     values = dict(constants)
     made_by = producers(graph)
     for node in graph.node:
         if node.op_type == "Cast" and node.input[0] in constants:
             values[node.output[0]] = constants[node.input[0]].astype(np.float64)
+        if node.op_type == "DequantizeLinear" and all(i in constants for i in node.input):
+            values[node.output[0]] = _dequantized(node, constants)
     for node in graph.node:
         scaled = node.op_type == "Mul" and made_by.get(node.input[0]) is not None
         if scaled and node.input[0] in values and node.input[1] in constants:
             values[node.output[0]] = values[node.input[0]] * constants[node.input[1]]
     return values
+
+
+def _dequantized(node: onnx.NodeProto, constants: dict) -> np.ndarray:
+    codes = constants[node.input[0]].astype(np.float64)
+    scale = constants[node.input[1]].astype(np.float64)
+    zero = constants[node.input[2]].astype(np.float64) if len(node.input) > 2 else 0.0
+    if scale.size > 1:
+        axis = next((a.i for a in node.attribute if a.name == "axis"), 1) % codes.ndim
+        shape = [1] * codes.ndim
+        shape[axis] = scale.size
+        scale, zero = scale.reshape(shape), np.reshape(zero, shape) if np.size(zero) > 1 else zero
+    return (codes - zero) * scale
 
 
 def _in_float64(graph: onnx.GraphProto, name: str) -> tuple[str, list[onnx.NodeProto]]:
@@ -186,7 +205,7 @@ def _cast(source: str, target: str, to: int) -> onnx.NodeProto:
 def _wide(
     node,
     layer_plan: LayerPlan,
-    overload: str,
+    suffix: str,
     bias,
     weights,
     products_exact: bool,
@@ -230,7 +249,9 @@ def _wide(
     body.nodes[-1].output[0] = "Y" if body.nodes[-1].output[0] == output else output
     if body.nodes[-1].output[0] != "Y":
         body.nodes.append(helper.make_node("Identity", [output], ["Y"]))
-    name = WIDE[node.op_type]
+    # One function name per layer, not overloads of one: onnxruntime 1.20 inlines every
+    # call of a name with the same overload.
+    name = f"{WIDE[node.op_type]}_{suffix}"
     function = helper.make_function(
         DOMAIN,
         name,
@@ -239,7 +260,6 @@ def _wide(
         body.nodes,
         [helper.make_opsetid("", OPSET)],
         attributes=sorted(attributes),
-        overload=overload,
     )
     call = helper.make_node(
         name,
@@ -249,7 +269,6 @@ def _wide(
         domain=DOMAIN,
     )
     call.attribute.extend(node.attribute)
-    call.overload = overload
     return call, function
 
 

@@ -1,0 +1,88 @@
+"""Every `.venv/bin/rcompile` command and the Python example in README.md run as written
+(from a scratch folder, with `models/` pointing at the repository's)."""
+
+from __future__ import annotations
+
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+README = (ROOT / "README.md").read_text()
+
+
+def commands() -> list[list[str]]:
+    """The README's indented `.venv/bin/rcompile` commands, continuation lines joined."""
+    text = re.sub(r"\\\n\s+", " ", README)
+    lines = re.findall(r"^    \.venv/bin/rcompile (.+)$", text, re.M)
+    return [shlex.split(line) for line in lines]
+
+
+@pytest.fixture(scope="module")
+def scratch(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("readme")
+    (folder / "models").symlink_to(ROOT / "models")
+    return folder
+
+
+def test_the_readme_shows_the_commands_it_documents():
+    names = [command[0] for command in commands()]
+    assert names[0] == "models/lenet5.onnx" and {"verify", "vectors", "search", "finetune"} <= set(
+        names
+    )
+
+
+@pytest.mark.parametrize("index", range(len(commands())), ids=lambda i: " ".join(commands()[i][:2]))
+def test_each_readme_command_runs(index, scratch):
+    if commands()[index][0] == "finetune":
+        pytest.importorskip("torch", reason="the finetune command needs the finetune extra")
+    run = subprocess.run(
+        [sys.executable, "-m", "rcompile", *commands()[index]],
+        cwd=scratch,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert run.returncode == 0, run.stderr
+
+
+PYTHON = re.findall(r"```python\n(.*?)```", README, re.S)
+
+
+@pytest.mark.parametrize("code", PYTHON, ids=lambda code: code.splitlines()[0])
+def test_each_readme_python_example_runs(code, scratch):
+    run = subprocess.run(
+        [sys.executable, "-c", code], cwd=scratch, capture_output=True, text=True, check=False
+    )
+    assert run.returncode == 0, run.stderr
+
+
+BIT_TRUE = (ROOT / "docs" / "bit-true.md").read_text()
+
+
+@pytest.mark.parametrize(
+    "line", re.findall(r"^rcompile (.+)$", BIT_TRUE, re.M), ids=lambda line: line[:20]
+)
+def test_each_bit_true_doc_command_runs_after_the_readme(line, scratch):
+    run = subprocess.run(
+        [sys.executable, "-m", "rcompile", *shlex.split(line)],
+        cwd=scratch,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert run.returncode == 0, run.stderr
+
+
+@pytest.mark.parametrize("code", re.findall(r"```python\n(.*?)```", BIT_TRUE, re.S))
+def test_the_bit_true_doc_python_example_runs(code, scratch):
+    run = subprocess.run(
+        [sys.executable, "-c", code], cwd=scratch, capture_output=True, text=True, check=False
+    )
+    assert run.returncode == 0, run.stderr
