@@ -104,11 +104,16 @@ def top1(model_path: Path, case: Case) -> float:
     return hits / data.count
 
 
-def latency_ratio(model_path: Path, fp32_path: Path, inputs: dict, repeats: int = 15) -> float:
+def latency_ratio(
+    model_path: Path, fp32_path: Path, inputs: dict, repeats: int = 15, threads: int = 0
+) -> float:
     """Median over alternating runs of (model time / FP32 time): interleaving keeps a change
-    in the machine's load from landing on one side only."""
+    in the machine's load from landing on one side only. `threads`: onnxruntime's intra-op
+    threads (0: its default, every core)."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
     sessions = [
-        ort.InferenceSession(str(p), providers=["CPUExecutionProvider"])
+        ort.InferenceSession(str(p), options, providers=["CPUExecutionProvider"])
         for p in (model_path, fp32_path)
     ]
     for session in sessions:

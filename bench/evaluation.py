@@ -41,9 +41,6 @@ REPEATS = 5
 FP32 = parse_rule("fp32")
 ACTIVATIONS_FP32 = Override("*", input=FP32, output=FP32)
 BLOCKED = "float, blocked rounding"
-INTEGER = "integer kernels"
-# What a candidate that could fuse runs where the evaluator found integer kernels slower.
-DECLINED = "float (integer kernels timed slower)"
 # (label, what onnxruntime makes of it, scheme, overrides)
 CANDIDATES = (
     (
@@ -53,8 +50,8 @@ CANDIDATES = (
         (ACTIVATIONS_FP32, Override("Gemm", weights=FP32)),
     ),
     ("activations dfp8, weights FP32", BLOCKED, "dfp8", (Override("*", weights=FP32),)),
-    ("dfp8", INTEGER, "dfp8", ()),
-    ("dfp:w8a6", INTEGER, "dfp:w8a6", ()),
+    ("dfp8", BLOCKED, "dfp8", ()),
+    ("dfp:w8a6", BLOCKED, "dfp:w8a6", ()),
     ("dfp:w10a6", BLOCKED, "dfp:w10a6", ()),
     ("dfp:w16a8", BLOCKED, "dfp:w16a8", ()),
     ("dfp16", BLOCKED, "dfp16", ()),
@@ -75,8 +72,6 @@ def run(case: Case) -> tuple[float, list[tuple[str, str, float]]]:
             Evaluator.outputs_of(evaluator.data.model, evaluator.data)
             fp32_seconds = time.perf_counter() - start
             ratios.append(evaluator.evaluate(configuration).seconds / fp32_seconds)
-        if kind == INTEGER and not evaluator.data.integer_kernels:
-            kind = DECLINED
         rows.append((label, kind, statistics.median(ratios)))
     return evaluator.fp32_seconds, rows
 

@@ -18,18 +18,16 @@ import json
 import os
 import platform
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
-import time
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 import onnx
 import onnxruntime as ort
+from compile import Case, cases, latency_ratio
 from sections import markers, replace_section
 
 import rcompile
@@ -40,45 +38,9 @@ from rcompile.lowering import lower
 from rcompile.sessions import open_session
 from rcompile.verify import verify
 
-ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared"
 BEGIN, END = markers("lowering.py")
 THREADS = 2
 VERIFY_SAMPLES = 32
-
-
-@dataclass(frozen=True)
-class Case:
-    name: str
-    model: Path
-    calib: Path
-    test: Path
-    preprocess: str
-    batch: int
-
-
-def cases(work: Path) -> list[Case]:
-    found = [
-        Case(
-            "LeNet-5",
-            ROOT / "models/lenet5.onnx",
-            ROOT / "models/mnist_calib.npz",
-            ROOT / "models/mnist_test.npz",
-            "raw",
-            256,
-        ),
-    ]
-    images = SHARED / "data" / "imagenet-sample-dev"
-    efficientnet = SHARED / "models" / "efficientnet_lite0.onnx"
-    if efficientnet.is_file() and images.is_dir():
-        files = sorted(images.glob("*.jpg"))
-        calib, test = work / "calib", work / "test"
-        for folder, chosen in ((calib, files[:100]), (test, files[100:])):
-            folder.mkdir()
-            for file in chosen:
-                (folder / file.name).symlink_to(file)
-        found.insert(0, Case("EfficientNet-Lite0", efficientnet, calib, test, "inception", 32))
-    return found
 
 
 def top1(model: onnx.ModelProto, data) -> float:
@@ -87,22 +49,6 @@ def top1(model: onnx.ModelProto, data) -> float:
         int(np.sum(session.run(None, b.inputs)[0].argmax(1) == b.labels)) for b in data.batches(64)
     )
     return hits / data.count
-
-
-def latency_ratio(model: onnx.ModelProto, fp32: onnx.ModelProto, inputs: dict, repeats: int = 15):
-    sessions = [open_session(m, threads=THREADS) for m in (model, fp32)]
-    for session in sessions:
-        for _ in range(3):
-            session.run(None, inputs)
-    ratios = []
-    for _ in range(repeats):
-        times = []
-        for session in sessions:
-            start = time.perf_counter()
-            session.run(None, inputs)
-            times.append(time.perf_counter() - start)
-        ratios.append(times[0] / times[1])
-    return statistics.median(ratios)
 
 
 def deviations(model: onnx.ModelProto, data) -> str:
@@ -143,7 +89,7 @@ def run_case(case: Case, work: Path) -> dict:
     preprocessing = parse_preprocessing(case.preprocess)
     data = open_data(case.test, input_specs(source), preprocessing)
     result = rcompile.compile(case.model, "dfp8", case.calib, preprocessing=preprocessing)
-    inputs = next(iter(data.batches(case.batch))).inputs
+    inputs = next(iter(data.batches(case.timing_batch))).inputs
     rows = {"FP32": {"top1": top1(source, data), "latency": 1.0, "verify": ""}}
     for target in ("sim", "qdq"):
         model = result.model if target == "sim" else lower(source, result.plan, "qdq").model
@@ -151,7 +97,7 @@ def run_case(case: Case, work: Path) -> dict:
         path = write_model(model, work / f"{case.name}_{target}.onnx")
         row = {
             "top1": top1(model, data),
-            "latency": latency_ratio(model, source, inputs),
+            "latency": latency_ratio(path, case.model, inputs, threads=THREADS),
             "verify": deviations(model, data),
         }
         if case.name == "LeNet-5":

@@ -24,6 +24,7 @@ from rcompile.scheme import FITS, FP32, DFPRule, FixedRule, Pow2Rule, Rule, Sche
 
 BIAS_MODES = ("weights", "accumulator")
 OVERFLOWS = ("saturate", "wrap")
+BIAS_CODE_BITS = 24
 ACCUMULATOR_BITS = (8, 64)
 OVERRIDE_KEYS = (
     "weights",
@@ -283,10 +284,12 @@ def _bias(rule, statistics, layer, input_format, weights, options: PlanOptions):
 
 
 def _within_accumulator(input_format, weights: tuple[Format, ...], bias_max: float):
-    """Coarsen the weights of any channel whose product grid is too fine for a 32-bit
-    accumulator to hold the bias (channels of near-zero weights): integer hardware would
-    overflow there. Such weights are all but zero at any resolution."""
-    finest = DFP.for_weights(32, bias_max).fl
+    """Coarsen the weights of any channel whose product grid is too fine for the bias to
+    take at most BIAS_CODE_BITS there (channels of near-zero weights): a 32-bit accumulator
+    keeps 8 bits of headroom for the sum, and float32 (a 24-bit significand) adds such a
+    layer exactly, so a sim model runs it as a plain float convolution. Such weights are all
+    but zero at any resolution."""
+    finest = DFP.for_weights(BIAS_CODE_BITS, bias_max).fl
     grids = accumulator_fls(input_format, weights)
     if grids is None:
         return weights

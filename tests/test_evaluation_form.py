@@ -1,8 +1,9 @@
 """The evaluation form the search scores (`rewrite(..., evaluation=True)` in a session without
-WeightBiasQuantization) computes what the written model computes, on the real LeNet-5 and on
-small EfficientNet-like networks: bit for bit wherever the layers have quantized inputs and
-float32 sums their products exactly, and float arithmetic on the same quantized parameters,
-perhaps summed in another order, where not."""
+WeightBiasQuantization) computes what the written (sim) model computes, on the real LeNet-5
+and on small EfficientNet-like networks: bit for bit wherever the layers have quantized inputs
+and float32 sums their products exactly, and float arithmetic on the same quantized
+parameters, perhaps summed in another order, where not. It fuses nothing into onnxruntime's
+integer kernels, whose results depend on the CPU."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from rcompile.api import collect_statistics, load_source
+from rcompile.lowering import lower
 from rcompile.onnx_ops import DOMAIN, IR_VERSION, OPSET
 from rcompile.passes.calibrate import (
     Statistics,
@@ -63,7 +65,7 @@ def outputs(model: onnx.ModelProto, images: np.ndarray, disabled=()) -> np.ndarr
 def both_forms(lenet, scheme: str, overrides=()):
     source, planner, images = lenet
     plan = planner.plan(parse_scheme(scheme), overrides)
-    written = rewrite(source, plan).model
+    written = lower(source, plan).model
     evaluation = rewrite(source, plan, evaluation=True).model
     return (
         written,
@@ -91,18 +93,19 @@ def test_fp32_weight_layers_get_plain_quantize_linear_input_quantizers(lenet):
 
 def test_layers_with_fp32_inputs_get_float_constant_parameters(lenet):
     written, evaluation, written_out, evaluation_out = both_forms(lenet, "dfp4", FP32_ACTIVATIONS)
-    assert any(n.op_type == "DequantizeLinear" for n in written.graph.node)
+    assert dequantized_codes(written) and not dequantized_codes(evaluation)
     assert not any(n.op_type == "DequantizeLinear" for n in evaluation.graph.node)
     np.testing.assert_allclose(evaluation_out, written_out, rtol=1e-5, atol=1e-5)
     np.testing.assert_array_equal(evaluation_out.argmax(1), written_out.argmax(1))
 
 
 def dequantized_codes(model: onnx.ModelProto) -> set[str]:
-    """The names of the layers whose weights are integer codes behind a DequantizeLinear."""
+    """The names of the layers whose weights are integer codes, behind a DequantizeLinear or
+    (sim) a Cast and a Mul by their step."""
     return {
         n.output[0].removesuffix("_weight")
         for n in model.graph.node
-        if n.op_type == "DequantizeLinear" and n.output[0].endswith("_weight")
+        if n.op_type in ("DequantizeLinear", "Mul") and n.output[0].endswith("_weight")
     }
 
 
@@ -113,17 +116,18 @@ def test_wide_weights_that_float32_sums_exactly_become_float_constants(lenet):
 
 
 def test_wide_weights_whose_sums_could_round_become_float_constants_too(lenet):
-    """16-bit weights times 8-bit inputs over a 5x5x6 window can pass 2**24 steps: the two
-    forms may then round their sums in different places, and agree to float rounding."""
+    """16-bit weights times 8-bit inputs over a 5x5x6 window can pass 2**24 steps: the sim
+    model then sums in float64, the evaluation form in float32, and a rounded sum can move
+    an output by a step: rarely, and never the top class here."""
     written, evaluation, written_out, evaluation_out = both_forms(lenet, "dfp:w16a8")
     assert dequantized_codes(written) and not dequantized_codes(evaluation)
-    np.testing.assert_allclose(evaluation_out, written_out, rtol=1e-4, atol=1e-4)
+    assert np.mean(evaluation_out != written_out) < 0.01
     np.testing.assert_array_equal(evaluation_out.argmax(1), written_out.argmax(1))
 
 
-def test_int8_weights_stay_codes_to_fuse_into_integer_kernels(lenet):
+def test_int8_weights_become_float_constants_fusing_nothing(lenet):
     written, evaluation, _, _ = both_forms(lenet, "dfp8")
-    assert dequantized_codes(evaluation) == dequantized_codes(written) != set()
+    assert dequantized_codes(written) and not dequantized_codes(evaluation)
 
 
 def relu6_network() -> onnx.ModelProto:
@@ -199,7 +203,7 @@ def relu6():
 def relu6_forms(relu6, scheme: str, overrides=()):
     model, planner, x = relu6
     plan = planner.plan(parse_scheme(scheme), overrides)
-    written = rewrite(model, plan).model
+    written = lower(model, plan).model
     evaluation = rewrite(model, plan, evaluation=True).model
     run = ort.InferenceSession(written.SerializeToString(), providers=["CPUExecutionProvider"])
     fast = ort.InferenceSession(
@@ -242,13 +246,14 @@ def overloads(model: onnx.ModelProto) -> list[str]:
     return [n.overload for n in model.graph.node if n.op_type == "QuantizeDFP"]
 
 
-def test_narrow_outputs_clamped_after_keep_no_clip_of_their_own(relu6):
-    """Between the image's quantizer and the unclamped graph output, the two clamped layer
-    outputs and the next layers' input quantizers need no clip to 5 bits."""
-    written, evaluation, _, _ = relu6_forms(relu6, "dfp:w6a5")
-    assert all(o.startswith("uint8_clipped") for o in overloads(written))
-    assert overloads(evaluation)[1:-1] == ["uint8"] * 4
-    assert overloads(evaluation)[-1] == "uint8_clipped_late"
+def test_every_quantizer_of_convolutions_rounds_in_the_blocked_form(relu6):
+    """No layer fuses, so the convolutions' quantizers all round in the blocked form, with no
+    quantizer node left (the sim model has six), and the next layers' inputs, already on
+    their grid, need none at all."""
+    written, evaluation, written_out, evaluation_out = relu6_forms(relu6, "dfp:w6a5")
+    assert set(overloads(written)) == {"float"} and len(overloads(written)) == 6
+    assert overloads(evaluation) == []
+    np.testing.assert_array_equal(evaluation_out, written_out)
 
 
 def test_layers_that_do_not_fuse_skip_input_quantizers_that_change_nothing(relu6):
@@ -350,33 +355,13 @@ def test_blocked_network_evaluation_form_is_bit_for_bit(residual, scheme, overri
     assert kept == {"project_output_quantizer"} - blocked
 
 
-def test_layers_that_could_fuse_run_float_where_others_cannot(residual):
-    """One 8-bit layer among 10-bit ones runs in float, bit for bit what its integer kernels
-    give; when every layer can fuse, they keep their int8 codes."""
+def test_a_mix_of_8_bit_and_wider_layers_fuses_nothing(residual):
     mixed = (Override("depthwise", weights=parse_rule("dfp8")),)
-    written, evaluation, written_out, evaluation_out = relu6_forms(residual, "dfp:w10a6", mixed)
-    assert "depthwise" in dequantized_codes(written)
-    assert not dequantized_codes(evaluation)
-    np.testing.assert_array_equal(evaluation_out, written_out)
-    written, evaluation, written_out, evaluation_out = relu6_forms(residual, "dfp8")
-    assert dequantized_codes(evaluation) == dequantized_codes(written) != set()
-    np.testing.assert_array_equal(evaluation_out, written_out)
-
-
-def test_layers_that_could_fuse_run_float_when_integer_kernels_are_declined(lenet):
-    """Without integer kernels, layers float32 sums exactly (all of LeNet-5 at dfp8) take
-    float constants, bit for bit what the integer kernels give."""
-    source, planner, images = lenet
-    plan = planner.plan(parse_scheme("dfp8"))
-    written = rewrite(source, plan)
-    integer = rewrite(source, plan, evaluation=True)
-    floats = rewrite(source, plan, evaluation=True, integer_kernels=False)
-    assert integer.fused == written.fused == len(plan.layers) and floats.fused == 0
-    assert not dequantized_codes(floats.model)
-    expected = outputs(written.model, images)
-    np.testing.assert_array_equal(
-        outputs(floats.model, images, EVALUATION_DISABLED_OPTIMIZERS), expected
-    )
+    for scheme, overrides in (("dfp:w10a6", mixed), ("dfp8", ())):
+        written, evaluation, written_out, evaluation_out = relu6_forms(residual, scheme, overrides)
+        assert "depthwise" in dequantized_codes(written)
+        assert not dequantized_codes(evaluation)
+        np.testing.assert_array_equal(evaluation_out, written_out)
 
 
 def test_pooled_values_already_on_the_grid_are_not_quantized_again(lenet):
@@ -384,8 +369,8 @@ def test_pooled_values_already_on_the_grid_are_not_quantized_again(lenet):
     layer's output at dfp8) leaves them unchanged, so it reads the pool's output as it is."""
     source, planner, images = lenet
     plan = planner.plan(parse_scheme("dfp8"))
-    written = rewrite(source, plan).model
-    evaluation = rewrite(source, plan, evaluation=True, integer_kernels=False).model
+    written = lower(source, plan).model
+    evaluation = rewrite(source, plan, evaluation=True).model
     pooled = [n.output[0] for n in evaluation.graph.node if n.op_type == "MaxPool"]
     readers = [n for n in evaluation.graph.node if n.input and n.input[0] == pooled[0]]
     assert [n.op_type for n in readers] == ["Conv"]
@@ -400,8 +385,8 @@ def test_clamps_of_values_within_their_bounds_become_identities(lenet):
     change nothing, and the evaluation form leaves them to onnxruntime to drop."""
     source, planner, images = lenet
     plan = planner.plan(parse_scheme("dfp8"))
-    written = rewrite(source, plan).model
-    evaluation = rewrite(source, plan, evaluation=True, integer_kernels=False).model
+    written = lower(source, plan).model
+    evaluation = rewrite(source, plan, evaluation=True).model
     assert sum(n.op_type == "Relu" for n in written.graph.node) == 4
     assert not any(n.op_type == "Relu" for n in evaluation.graph.node)
     np.testing.assert_array_equal(

@@ -3,13 +3,13 @@ decision to worker processes, and scores the same with either kind of kernel."""
 
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from rcompile.api import load_source
+from rcompile.lowering import lower
 from rcompile.passes.rewrite import QuantizedValues, rewrite
 from rcompile.scheme import parse_scheme
 from rcompile.search import prepare_evaluator
@@ -28,23 +28,24 @@ def evaluator(tmp_path_factory):
 
 
 def test_the_evaluator_measures_once_for_its_workers(evaluator):
-    """FP32 outputs and time and the choice of kernels travel to workers in the data."""
-    assert isinstance(evaluator.data.integer_kernels, bool)
+    """FP32 outputs and time travel to workers in the data."""
     assert evaluator.data.fp32_seconds == evaluator.fp32_seconds > 0
     worker = Evaluator(evaluator.data)
-    assert worker.data.integer_kernels == evaluator.data.integer_kernels
     assert worker.fp32_seconds == evaluator.fp32_seconds
     assert worker.reference is evaluator.reference
 
 
 @pytest.mark.parametrize("scheme", ["dfp8", "dfp:w8a6", "dfp:w10a6"])
-def test_integer_and_float_kernels_score_alike(evaluator, scheme):
+def test_a_candidate_scores_as_its_written_sim_model(evaluator, scheme):
+    """The evaluation form fuses nothing into integer kernels (their sums depend on the CPU),
+    so a candidate scores exactly as its written model on LeNet-5."""
     configuration = Configuration(scheme, parse_scheme(scheme))
-    scores = {
-        Evaluator(replace(evaluator.data, integer_kernels=integer)).evaluate(configuration).score
-        for integer in (True, False)
-    }
-    assert len(scores) == 1
+    plan = evaluator.planner.plan(configuration.scheme)
+    written = lower(evaluator.model, plan).model.SerializeToString()
+    expected = Evaluator.outputs_of(written, evaluator.data)
+    assert evaluator.evaluate(configuration).score == evaluator.data.metric(
+        expected, evaluator.data.labels, evaluator.reference
+    )
 
 
 def test_sessions_share_one_memory_arena(evaluator):
@@ -61,10 +62,10 @@ def test_quantized_parameters_are_computed_once_per_layer_rule(evaluator):
     scoring dfp8 again quantizes nothing new, and gives the same model."""
     values = QuantizedValues()
     plan = evaluator.planner.plan(parse_scheme("dfp8"))
-    first = rewrite(evaluator.model, plan, True, True, values).model.SerializeToString()
+    first = rewrite(evaluator.model, plan, True, values).model.SerializeToString()
     entries = len(values)
     again = evaluator.planner.plan(parse_scheme("dfp8"))
-    assert rewrite(evaluator.model, again, True, True, values).model.SerializeToString() == first
+    assert rewrite(evaluator.model, again, True, values).model.SerializeToString() == first
     assert entries == len(values) == 2 * len(plan.layers)
-    rewrite(evaluator.model, evaluator.planner.plan(parse_scheme("dfp:w6a8")), True, True, values)
+    rewrite(evaluator.model, evaluator.planner.plan(parse_scheme("dfp:w6a8")), True, values)
     assert len(values) == 4 * len(plan.layers)

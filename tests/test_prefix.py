@@ -10,10 +10,9 @@ import pytest
 from test_evaluation_form import ROOT, lenet_planner, relu6_planner
 
 import rcompile.search.prefix as prefix_module
-from rcompile.passes.rewrite import EVALUATION_DISABLED_OPTIMIZERS, QuantizedValues, rewrite
+from rcompile.passes.rewrite import EVALUATION_DISABLED_OPTIMIZERS, rewrite
 from rcompile.plan import Override
 from rcompile.scheme import parse_rule, parse_scheme
-from rcompile.search.evaluator import _evaluation_form
 from rcompile.search.prefix import SharedPrefix
 
 FP32 = parse_rule("fp32")
@@ -146,23 +145,3 @@ def test_changed_constants_before_the_cut_run_whole(lenet):
     outputs, used = shared.outputs(changed, batches, session)
     assert not used
     np.testing.assert_array_equal(outputs, whole(changed, batches))
-
-
-def test_a_cut_where_a_clamp_now_clips_codes_matches_running_whole(relu6):
-    """At dfp8 the ReLU6 before the depthwise layer clips 8-bit codes, so the values kept
-    at the cut are codes, declared as such to the part after it."""
-    model, layers, planner, batches = relu6
-    node = layers[1].node
-    candidates = [
-        _evaluation_form(
-            model,
-            planner.plan(parse_scheme("dfp8"), (Override(node, weights=parse_rule(r)),)),
-            True,
-            QuantizedValues(),
-        )
-        for r in ("dfp6", "dfp7")
-    ]
-    shared = SharedPrefix(node)
-    assert reuses(shared, candidates, batches) == [False, True]
-    kept_types = {values.dtype for kept in shared._kept for values in kept.values()}
-    assert kept_types == {np.dtype(np.uint8)}

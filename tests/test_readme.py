@@ -29,6 +29,19 @@ def scratch(tmp_path_factory) -> Path:
     return folder
 
 
+def assert_runs(arguments: list[str], folder: Path) -> None:
+    """`python ARGUMENTS` in `folder` exits 0."""
+    run = subprocess.run(
+        [sys.executable, *arguments],
+        cwd=folder,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert run.returncode == 0, run.stderr
+
+
 def test_the_readme_shows_the_commands_it_documents():
     names = [command[0] for command in commands()]
     assert names[0] == "models/lenet5.onnx" and {"verify", "vectors", "search", "finetune"} <= set(
@@ -56,10 +69,7 @@ PYTHON = re.findall(r"```python\n(.*?)```", README, re.S)
 
 @pytest.mark.parametrize("code", PYTHON, ids=lambda code: code.splitlines()[0])
 def test_each_readme_python_example_runs(code, scratch):
-    run = subprocess.run(
-        [sys.executable, "-c", code], cwd=scratch, capture_output=True, text=True, check=False
-    )
-    assert run.returncode == 0, run.stderr
+    assert_runs(["-c", code], scratch)
 
 
 BIT_TRUE = (ROOT / "docs" / "bit-true.md").read_text()
@@ -82,7 +92,4 @@ def test_each_bit_true_doc_command_runs_after_the_readme(line, scratch):
 
 @pytest.mark.parametrize("code", re.findall(r"```python\n(.*?)```", BIT_TRUE, re.S))
 def test_the_bit_true_doc_python_example_runs(code, scratch):
-    run = subprocess.run(
-        [sys.executable, "-c", code], cwd=scratch, capture_output=True, text=True, check=False
-    )
-    assert run.returncode == 0, run.stderr
+    assert_runs(["-c", code], scratch)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import onnx
 import pytest
@@ -9,6 +11,10 @@ from onnx import TensorProto, helper, numpy_helper
 from test_lowering import assert_bit_true
 
 import rcompile
+from rcompile.api import load_source
+from rcompile.exporter import finish_model
+from rcompile.formats import DFP
+from rcompile.lowering import lower
 from rcompile.onnx_ops import OPSET
 from rcompile.plan import Accumulator, PlanOptions
 from rcompile.reference import Reference
@@ -81,13 +87,33 @@ def test_layers_float32_sums_exactly_stay_float32_convolutions(data):
     assert_bit_true(result.model, data["feeds"])
 
 
-def test_a_bias_float32_cannot_hold_is_added_in_float64_to_float32_products(data):
+def test_the_planner_keeps_biases_within_24_bits_so_layers_stay_float32(data):
+    """A near-zero channel's fine grid would put its bias of 3 past 2**24 steps; the planner
+    coarsens that channel's (all but zero) weights instead."""
     result = rcompile.compile(strided_network(dead_channel=True), "dfp8", data["path"])
-    calls = [node for node in result.model.graph.node if node.op_type.startswith("WideConv_")]
-    assert len(calls) == 1
-    body = next(f for f in result.model.functions if f.name == calls[0].op_type)
-    assert [node.op_type for node in body.node][:2] == ["Conv", "Cast"]
+    assert not any(node.op_type.startswith("Wide") for node in result.model.graph.node)
     assert_bit_true(result.model, data["feeds"])
+
+
+def test_a_bias_float32_cannot_hold_is_added_in_float64_to_float32_products(data):
+    """With the near-zero channel on its own fine grid (pinned, as an override could), the
+    bias takes 3 * 2**25 steps there: the products stay float32, the bias is added in
+    float64."""
+    model = strided_network(dead_channel=True)
+    plan = rcompile.compile(model, "dfp8", data["path"]).plan
+    conv = plan.layers[0]
+    fine = 25 - conv.inputs[0].fl  # product grid 2**-25 for channel 0
+    weights = (DFP(8, fine), *conv.weights[1:])
+    bias = (DFP(32, conv.inputs[0].fl + fine), *conv.bias[1:])
+    plan = replace(plan, layers=(replace(conv, weights=weights, bias=bias), *plan.layers[1:]))
+    lowered = finish_model(
+        lower(load_source(model)[0], plan).model, {"rcompile.plan": plan.as_dict()}
+    )
+    calls = [node for node in lowered.graph.node if node.op_type.startswith("WideConv_")]
+    assert len(calls) == 1
+    body = next(f for f in lowered.functions if f.name == calls[0].op_type)
+    assert [node.op_type for node in body.node][:2] == ["Conv", "Cast"]
+    assert_bit_true(lowered, data["feeds"])
 
 
 @pytest.mark.parametrize("overflow", ["wrap", "saturate"])

@@ -23,7 +23,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto
 
-from rcompile.formats import DFP, Format, Pow2
+from rcompile.formats import DFP, Format
 from rcompile.graph import (
     Constants,
     Names,
@@ -40,11 +40,9 @@ from rcompile.passes.blocked_rounding import BlockedRounding, fits, from_zero
 from rcompile.passes.layers import clamp_bounds
 from rcompile.passes.store_weights import (
     StoredTensor,
-    families,
     float_tensor,
     quantize_values,
     store,
-    weight_steps,
 )
 from rcompile.plan import LayerPlan, Plan, accumulator_fls
 
@@ -103,17 +101,10 @@ class QuantizedValues:
 class _Rewriter:
     """The state of one rewrite: fresh names and the quantizers placed so far."""
 
-    def __init__(
-        self, graph: onnx.GraphProto, evaluation: bool, fusing: bool, values: QuantizedValues
-    ) -> None:
+    def __init__(self, graph: onnx.GraphProto, evaluation: bool, values: QuantizedValues) -> None:
         self.graph = graph
         self.evaluation = evaluation
         self.values = values
-        # Evaluation form: whether layers that float32 sums exactly fuse into integer kernels
-        # (where every layer can, and the caller wants them), else they run in float; and how
-        # many layers fused.
-        self.fusing = fusing
-        self.fused = 0
         self.names = Names(graph)
         self.producers = producers(graph)
         self.constants = Constants(graph)
@@ -133,8 +124,10 @@ class _Rewriter:
         emitted: list[onnx.NodeProto] = []
         layer = onnx.NodeProto()
         layer.CopyFrom(node)
-        # A layer with FP32 weights does not fuse; one without parameters might (QLinearMatMul).
-        bias, fuses = None, plan.layer.weight is None and _inputs_may_fuse(plan)
+        # A layer with FP32 weights does not fuse; one without parameters might (QLinearMatMul),
+        # except in the evaluation form, which leaves onnxruntime no integer kernel.
+        fuses = not self.evaluation and plan.layer.weight is None and _inputs_may_fuse(plan)
+        bias = None
         if plan.weights:
             layer.input[1], bias, fuses = self.parameters(node, plan, emitted)
         channels = self._channels(node, plan) if self.evaluation and not fuses else None
@@ -360,32 +353,24 @@ class _Rewriter:
         int8 codes and its inputs 8-bit DFP.
 
         The evaluation form takes the parameters as float constants, the bias inside the
-        layer, wherever the layer will not fuse: onnxruntime runs its fastest convolutions
-        only on constant weights, and its float kernels add the bias to the finished sum,
-        as the separate Add does. The products and their sum are float32 arithmetic in both
-        forms, bit for bit the same where float32 sums the products exactly (every product on
-        the grid of input times weight steps and every partial sum within 2**24 of them, as
-        with narrow widths); otherwise the two forms may add in different orders. Where some
-        layer of the network cannot fuse, a layer that could takes float constants too when
-        float32 sums it exactly (the same bits as the integer kernels): one integer layer
-        among float ones costs more than it saves."""
+        layer, and fuses nothing (integer kernels' results depend on the CPU): onnxruntime
+        runs its fastest convolutions only on constant weights. The products and their sum
+        are float32 arithmetic, bit for bit the written (sim) model's where float32 sums the
+        products exactly (every partial sum within 2**24 steps of the product grid, as with
+        narrow widths); a sim model sums the other layers in float64, so there the two forms
+        may differ in the last bits."""
         axis = _normalised_axis(plan.layer.weight_axis, self.constants.rank(plan.layer.weight))
         weights = self.values(self.constants, plan.layer.weight, plan.weights, axis)
         weight_name = self.names.fresh(f"{node.name}_weight")
         fuses = False
-        if self.evaluation and not _inputs_may_fuse(plan):
+        if self.evaluation:
             self._emit(float_tensor(weight_name, weights), emitted)
         else:
             stored_weights = store(weight_name, weights, plan.weights, axis)
             int8_codes = stored_weights.initializers[0].data_type == TensorProto.INT8
             fuses = int8_codes and _inputs_may_fuse(plan)
-            if self.evaluation and fuses and not self.fusing:
-                fuses = not _float_sums_exactly(plan, weights, axis)
-            self.fused += fuses
-            if self.evaluation and not fuses:
-                stored_weights = float_tensor(weight_name, weights)
             self._emit(stored_weights, emitted)
-        floats = self.evaluation and not fuses
+        floats = self.evaluation
         if not plan.bias:
             return weight_name, None, fuses
         bias = self.values(self.constants, plan.layer.bias, plan.bias, 0, flat=True)
@@ -412,7 +397,6 @@ def rewrite(
     model: onnx.ModelProto,
     plan: Plan,
     evaluation: bool = False,
-    integer_kernels: bool = True,
     values: QuantizedValues | None = None,
 ) -> Rewritten:
     """Apply `plan` to a copy of `model`.
@@ -422,10 +406,8 @@ def rewrite(
     passes over the data.
     - Layers with FP32 weights get QuantizeLinear/DequantizeLinear input quantizers instead of
       the float-arithmetic ones (six elementwise passes each).
-    - Quantized parameters become float constants, the bias inside the layer, for layers that
-      do not fuse into integer kernels, and, where some layer does not or `integer_kernels`
-      is false, for layers float32 sums exactly (`parameters`): integer kernels are not
-      faster everywhere (they are on EfficientNet-Lite0, not on LeNet-5).
+    - Quantized parameters become float constants, the bias inside the layer: no layer fuses
+      into onnxruntime's integer kernels, whose results depend on the CPU (`parameters`).
     - The DFP quantizers of convolutions that do not fuse round with ops onnxruntime keeps in
       its blocked layout (`blocked_rounding`), taking over a clamp after the layer.
     - A narrow output that a clamp alone reads within its range is not clipped to its width,
@@ -439,11 +421,8 @@ def rewrite(
     """
     result = onnx.ModelProto()
     result.CopyFrom(model)
-    fusing = integer_kernels and all(
-        _fusable(layer_plan) for layer_plan in plan.layers if layer_plan.layer.weight
-    )
     values = values if values is not None else QuantizedValues()
-    rewriter = _Rewriter(result.graph, evaluation, fusing, values)
+    rewriter = _Rewriter(result.graph, evaluation, values)
     by_node = {layer_plan.layer.node: layer_plan for layer_plan in plan.layers}
     nodes: list[onnx.NodeProto] = []
     starts: dict[str, str] = {}
@@ -466,17 +445,15 @@ def rewrite(
     if quantizers:
         result.opset_import.append(onnx.helper.make_opsetid(DOMAIN, DOMAIN_VERSION))
         result.functions.extend(functions_for(quantizers))
-    return Rewritten(result, bool(plan.layers), starts, rewriter.fused)
+    return Rewritten(result, bool(plan.layers), starts)
 
 
 @dataclass(frozen=True)
 class Rewritten(PassResult):
     """`starts`: for each planned layer, the name of the first node emitted for it (its
-    quantizers and parameters come before the layer node itself); `fused`: how many layers
-    have int8 codes behind 8-bit inputs, which onnxruntime fuses into integer kernels."""
+    quantizers and parameters come before the layer node itself)."""
 
     starts: dict[str, str]
-    fused: int = 0
 
 
 def _normalised_axis(axis: int | None, ndim: int) -> int | None:
@@ -525,32 +502,6 @@ def _inputs_may_fuse(plan: LayerPlan) -> bool:
     return all(
         isinstance(fmt, DFP) and fmt.bw <= 8 and fmt.rounding == "even" for fmt in plan.inputs
     )
-
-
-def _fusable(plan: LayerPlan) -> bool:
-    """Whether a layer's formats let onnxruntime fuse it into integer kernels: 8-bit inputs,
-    and weights whose codes are int8 (int4 codes do not fuse)."""
-    weights = all(isinstance(f, (DFP, Pow2)) and 4 < f.bit_width <= 8 for f in plan.weights)
-    return _inputs_may_fuse(plan) and bool(plan.weights) and weights
-
-
-def _float_sums_exactly(plan: LayerPlan, weights: np.ndarray, axis: int | None) -> bool:
-    """Whether float32 sums the products of a layer with a DFP input exactly, in any order:
-    every product and partial sum is a whole number of steps of the product grid, so none
-    rounds while the largest possible sum of an output channel (the largest input code times
-    the channel's absolute weight codes) stays within 2**24 steps. The layer then computes
-    in float what integer kernels compute: the exact sum, plus the bias, rounded once to
-    float32 (onnxruntime's float kernels add the bias to the finished sum, its integer ones
-    convert the integer total to float)."""
-    source = plan.inputs[0] if plan.inputs else None
-    if not isinstance(source, DFP) or not plan.weights or not families(plan.weights) <= {DFP, Pow2}:
-        return False
-    steps_of_weights = weight_steps(plan.weights)
-    by_channel = np.moveaxis(weights, axis, 0) if axis is not None else weights.reshape(1, -1)
-    by_channel = by_channel.reshape(by_channel.shape[0], -1).astype(np.float64)
-    codes = np.abs(by_channel) / steps_of_weights.reshape(-1, 1)
-    input_codes = max(-source.code_min, source.code_max)
-    return bool(np.all(input_codes * codes.sum(axis=1) <= 2**24))
 
 
 def _without_unused(nodes: list[onnx.NodeProto], pads: set[str], graph) -> list[onnx.NodeProto]:

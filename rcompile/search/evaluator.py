@@ -20,7 +20,6 @@ import onnxruntime as ort
 
 from rcompile.onnx_ops.specialise import specialise
 from rcompile.passes.calibrate import Statistics
-from rcompile.passes.integer_clamps import clip_codes
 from rcompile.passes.layers import Layer
 from rcompile.passes.rewrite import (
     EVALUATION_DISABLED_OPTIMIZERS,
@@ -29,7 +28,7 @@ from rcompile.passes.rewrite import (
     rewrite,
 )
 from rcompile.plan import Override, Plan, Planner, PlanOptions
-from rcompile.scheme import Scheme, parse_scheme
+from rcompile.scheme import Scheme
 from rcompile.search.cost import LayerSize, plan_cost
 from rcompile.search.metrics import Metric
 from rcompile.search.prefix import SharedPrefix
@@ -38,9 +37,6 @@ from rcompile.sessions import open_session
 FP32_TIMINGS = 3
 # Choosing between integer and float kernels: the batches run, the runs of each (the first
 # warms up), and the configuration timed.
-TIMED_BATCHES = 2
-KERNEL_TIMINGS = 4
-DFP8 = parse_scheme("dfp8")
 
 
 @dataclass(frozen=True)
@@ -81,21 +77,16 @@ class EvaluationData:
     cost: str
     threads: int = 0
     # What the first Evaluator measures, for the others (worker processes) to reuse: the FP32
-    # outputs and scoring time, and whether the evaluation form fuses layers into
-    # onnxruntime's integer kernels where float gives the same bits (see `rewrite`).
+    # outputs and scoring time.
     reference: np.ndarray | None = None
     fp32_seconds: float | None = None
-    integer_kernels: bool | None = None
 
 
 class Evaluator:
     """Scores configurations; `reference` holds the FP32 outputs, `fp32_seconds` the time
     scoring the FP32 model takes (the yardstick of an evaluation's cost): the median of three
-    scorings, the first of which also warms onnxruntime up. Integer kernels are faster than
-    float ones on some models and slower on others, so unless `data` says which to use, it
-    times uniform dfp8 both ways on the first batches (alternately, the median of the runs
-    after the first) and keeps the faster. What it measures goes into `data`, which worker
-    processes get, so that they measure nothing again."""
+    scorings, the first of which also warms onnxruntime up. What it measures goes into
+    `data`, which worker processes get, so that they measure nothing again."""
 
     def __init__(self, data: EvaluationData) -> None:
         self.model = onnx.load_from_string(data.model)
@@ -112,27 +103,6 @@ class Evaluator:
         self.data = data
         self.reference, self.fp32_seconds = data.reference, data.fp32_seconds
         self.fp32_score = data.metric(self.reference, data.labels, self.reference)
-        if data.integer_kernels is None:
-            self.data = replace(data, integer_kernels=self._integer_kernels_pay())
-
-    def _integer_kernels_pay(self) -> bool:
-        plan = self.planner.plan(DFP8)
-        runs = {}
-        for integer in (True, False):
-            rewritten = _evaluation_form(self.model, plan, integer, self.values)
-            if integer and not rewritten.fused:
-                return True
-            model = rewritten.model.SerializeToString()
-            runs[integer] = _session(model, self.data, EVALUATION_DISABLED_OPTIMIZERS).run
-        batches = self.data.batches[:TIMED_BATCHES]
-        seconds: dict[bool, list[float]] = {True: [], False: []}
-        for _ in range(KERNEL_TIMINGS):
-            for integer, run in runs.items():
-                start = time.perf_counter()
-                for batch in batches:
-                    run(None, batch)
-                seconds[integer].append(time.perf_counter() - start)
-        return median(seconds[True][1:]) <= median(seconds[False][1:])
 
     def share_prefix(self, layer: str | None) -> None:
         """Until told otherwise, the configurations scored differ only from layer `layer` on
@@ -149,8 +119,7 @@ class Evaluator:
     def evaluate(self, configuration: Configuration) -> Evaluation:
         start = time.perf_counter()
         plan = self.planner.plan(configuration.scheme, configuration.overrides)
-        integer = bool(self.data.integer_kernels)
-        rewritten = _evaluation_form(self.model, plan, integer, self.values)
+        rewritten = _evaluation_form(self.model, plan, self.values)
         if self._prefix is not None:
             outputs, _ = self._prefix.outputs(rewritten, list(self.data.batches), self._session)
         else:
@@ -173,15 +142,11 @@ class Evaluator:
         return np.concatenate([session.run(None, batch)[0] for batch in data.batches])
 
 
-def _evaluation_form(
-    model: onnx.ModelProto, plan: Plan, integer_kernels: bool, values: QuantizedValues
-) -> Rewritten:
+def _evaluation_form(model: onnx.ModelProto, plan: Plan, values: QuantizedValues) -> Rewritten:
     """The form the search scores (see `rewrite`), its quantizers' bodies folded in
-    (`specialise`): onnxruntime builds each candidate's session faster; clamps between
-    integer layers then clip the codes (`clip_codes`)."""
-    rewritten = rewrite(model, plan, True, integer_kernels, values)
+    (`specialise`): onnxruntime builds each candidate's session faster."""
+    rewritten = rewrite(model, plan, True, values)
     specialise(rewritten.model)
-    clip_codes(rewritten.model)
     return rewritten
 
 
