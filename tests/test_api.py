@@ -152,4 +152,4 @@ def test_efficientnet_dfp8_qdq_fuses_into_at_least_45_integer_convolutions(effic
 def test_efficientnet_dfp8_sim_leaves_onnxruntime_no_integer_kernel(efficientnet):
     ops = optimized_ops(efficientnet["result"].model, efficientnet["root"])
     integer = {op for op in ops if op.startswith("QLinear") or op.endswith("Integer")}
-    assert ops["Conv"] == 49 and not integer, f"optimized graph ops: {dict(ops)}"
+    assert ops["Conv"] >= 49 and not integer, f"optimized graph ops: {dict(ops)}"

@@ -97,6 +97,20 @@ def clip(node, inputs, attrs):
     ]
 
 
+def batch_normalization(node, inputs, attrs):
+    """Inference mode: (x - mean) * scale / sqrt(var + epsilon) + bias, per channel (axis 1).
+    A sim model rounds with it (scale 1, variance 1, epsilon 0: an exact addition)."""
+    x, scale, bias, mean, var = inputs
+    shape = [1, -1] + [1] * (x.dim() - 2)
+    factor = (scale / torch.sqrt(var + attrs.get("epsilon", 1e-5))).reshape(shape)
+    return [(x - mean.reshape(shape)) * factor + bias.reshape(shape)]
+
+
+def hard_sigmoid(node, inputs, attrs):
+    alpha, beta = attrs.get("alpha", 0.2), attrs.get("beta", 0.5)
+    return [torch.clamp(inputs[0] * alpha + beta, 0.0, 1.0)]
+
+
 def reshape(node, inputs, attrs):
     x, shape = inputs
     dims = _ints(shape)
@@ -199,6 +213,8 @@ HANDLERS = {
     "Sigmoid": lambda n, i, a: [torch.sigmoid(i[0])],
     "Tanh": lambda n, i, a: [torch.tanh(i[0])],
     "Clip": clip,
+    "BatchNormalization": batch_normalization,
+    "HardSigmoid": hard_sigmoid,
     "MaxPool": pool,
     "AveragePool": pool,
     "GlobalAveragePool": lambda n, i, a: [i[0].mean(dim=tuple(range(2, i[0].dim())), keepdim=True)],

@@ -26,7 +26,7 @@ def lower(model: onnx.ModelProto, plan: Plan, target: str = "sim") -> PassResult
     """`model` with `plan` applied, in the form of `target`."""
     if target not in TARGETS:
         raise ValueError(f"target must be one of {TARGETS}, got {target!r}")
-    result = rewrite(model, plan)
+    result = rewrite(model, plan, elide=target == "sim")
     if target == "qdq":
         return PassResult(inline_quantizers(result.model).model, result.modified)
     lowered = dequantize_by_arithmetic(arithmetic_quantizers(result.model).model).model

@@ -1,4 +1,6 @@
-"""Evaluation form only: DFP rounding with ops that onnxruntime runs in its blocked layout.
+"""DFP rounding with ops that onnxruntime runs in its blocked layout (sim models and the
+search's evaluation form). Each is exact float32 arithmetic on every backend: additions of
+exact values, and a product by a power of two (with or without a fused multiply-add).
 
 onnxruntime's CPU provider runs convolutions in a blocked channel layout (NCHWc) and reorders
 a tensor back to the plain layout before every op it cannot run blocked: QuantizeLinear,

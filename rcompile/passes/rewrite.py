@@ -10,8 +10,10 @@ An input that a zero-padding Pad produces is quantized before the Pad instead, a
 after: the same values (quantizing +0 gives +0), but the Pad then feeds the layer directly,
 so onnxruntime folds it into the convolution, as hardware does, rather than running it alone.
 
-The search scores hundreds of configurations, so it asks for an evaluation form (see
-`rewrite`), which sessions that disable onnxruntime's WeightBiasQuantization run faster.
+A sim model (`elide`) leaves out what changes no value and rounds convolutions' DFP
+quantizers in onnxruntime's blocked layout (`blocked_rounding`), fusing nothing. The search
+scores hundreds of configurations, so it asks for an evaluation form (see `rewrite`) on top
+of that, which sessions that disable onnxruntime's WeightBiasQuantization run faster.
 """
 
 from __future__ import annotations
@@ -101,9 +103,13 @@ class QuantizedValues:
 class _Rewriter:
     """The state of one rewrite: fresh names and the quantizers placed so far."""
 
-    def __init__(self, graph: onnx.GraphProto, evaluation: bool, values: QuantizedValues) -> None:
+    def __init__(
+        self, graph: onnx.GraphProto, evaluation: bool, elide: bool, values: QuantizedValues
+    ) -> None:
         self.graph = graph
         self.evaluation = evaluation
+        # Leave out input quantizers that change nothing (for layers that do not fuse).
+        self.elide = elide
         self.values = values
         self.names = Names(graph)
         self.producers = producers(graph)
@@ -126,11 +132,11 @@ class _Rewriter:
         layer.CopyFrom(node)
         # A layer with FP32 weights does not fuse; one without parameters might (QLinearMatMul),
         # except in the evaluation form, which leaves onnxruntime no integer kernel.
-        fuses = not self.evaluation and plan.layer.weight is None and _inputs_may_fuse(plan)
+        fuses = not self.elide and plan.layer.weight is None and _inputs_may_fuse(plan)
         bias = None
         if plan.weights:
             layer.input[1], bias, fuses = self.parameters(node, plan, emitted)
-        channels = self._channels(node, plan) if self.evaluation and not fuses else None
+        channels = self._channels(node, plan) if self.elide and not fuses else None
         # onnxruntime's WeightBiasQuantization would quantize the FP32 weights of a layer fed
         # by a DequantizeLinear to int8, so such a layer gets arithmetic input quantizers.
         arithmetic = bool(plan.layer.weight) and not plan.weights and not self.evaluation
@@ -297,7 +303,7 @@ class _Rewriter:
         range keeps only what onnxruntime needs to fuse a layer (a bare QuantizeLinear and
         DequantizeLinear pair), and nothing for a layer that will not fuse (`fuses`); other
         sources of a convolution (`channels` known) that will not fuse get the blocked form."""
-        blocked = self.evaluation and not fuses and channels is not None and fits(fmt)
+        blocked = self.elide and not fuses and channels is not None and fits(fmt)
         kind = "arithmetic" if arithmetic else "blocked" if blocked else "default"
         key = (source, fmt, kind)
         pad = self.producers.get(source)
@@ -314,7 +320,7 @@ class _Rewriter:
         if key in self.quantized:
             return self.quantized[key]
         form = "arithmetic" if arithmetic else "default"
-        if self.evaluation and _unchanged_by(fmt, self.on_grid.get(source)):
+        if self.elide and _unchanged_by(fmt, self.on_grid.get(source)):
             if not fuses:
                 return source
             form = "unclipped"
@@ -368,7 +374,7 @@ class _Rewriter:
         else:
             stored_weights = store(weight_name, weights, plan.weights, axis)
             int8_codes = stored_weights.initializers[0].data_type == TensorProto.INT8
-            fuses = int8_codes and _inputs_may_fuse(plan)
+            fuses = int8_codes and _inputs_may_fuse(plan) and not self.elide
             self._emit(stored_weights, emitted)
         floats = self.evaluation
         if not plan.bias:
@@ -398,8 +404,16 @@ def rewrite(
     plan: Plan,
     evaluation: bool = False,
     values: QuantizedValues | None = None,
+    elide: bool = False,
 ) -> Rewritten:
     """Apply `plan` to a copy of `model`.
+
+    With `elide` (the sim target; the evaluation form implies it), no layer fuses into
+    integer kernels, and what changes no value is left out: an input quantizer of values
+    already on its format's grid and within its range (a layer's quantized output read
+    through a ReLU6, MaxPool or Reshape, say), and a Relu or constant Clip of values within
+    its bounds, which becomes an Identity. The DFP quantizers of convolutions round in the
+    blocked form (`blocked_rounding`), taking over a clamp after the layer.
 
     With `evaluation`, the form the search scores, for a session that disables
     WeightBiasQuantization (`EVALUATION_DISABLED_OPTIMIZERS`): the same values with fewer
@@ -408,8 +422,6 @@ def rewrite(
       the float-arithmetic ones (six elementwise passes each).
     - Quantized parameters become float constants, the bias inside the layer: no layer fuses
       into onnxruntime's integer kernels, whose results depend on the CPU (`parameters`).
-    - The DFP quantizers of convolutions that do not fuse round with ops onnxruntime keeps in
-      its blocked layout (`blocked_rounding`), taking over a clamp after the layer.
     - A narrow output that a clamp alone reads within its range is not clipped to its width,
       and an input already on its format's grid is not quantized again beyond what fusion
       needs (`quantizer`); a clamp of values within its bounds becomes an Identity.
@@ -422,7 +434,8 @@ def rewrite(
     result = onnx.ModelProto()
     result.CopyFrom(model)
     values = values if values is not None else QuantizedValues()
-    rewriter = _Rewriter(result.graph, evaluation, values)
+    elide = elide or evaluation
+    rewriter = _Rewriter(result.graph, evaluation, elide, values)
     by_node = {layer_plan.layer.node: layer_plan for layer_plan in plan.layers}
     nodes: list[onnx.NodeProto] = []
     starts: dict[str, str] = {}
@@ -430,13 +443,13 @@ def rewrite(
         if node.name in rewriter.absorbed:
             continue
         layer_plan = by_node.get(node.name)
-        if evaluation and not layer_plan and rewriter.clamps_nothing(node):
+        if elide and not layer_plan and rewriter.clamps_nothing(node):
             node = onnx.helper.make_node("Identity", node.input[:1], node.output, name=node.name)
         emitted = rewriter.layer(node, layer_plan) if layer_plan else [node]
         if layer_plan:
             starts[node.name] = emitted[0].name
         nodes.extend(emitted)
-        if evaluation and not layer_plan:
+        if elide and not layer_plan:
             rewriter.note_grid(node)
     del result.graph.node[:]
     result.graph.node.extend(_without_unused(nodes, rewriter.moved_pads, result.graph))
