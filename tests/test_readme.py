@@ -53,15 +53,7 @@ def test_the_readme_shows_the_commands_it_documents():
 def test_each_readme_command_runs(index, scratch):
     if commands()[index][0] == "finetune":
         pytest.importorskip("torch", reason="the finetune command needs the finetune extra")
-    run = subprocess.run(
-        [sys.executable, "-m", "rcompile", *commands()[index]],
-        cwd=scratch,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
-    assert run.returncode == 0, run.stderr
+    assert_runs(["-m", "rcompile", *commands()[index]], scratch)
 
 
 PYTHON = re.findall(r"```python\n(.*?)```", README, re.S)
@@ -79,15 +71,7 @@ BIT_TRUE = (ROOT / "docs" / "bit-true.md").read_text()
     "line", re.findall(r"^rcompile (.+)$", BIT_TRUE, re.M), ids=lambda line: line[:20]
 )
 def test_each_bit_true_doc_command_runs_after_the_readme(line, scratch):
-    run = subprocess.run(
-        [sys.executable, "-m", "rcompile", *shlex.split(line)],
-        cwd=scratch,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
-    assert run.returncode == 0, run.stderr
+    assert_runs(["-m", "rcompile", *shlex.split(line)], scratch)
 
 
 @pytest.mark.parametrize("code", re.findall(r"```python\n(.*?)```", BIT_TRUE, re.S))
