@@ -119,3 +119,14 @@ def remove_unread(graph: onnx.GraphProto) -> None:
         graph.node.extend(live)
     read = {name for node in graph.node for name in values_read(node)} | output_names(graph)
     remove_initializers(graph, {t.name for t in graph.initializer if t.name not in read})
+
+
+def per_axis(node: onnx.NodeProto, values: np.ndarray, ndim: int) -> np.ndarray:
+    """A DequantizeLinear's scale or zero point (`values`) shaped to broadcast against its
+    codes of rank `ndim`: as it is when it is one value, else along the node's axis."""
+    if values.size <= 1:
+        return values.reshape(())
+    axis = next((a.i for a in node.attribute if a.name == "axis"), 1) % ndim
+    shape = [1] * ndim
+    shape[axis] = values.size
+    return values.reshape(shape)

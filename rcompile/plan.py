@@ -149,6 +149,15 @@ class Plan:
         }
 
 
+PLAN_KEY = "rcompile.plan"
+
+
+def recorded_plan(model) -> dict | None:
+    """The plan (`Plan.as_dict`) that a model rcompile wrote carries in its metadata."""
+    entry = next((p.value for p in model.metadata_props if p.key == PLAN_KEY), None)
+    return None if entry is None else json.loads(entry)
+
+
 def _name(fmt: Format | None) -> str:
     return fmt.name if fmt is not None else "fp32"
 

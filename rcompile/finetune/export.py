@@ -9,7 +9,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from rcompile.graph import producers
+from rcompile.graph import per_axis, producers
 
 # Integer code types from narrowest to widest, for codes that outgrow their old type.
 WIDER = (TensorProto.INT4, TensorProto.INT8, TensorProto.INT16, TensorProto.INT32)
@@ -34,9 +34,8 @@ def write_weights(model: onnx.ModelProto, values: dict[str, np.ndarray]) -> onnx
             _replace(initializers[name], numpy_helper.from_array(value.astype(np.float32), name))
         elif node.op_type == "DequantizeLinear":
             codes, scale, zero = node.input[:3]
-            axis = next((a.i for a in node.attribute if a.name == "axis"), 1)
-            steps = _per_axis(initializers[scale], value.ndim, axis)
-            _store_codes(codes, steps, value, initializers)
+            steps = numpy_helper.to_array(initializers[scale]).astype(np.float64)
+            _store_codes(codes, per_axis(node, steps, value.ndim), value, initializers)
             _retype(initializers[zero], initializers[codes].data_type)
         elif node.op_type == "Mul" and made_by.get(node.input[0], node).op_type == "Cast":
             codes = made_by[node.input[0]].input[0]
@@ -50,16 +49,6 @@ def write_weights(model: onnx.ModelProto, values: dict[str, np.ndarray]) -> onnx
         else:
             raise ValueError(f"cannot store fine-tuned '{name}' made by {node.op_type}")
     return result
-
-
-def _per_axis(scale: onnx.TensorProto, ndim: int, axis: int) -> np.ndarray:
-    """A DequantizeLinear's scale shaped to broadcast against its output."""
-    values = numpy_helper.to_array(scale).astype(np.float64)
-    if not values.ndim:
-        return values
-    shape = [1] * ndim
-    shape[axis % ndim] = values.size
-    return values.reshape(shape)
 
 
 def _store_codes(codes_name: str, scale: np.ndarray, value: np.ndarray, initializers) -> None:

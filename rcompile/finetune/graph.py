@@ -10,7 +10,6 @@ gradient), and the quantizer nodes quantize the activations exactly as onnxrunti
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 
 import numpy as np
@@ -24,6 +23,7 @@ from rcompile.finetune.quantizers import fake_quantize, per_channel
 from rcompile.formats import Format, parse_format
 from rcompile.lowering.wide_layers import wide_op
 from rcompile.onnx_ops import DOMAIN, format_of
+from rcompile.plan import recorded_plan
 
 
 class NotAQuantizedModel(UserError):
@@ -40,10 +40,12 @@ class Shadow:
 
 
 def read_plan(model: onnx.ModelProto) -> dict:
-    for entry in model.metadata_props:
-        if entry.key == "rcompile.plan":
-            return json.loads(entry.value)
-    raise NotAQuantizedModel("the model carries no rcompile plan; compile it with rcompile first")
+    plan = recorded_plan(model)
+    if plan is None:
+        raise NotAQuantizedModel(
+            "the model carries no rcompile plan; compile it with rcompile first"
+        )
+    return plan
 
 
 def _axis(node: onnx.NodeProto) -> int:

@@ -10,7 +10,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from rcompile.graph import initializers, remove_initializers
+from rcompile.graph import initializers, per_axis, remove_initializers
 from rcompile.onnx_ops import DOMAIN, dfp, format_of, functions_for
 from rcompile.onnx_ops.dfp import NAME as DFP_NAME
 from rcompile.passes import PassResult
@@ -68,15 +68,10 @@ def _int4(node: onnx.NodeProto, graph: onnx.GraphProto) -> bool:
 
 def _cast_and_scale(node, constants, graph) -> list[onnx.NodeProto]:
     codes = constants[node.input[0]]
-    scale = constants[node.input[1]].astype(np.float32)
+    scale = per_axis(node, constants[node.input[1]].astype(np.float32), codes.ndim)
     zero = constants[node.input[2]] if len(node.input) > 2 and node.input[2] else None
     if zero is not None and np.any(zero.astype(np.int64) != 0):
         raise ValueError(f"{node.name}: stored parameters have a nonzero zero point")
-    if scale.size > 1:
-        axis = next((a.i for a in node.attribute if a.name == "axis"), 1) % codes.ndim
-        shape = [1] * codes.ndim
-        shape[axis] = scale.size
-        scale = scale.reshape(shape)
     scale_name = f"{node.output[0]}_step"
     graph.initializer.append(numpy_helper.from_array(scale, scale_name))
     floats = f"{node.output[0]}_floats"

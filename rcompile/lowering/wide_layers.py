@@ -24,7 +24,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from rcompile.formats import DFP, Format, MiniFloat
 from rcompile.formats.codes import largest_code, step_exponents
-from rcompile.graph import consumers, initializers, producers, remove_unread
+from rcompile.graph import consumers, initializers, per_axis, producers, remove_unread
 from rcompile.onnx_ops import DOMAIN, OPSET
 from rcompile.onnx_ops.builder import FunctionBody
 from rcompile.passes import PassResult
@@ -164,14 +164,9 @@ def _parameter_values(graph: onnx.GraphProto) -> dict[str, np.ndarray]:
 
 def _dequantized(node: onnx.NodeProto, constants: dict) -> np.ndarray:
     codes = constants[node.input[0]].astype(np.float64)
-    scale = constants[node.input[1]].astype(np.float64)
-    zero = constants[node.input[2]].astype(np.float64) if len(node.input) > 2 else 0.0
-    if scale.size > 1:
-        axis = next((a.i for a in node.attribute if a.name == "axis"), 1) % codes.ndim
-        shape = [1] * codes.ndim
-        shape[axis] = scale.size
-        scale, zero = scale.reshape(shape), np.reshape(zero, shape) if np.size(zero) > 1 else zero
-    return (codes - zero) * scale
+    scale = per_axis(node, constants[node.input[1]].astype(np.float64), codes.ndim)
+    zero = constants[node.input[2]] if len(node.input) > 2 and node.input[2] else np.zeros(1)
+    return (codes - per_axis(node, zero.astype(np.float64), codes.ndim)) * scale
 
 
 def _in_float64(graph: onnx.GraphProto, name: str) -> tuple[str, list[onnx.NodeProto]]:

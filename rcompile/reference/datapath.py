@@ -5,7 +5,6 @@ either target; the ops outside the layer model run in float32 as ONNX defines th
 
 from __future__ import annotations
 
-import json
 from functools import cache
 
 import numpy as np
@@ -16,11 +15,9 @@ from rcompile.errors import UserError
 from rcompile.formats import parse_format
 from rcompile.graph import consumers
 from rcompile.onnx_ops import DOMAIN
-from rcompile.plan import Accumulator
+from rcompile.plan import Accumulator, recorded_plan
 from rcompile.reference.layer import LayerCodes, LayerSpec
 from rcompile.reference.ops import QUANTIZERS, REFERENCE_DOMAIN, integer_layer_kernel
-
-PLAN_KEY = "rcompile.plan"
 
 
 class ReferenceError(UserError):
@@ -36,7 +33,6 @@ class Reference:
         self.codes: dict[str, LayerCodes] = {}
         kernels = [*QUANTIZERS, integer_layer_kernel(self.specs, self.codes)]
         self._evaluator = ReferenceEvaluator(prepared, new_ops=kernels)
-        self.output_names = [value.name for value in model.graph.output]
 
     def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         """The model's outputs for `feeds`, in the order of its graph outputs."""
@@ -45,10 +41,10 @@ class Reference:
 
 def plan_layers(model: onnx.ModelProto) -> list[dict]:
     """The plan's layers as the model's metadata records them."""
-    entry = next((p.value for p in model.metadata_props if p.key == PLAN_KEY), None)
-    if entry is None:
+    plan = recorded_plan(model)
+    if plan is None:
         raise ReferenceError("the model has no rcompile plan (rcompile.plan metadata)")
-    return json.loads(entry)["layers"]
+    return plan["layers"]
 
 
 def _prepared(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, LayerSpec]]:
