@@ -11,8 +11,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 from rcompile.formats import DFP
 from rcompile.graph import Names
+from rcompile.lowering.blocked_rounding import BlockedRounding, fits, from_zero
 from rcompile.onnx_ops import IR_VERSION, OPSET
-from rcompile.passes.blocked_rounding import BlockedRounding, fits, from_zero
 
 FORMATS = [DFP(8, 4), DFP(8, 3, False), DFP(4, 0), DFP(16, 12), DFP(6, -3, False), DFP(2, 1)]
 

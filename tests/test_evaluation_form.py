@@ -1,5 +1,6 @@
-"""The evaluation form the search scores (`rewrite(..., evaluation=True)` in a session without
-WeightBiasQuantization) computes what the written (sim) model computes, on the real LeNet-5
+"""The evaluation form the search scores (`rcompile.search.evaluation_form` in a session
+without WeightBiasQuantization) computes what the reference datapath and the written (sim)
+model compute, on the real LeNet-5
 and on small EfficientNet-like networks: bit for bit wherever the layers have quantized inputs
 and float32 sums their products exactly, and float arithmetic on the same quantized
 parameters, perhaps summed in another order, where not. It fuses nothing into onnxruntime's
@@ -16,7 +17,9 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from rcompile.api import collect_statistics, load_source
+from rcompile.exporter import finish_model
 from rcompile.lowering import lower
+from rcompile.lowering.rewrite import rewrite
 from rcompile.onnx_ops import DOMAIN, IR_VERSION, OPSET
 from rcompile.passes.calibrate import (
     Statistics,
@@ -25,9 +28,10 @@ from rcompile.passes.calibrate import (
     weight_ranges,
 )
 from rcompile.passes.layers import find_layers
-from rcompile.passes.rewrite import EVALUATION_DISABLED_OPTIMIZERS, rewrite
 from rcompile.plan import Override, Planner
+from rcompile.reference import Reference
 from rcompile.scheme import parse_rule, parse_scheme
+from rcompile.search.evaluation_form import DISABLED_OPTIMIZERS, EVALUATION
 
 ROOT = Path(__file__).resolve().parents[1] / "models"
 FP32_WEIGHTS = (Override("*", weights=parse_rule("fp32")),)
@@ -62,16 +66,21 @@ def outputs(model: onnx.ModelProto, images: np.ndarray, disabled=()) -> np.ndarr
     return session.run(None, {"input": images})[0]
 
 
+def with_plan(model: onnx.ModelProto, plan) -> onnx.ModelProto:
+    """The lowered model with the plan recorded, as rcompile writes it (for the reference)."""
+    return finish_model(model, {"rcompile.plan": plan.as_dict()})
+
+
 def both_forms(lenet, scheme: str, overrides=()):
     source, planner, images = lenet
     plan = planner.plan(parse_scheme(scheme), overrides)
-    written = lower(source, plan).model
-    evaluation = rewrite(source, plan, evaluation=True).model
+    written = with_plan(lower(source, plan).model, plan)
+    evaluation = rewrite(source, plan, EVALUATION).model
     return (
         written,
         evaluation,
         outputs(written, images),
-        outputs(evaluation, images, EVALUATION_DISABLED_OPTIMIZERS),
+        outputs(evaluation, images, DISABLED_OPTIMIZERS),
     )
 
 
@@ -80,8 +89,9 @@ def both_forms(lenet, scheme: str, overrides=()):
     [("dfp8", ()), ("dfp4", ()), ("dfp:w10a6", ()), ("dfp:w6a12", ()), ("dfp8", FP32_WEIGHTS)],
     ids=["dfp8", "dfp4", "w10a6", "w6a12", "fp32-weights"],
 )
-def test_evaluation_form_scores_the_written_model_bit_for_bit(lenet, scheme, overrides):
-    _, _, written, evaluation = both_forms(lenet, scheme, overrides)
+def test_evaluation_form_scores_the_reference_bit_for_bit(lenet, scheme, overrides):
+    model, _, written, evaluation = both_forms(lenet, scheme, overrides)
+    np.testing.assert_array_equal(evaluation, Reference(model).run({"input": lenet[2]})[0])
     np.testing.assert_array_equal(evaluation, written)
 
 
@@ -203,13 +213,13 @@ def relu6():
 def relu6_forms(relu6, scheme: str, overrides=()):
     model, planner, x = relu6
     plan = planner.plan(parse_scheme(scheme), overrides)
-    written = lower(model, plan).model
-    evaluation = rewrite(model, plan, evaluation=True).model
+    written = with_plan(lower(model, plan).model, plan)
+    evaluation = rewrite(model, plan, EVALUATION).model
     run = ort.InferenceSession(written.SerializeToString(), providers=["CPUExecutionProvider"])
     fast = ort.InferenceSession(
         evaluation.SerializeToString(),
         providers=["CPUExecutionProvider"],
-        disabled_optimizers=list(EVALUATION_DISABLED_OPTIMIZERS),
+        disabled_optimizers=list(DISABLED_OPTIMIZERS),
     )
     return written, evaluation, run.run(None, {"x": x})[0], fast.run(None, {"x": x})[0]
 
@@ -238,7 +248,8 @@ SHORT_RANGE = (Override("conv1", output=parse_rule("udfp5f3")),)
     ids=["dfp8", "w6a5", "w12a6", "w10a8", "narrower", "narrower-wide", "short", "short-wide"],
 )
 def test_clamped_network_evaluation_form_is_bit_for_bit(relu6, scheme, overrides):
-    _, _, written, evaluation = relu6_forms(relu6, scheme, overrides)
+    model, _, written, evaluation = relu6_forms(relu6, scheme, overrides)
+    np.testing.assert_array_equal(evaluation, Reference(model).run({"x": relu6[2]})[0])
     np.testing.assert_array_equal(evaluation, written)
 
 
@@ -375,7 +386,7 @@ def test_pooled_values_already_on_the_grid_are_not_quantized_again(lenet):
     source, planner, images = lenet
     plan = planner.plan(parse_scheme("dfp8"))
     written = lower(source, plan).model
-    evaluation = rewrite(source, plan, evaluation=True).model
+    evaluation = rewrite(source, plan, EVALUATION).model
     pooled = [n.output[0] for n in evaluation.graph.node if n.op_type == "MaxPool"]
     readers = [n for n in evaluation.graph.node if n.input and n.input[0] == pooled[0]]
     assert [n.op_type for n in readers] == ["Conv"]
@@ -383,7 +394,7 @@ def test_pooled_values_already_on_the_grid_are_not_quantized_again(lenet):
     assert any(n.input[0] == pooled[0] for n in canonical.graph.node if n.domain == DOMAIN)
     assert not any(n.input[0] == pooled[0] for n in written.graph.node if n.domain == DOMAIN)
     np.testing.assert_array_equal(
-        outputs(evaluation, images, EVALUATION_DISABLED_OPTIMIZERS), outputs(written, images)
+        outputs(evaluation, images, DISABLED_OPTIMIZERS), outputs(written, images)
     )
 
 
@@ -394,10 +405,10 @@ def test_clamps_of_values_within_their_bounds_become_identities(lenet):
     source, planner, images = lenet
     plan = planner.plan(parse_scheme("dfp8"))
     written = lower(source, plan).model
-    evaluation = rewrite(source, plan, evaluation=True).model
+    evaluation = rewrite(source, plan, EVALUATION).model
     assert sum(n.op_type == "Relu" for n in rewrite(source, plan).model.graph.node) == 4
     assert not any(n.op_type == "Relu" for n in evaluation.graph.node)
     assert not any(n.op_type == "Relu" for n in written.graph.node)
     np.testing.assert_array_equal(
-        outputs(evaluation, images, EVALUATION_DISABLED_OPTIMIZERS), outputs(written, images)
+        outputs(evaluation, images, DISABLED_OPTIMIZERS), outputs(written, images)
     )

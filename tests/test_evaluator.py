@@ -10,9 +10,10 @@ import pytest
 
 from rcompile.api import load_source
 from rcompile.lowering import lower
-from rcompile.passes.rewrite import QuantizedValues, rewrite
+from rcompile.lowering.values import QuantizedValues
 from rcompile.scheme import parse_scheme
 from rcompile.search import prepare_evaluator
+from rcompile.search.evaluation_form import evaluation_form
 from rcompile.search.evaluator import Configuration, Evaluator, _session
 
 ROOT = Path(__file__).resolve().parents[1] / "models"
@@ -62,10 +63,10 @@ def test_quantized_parameters_are_computed_once_per_layer_rule(evaluator):
     scoring dfp8 again quantizes nothing new, and gives the same model."""
     values = QuantizedValues()
     plan = evaluator.planner.plan(parse_scheme("dfp8"))
-    first = rewrite(evaluator.model, plan, True, values).model.SerializeToString()
+    first = evaluation_form(evaluator.model, plan, values).model.SerializeToString()
     entries = len(values)
     again = evaluator.planner.plan(parse_scheme("dfp8"))
-    assert rewrite(evaluator.model, again, True, values).model.SerializeToString() == first
+    assert evaluation_form(evaluator.model, again, values).model.SerializeToString() == first
     assert entries == len(values) == 2 * len(plan.layers)
-    rewrite(evaluator.model, evaluator.planner.plan(parse_scheme("dfp:w6a8")), True, values)
+    evaluation_form(evaluator.model, evaluator.planner.plan(parse_scheme("dfp:w6a8")), values)
     assert len(values) == 4 * len(plan.layers)

@@ -10,9 +10,10 @@ import pytest
 from test_evaluation_form import ROOT, lenet_planner, relu6_planner
 
 import rcompile.search.prefix as prefix_module
-from rcompile.passes.rewrite import EVALUATION_DISABLED_OPTIMIZERS, rewrite
+from rcompile.lowering.rewrite import rewrite
 from rcompile.plan import Override
 from rcompile.scheme import parse_rule, parse_scheme
+from rcompile.search.evaluation_form import DISABLED_OPTIMIZERS, EVALUATION
 from rcompile.search.prefix import SharedPrefix
 
 FP32 = parse_rule("fp32")
@@ -22,7 +23,7 @@ def session(model: bytes):
     return ort.InferenceSession(
         model,
         providers=["CPUExecutionProvider"],
-        disabled_optimizers=list(EVALUATION_DISABLED_OPTIMIZERS),
+        disabled_optimizers=list(DISABLED_OPTIMIZERS),
     ).run
 
 
@@ -54,7 +55,7 @@ def trials(network, scheme: str, layer_index: int, rules: list[str], fixed=()):
         rewrite(
             model,
             planner.plan(parse_scheme(scheme), (*fixed, Override(node, weights=parse_rule(r)))),
-            evaluation=True,
+            EVALUATION,
         )
         for r in rules
     ]

@@ -15,6 +15,7 @@ from onnx import TensorProto, helper, numpy_helper
 import rcompile
 from rcompile.formats import DFP
 from rcompile.graph import producers
+from rcompile.lowering.rewrite import rewrite
 from rcompile.onnx_ops import DOMAIN, IR_VERSION, OPSET
 from rcompile.passes.calibrate import (
     Statistics,
@@ -23,7 +24,6 @@ from rcompile.passes.calibrate import (
     weight_ranges,
 )
 from rcompile.passes.layers import find_layers
-from rcompile.passes.rewrite import rewrite
 from rcompile.passes.store_weights import quantize_values
 from rcompile.plan import Override, Plan, PlanOptions, make_plan
 from rcompile.scheme import FixedRule, parse_rule, parse_scheme

@@ -13,10 +13,10 @@ from __future__ import annotations
 import onnx
 
 from rcompile.lowering.qdq import inline_quantizers
+from rcompile.lowering.rewrite import QDQ, SIM, rewrite
 from rcompile.lowering.sim import arithmetic_quantizers, dequantize_by_arithmetic
 from rcompile.lowering.wide_layers import wide_layers
 from rcompile.passes import PassResult
-from rcompile.passes.rewrite import rewrite
 from rcompile.plan import Plan
 
 TARGETS = ("sim", "qdq")
@@ -26,7 +26,7 @@ def lower(model: onnx.ModelProto, plan: Plan, target: str = "sim") -> PassResult
     """`model` with `plan` applied, in the form of `target`."""
     if target not in TARGETS:
         raise ValueError(f"target must be one of {TARGETS}, got {target!r}")
-    result = rewrite(model, plan, elide=target == "sim")
+    result = rewrite(model, plan, SIM if target == "sim" else QDQ)
     if target == "qdq":
         return PassResult(inline_quantizers(result.model).model, result.modified)
     lowered = dequantize_by_arithmetic(arithmetic_quantizers(result.model).model).model

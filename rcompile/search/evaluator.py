@@ -3,9 +3,9 @@
 Everything that does not depend on the configuration is computed once: the imported model,
 its layers and sizes, the calibration statistics, the decoded validation batches and the
 FP32 model's outputs (for the agreement metric and the baseline score). A configuration is a
-scheme plus per-layer overrides; scoring it costs one rewrite (in the evaluation form, see
-`rewrite`), one onnxruntime session and one pass over the validation set, or over the part
-of the network after a shared prefix (`share_prefix`).
+scheme plus per-layer overrides; scoring it costs one lowering (in the evaluation form,
+`rcompile.search.evaluation_form`), one onnxruntime session and one pass over the validation
+set, or over the part of the network after a shared prefix (`share_prefix`).
 """
 
 from __future__ import annotations
@@ -18,18 +18,13 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from rcompile.onnx_ops.specialise import specialise
+from rcompile.lowering.values import QuantizedValues
 from rcompile.passes.calibrate import Statistics
 from rcompile.passes.layers import Layer
-from rcompile.passes.rewrite import (
-    EVALUATION_DISABLED_OPTIMIZERS,
-    QuantizedValues,
-    Rewritten,
-    rewrite,
-)
 from rcompile.plan import Override, Plan, Planner, PlanOptions
 from rcompile.scheme import Scheme
 from rcompile.search.cost import LayerSize, plan_cost
+from rcompile.search.evaluation_form import DISABLED_OPTIMIZERS, evaluation_form
 from rcompile.search.metrics import Metric
 from rcompile.search.prefix import SharedPrefix
 from rcompile.sessions import open_session
@@ -119,19 +114,19 @@ class Evaluator:
     def evaluate(self, configuration: Configuration) -> Evaluation:
         start = time.perf_counter()
         plan = self.planner.plan(configuration.scheme, configuration.overrides)
-        rewritten = _evaluation_form(self.model, plan, self.values)
+        rewritten = evaluation_form(self.model, plan, self.values)
         if self._prefix is not None:
             outputs, _ = self._prefix.outputs(rewritten, list(self.data.batches), self._session)
         else:
             model = rewritten.model.SerializeToString()
-            outputs = self.outputs_of(model, self.data, EVALUATION_DISABLED_OPTIMIZERS)
+            outputs = self.outputs_of(model, self.data, DISABLED_OPTIMIZERS)
         seconds = time.perf_counter() - start
         score = self.data.metric(outputs, self.data.labels, self.reference)
         cost = plan_cost(plan, self.data.sizes, self.data.cost)
         return Evaluation(configuration, plan, score, cost, seconds)
 
     def _session(self, model: bytes):
-        return _session(model, self.data, EVALUATION_DISABLED_OPTIMIZERS).run
+        return _session(model, self.data, DISABLED_OPTIMIZERS).run
 
     @staticmethod
     def outputs_of(
@@ -140,14 +135,6 @@ class Evaluator:
         """The model's first output over the validation batches."""
         session = _session(model, data, disabled_optimizers)
         return np.concatenate([session.run(None, batch)[0] for batch in data.batches])
-
-
-def _evaluation_form(model: onnx.ModelProto, plan: Plan, values: QuantizedValues) -> Rewritten:
-    """The form the search scores (see `rewrite`), its quantizers' bodies folded in
-    (`specialise`): onnxruntime builds each candidate's session faster."""
-    rewritten = rewrite(model, plan, True, values)
-    specialise(rewritten.model)
-    return rewritten
 
 
 def _session(

@@ -18,7 +18,7 @@ import onnx
 from onnx import TensorProto, helper
 
 from rcompile.graph import values_read
-from rcompile.passes.rewrite import Rewritten
+from rcompile.lowering.rewrite import Rewritten
 
 # Values kept across the cut, at most (beyond it every trial runs whole).
 MAX_KEPT_BYTES = 2 * 1024**3
