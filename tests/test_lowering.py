@@ -15,8 +15,11 @@ from rcompile.api import load_source
 from rcompile.data import input_specs, open_data, parse_preprocessing
 from rcompile.exporter import finish_model
 from rcompile.lowering import lower
+from rcompile.lowering.qdq import inline_quantizers
+from rcompile.lowering.rewrite import rewrite
 from rcompile.onnx_ops import DOMAIN
 from rcompile.reference import Reference
+from rcompile.scheme import parse_scheme
 
 ROOT = Path(__file__).resolve().parents[1]
 LENET = ROOT / "models" / "lenet5.onnx"
@@ -91,6 +94,51 @@ def test_qdq_is_standard_ops_only_and_runs_the_same_plan(mnist):
     expected = Reference(qdq).run(mnist)[0]
     got = run_at(qdq, mnist, ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
     assert np.array_equal(got, expected)
+
+
+def optimized_ops(model: onnx.ModelProto, folder: Path) -> list[str]:
+    """The op types of the graph onnxruntime runs at ORT_ENABLE_ALL."""
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    options.optimized_model_filepath = str(folder / "optimized.onnx")
+    ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    return [node.op_type for node in onnx.load(options.optimized_model_filepath).graph.node]
+
+
+@pytest.mark.parametrize("high", [6.0, 5.9], ids=["on-grid", "off-grid"])
+def test_qdq_clamps_codes_between_layers_so_that_they_fuse(high, tmp_path):
+    """x -> Conv -> ReLU6 -> depthwise Conv -> ReLU6 -> Conv at dfp8. A clamp whose bounds
+    lie on its grid becomes a Clip of the codes, and onnxruntime runs the three convolutions
+    as integer kernels that pass codes on (no DequantizeLinear before the last); one off the
+    grid stays a float Clip. The values do not change either way."""
+    from test_evaluation_form import calibrated, relu6_network
+
+    model = relu6_network()
+    bound = next(t for t in model.graph.initializer if t.name == "high")
+    bound.CopyFrom(onnx.numpy_helper.from_array(np.array(high, np.float32), "high"))
+    _, planner = calibrated(model)
+    plan = planner.plan(parse_scheme("dfp8"))
+    qdq = finish_model(lower(model, plan, "qdq").model, {"rcompile.plan": plan.as_dict()})
+    plain = inline_quantizers(rewrite(model, plan).model).model
+    x = {"x": np.random.default_rng(5).normal(size=(8, 3, 8, 8)).astype(np.float32)}
+    exact = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    np.testing.assert_array_equal(run_at(qdq, x, exact), run_at(plain, x, exact))
+    np.testing.assert_array_equal(run_at(qdq, x, exact), Reference(qdq).run(x)[0])
+    clip_inputs = {
+        producer.op_type
+        for clip in qdq.graph.node
+        if clip.op_type == "Clip"
+        for producer in qdq.graph.node
+        if clip.input[0] in producer.output
+    }
+    ops = optimized_ops(qdq, tmp_path)
+    if high == 6.0:
+        assert clip_inputs == {"QuantizeLinear"}
+        assert ops.count("QLinearConv") == 3
+        last_layer = max(i for i, op in enumerate(ops) if op == "QLinearConv")
+        assert "DequantizeLinear" not in ops[:last_layer]
+    else:
+        assert clip_inputs == {"DequantizeLinear"}
 
 
 def test_sim_stores_parameters_as_integer_codes_without_dequantize_linear():

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import onnx
 
-from rcompile.lowering.qdq import inline_quantizers
+from rcompile.lowering.qdq import inline_quantizers, integer_clamps
 from rcompile.lowering.rewrite import QDQ, SIM, rewrite
 from rcompile.lowering.sim import arithmetic_quantizers, dequantize_by_arithmetic
 from rcompile.lowering.wide_layers import wide_layers
@@ -28,6 +28,7 @@ def lower(model: onnx.ModelProto, plan: Plan, target: str = "sim") -> PassResult
         raise ValueError(f"target must be one of {TARGETS}, got {target!r}")
     result = rewrite(model, plan, SIM if target == "sim" else QDQ)
     if target == "qdq":
-        return PassResult(inline_quantizers(result.model).model, result.modified)
+        inlined = inline_quantizers(result.model).model
+        return PassResult(integer_clamps(inlined).model, result.modified)
     lowered = dequantize_by_arithmetic(arithmetic_quantizers(result.model).model).model
     return PassResult(wide_layers(lowered, plan).model, result.modified)
