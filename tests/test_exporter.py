@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +15,14 @@ from onnx import TensorProto, helper, numpy_helper
 
 import rcompile
 from rcompile import exporter
-from rcompile.exporter import ExportError, check_targets, finish_model, write_bytes, write_model
+from rcompile.exporter import (
+    ExportError,
+    check_targets,
+    finish_model,
+    write_bytes,
+    write_files,
+    write_model,
+)
 from rcompile.onnx_ops import IR_VERSION, OPSET
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -110,7 +118,7 @@ def failing_replace(source, target):
 
 def test_failed_write_leaves_no_temporary_file(tmp_path, monkeypatch):
     monkeypatch.setattr(exporter.os, "replace", failing_replace)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(ExportError, match=r"out\.onnx: cannot write: disk full"):
         write_bytes(b"data", tmp_path / "out.onnx")
     assert list(tmp_path.iterdir()) == []
 
@@ -119,7 +127,7 @@ def test_failed_write_keeps_the_previous_file(tmp_path, monkeypatch):
     target = tmp_path / "out.onnx"
     target.write_bytes(b"old")
     monkeypatch.setattr(exporter.os, "replace", failing_replace)
-    with pytest.raises(OSError):
+    with pytest.raises(ExportError):
         write_bytes(b"new", target)
     assert target.read_bytes() == b"old"
     assert [p.name for p in tmp_path.iterdir()] == ["out.onnx"]
@@ -168,3 +176,49 @@ def test_the_same_target_twice_is_refused(tmp_path):
 def test_distinct_targets_in_existing_folders_pass(tmp_path):
     check_targets([tmp_path / "net.onnx", tmp_path / "report.json"], (tmp_path / "in.onnx",))
     assert os.listdir(tmp_path) == []
+
+
+def test_a_set_whose_last_rename_fails_leaves_the_old_set_whole(tmp_path, monkeypatch):
+    """The model is renamed into place, the report's rename fails: the old model comes back,
+    the new report was never there, and no temporary or backup file is left."""
+    model, report = tmp_path / "net.onnx", tmp_path / "net.report.json"
+    model.write_bytes(b"old model")
+    renames = []
+    real_replace = exporter.os.replace
+
+    def replace_once(source, target):
+        renames.append(target)
+        if len(renames) == 2:
+            raise OSError(28, "No space left on device")
+        real_replace(source, target)
+
+    monkeypatch.setattr(exporter.os, "replace", replace_once)
+    with pytest.raises(ExportError, match="No space left on device"):
+        write_files({model: b"new model", report: b"new report"})
+    assert model.read_bytes() == b"old model"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["net.onnx"]
+
+
+def test_new_files_take_the_umask_and_replaced_files_keep_their_mode(tmp_path):
+    previous = os.umask(0o027)
+    try:
+        write_files({tmp_path / "new.onnx": b"new"})
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE((tmp_path / "new.onnx").stat().st_mode) == 0o640
+    kept = tmp_path / "kept.onnx"
+    kept.write_bytes(b"old")
+    kept.chmod(0o604)
+    write_files({kept: b"new"})
+    assert stat.S_IMODE(kept.stat().st_mode) == 0o604 and kept.read_bytes() == b"new"
+
+
+@pytest.mark.parametrize("path", ["", ".", ".."])
+def test_an_output_that_names_no_file_is_refused(path):
+    with pytest.raises(ExportError, match="names no file"):
+        check_targets([Path(path)])
+
+
+def test_a_device_is_refused_as_an_output():
+    with pytest.raises(ExportError, match="/dev/null: is not a regular file"):
+        write_bytes(b"data", Path("/dev/null"))

@@ -4,6 +4,7 @@ the accuracy contract of `--max-drop`."""
 from __future__ import annotations
 
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -13,7 +14,7 @@ from typer.core import TyperGroup
 
 import rcompile
 from rcompile.data import input_specs, open_data, parse_preprocessing
-from rcompile.exporter import write_bytes, write_model
+from rcompile.exporter import write_files
 from rcompile.importer import read_model
 from rcompile.report_markdown import render_markdown
 
@@ -62,17 +63,26 @@ Preprocess = Annotated[
         help="Preprocessing preset for image folders: imagenet, inception, caffe, unit, raw."
     ),
 ]
-BatchSize = Annotated[int, typer.Option(help="Samples per onnxruntime run.")]
+BatchSize = Annotated[int, typer.Option(min=1, help="Samples per onnxruntime run.")]
 CompiledModel = Annotated[Path, typer.Argument(help="A model rcompile wrote.")]
 InputData = Annotated[Path, typer.Option(help="Inputs: a folder of images, a .npz or a .npy.")]
 MaxDrop = Annotated[
     float | None,
     typer.Option(
+        callback=lambda value: value if value is None else finite(value, "--max-drop"),
         help="Fail (exit status 3, nothing written) if the result loses more than this many "
-        "points on the validation data."
+        "points on the validation data.",
     ),
 ]
 ACCURACY_CONTRACT_FAILED = 3
+
+
+def finite(value: float, option: str, positive: bool = False) -> float:
+    """`value` when it is a finite number (above 0 with `positive`, else at least 0)."""
+    if not math.isfinite(value) or value < 0 or (positive and value == 0):
+        needed = "above 0" if positive else "0 or more"
+        raise typer.BadParameter(f"{value} is not a finite number {needed}", param_hint=option)
+    return value
 
 
 def _version(value: bool) -> None:
@@ -109,10 +119,27 @@ def enforce(summary: dict, drop: tuple[float, str], max_drop: float, as_json: bo
     raise typer.Exit(ACCURACY_CONTRACT_FAILED)
 
 
-def write_outputs(result, report_data: dict, output: Path, report_json: Path, model: Path) -> None:
-    write_model(result.model, output, protected=(model,))
-    write_bytes(json.dumps(report_data, indent=2).encode() + b"\n", report_json, (model,))
-    write_bytes(render_markdown(report_data).encode(), report_json.with_suffix(".md"), (model,))
+def write_outputs(
+    result,
+    report_data: dict,
+    output: Path,
+    report_json: Path,
+    inputs: tuple[Path, ...],
+    extra: dict[Path, bytes] | None = None,
+) -> None:
+    """The model, its reports and any `extra` files, as one set, over none of the `inputs`."""
+    files = {
+        output: result.model.SerializeToString(deterministic=True),
+        report_json: json.dumps(report_data, indent=2).encode() + b"\n",
+        report_json.with_suffix(".md"): render_markdown(report_data).encode(),
+        **(extra or {}),
+    }
+    write_files(files, inputs)
+
+
+def input_paths(*paths: Path | None) -> tuple[Path, ...]:
+    """The paths a command reads, which no output may be."""
+    return tuple(path for path in paths if path is not None)
 
 
 def compiled_and_data(model: Path, data: Path, preprocess: str):

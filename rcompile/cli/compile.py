@@ -20,6 +20,7 @@ from rcompile.cli.app import (
     app,
     emit,
     enforce,
+    input_paths,
     write_outputs,
 )
 from rcompile.data import parse_preprocessing
@@ -41,7 +42,7 @@ def compile_command(
         Path | None, typer.Option(help="Calibration data: a folder of images, a .npz or a .npy.")
     ] = None,
     calib_count: Annotated[
-        int | None, typer.Option(help="Use only the first N calibration samples.")
+        int | None, typer.Option(min=1, help="Use only the first N calibration samples.")
     ] = None,
     val: Annotated[
         Path | None, typer.Option(help="Labelled data to score the FP32 and quantized models on.")
@@ -118,9 +119,11 @@ def compile_command(
         fit=fit,
         accumulator=register,
     )
+    inputs = input_paths(model, calib, val, overrides)
+    check_targets([output], inputs)
     report_json = report or output.with_name(f"{output.stem}.report.json")
     report_md = report_json.with_suffix(".md")
-    check_targets([output, report_json, report_md], protected=(model,))
+    check_targets([output, report_json, report_md], inputs)
     result = compile_model(
         model,
         scheme,
@@ -146,7 +149,7 @@ def compile_command(
     }
     if max_drop is not None:
         enforce(summary, _drop(report_data["accuracy"]), max_drop, as_json)
-    write_outputs(result, report_data, output, report_json, model)
+    write_outputs(result, report_data, output, report_json, inputs)
     summary["bytes"] = output.stat().st_size
     emit(summary, as_json, _compile_lines)
 

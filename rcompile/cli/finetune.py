@@ -14,6 +14,8 @@ from rcompile.cli.app import (
     Preprocess,
     app,
     emit,
+    finite,
+    input_paths,
 )
 from rcompile.data import parse_preprocessing
 from rcompile.errors import UserError
@@ -31,22 +33,32 @@ def finetune_command(
     output: Annotated[Path, typer.Option("-o", "--output", help="Where to write the result.")],
     train: Annotated[Path, typer.Option(help="Labelled training data.")],
     val: Annotated[Path, typer.Option(help="Labelled validation data (early stopping).")],
-    epochs: Annotated[int, typer.Option(help="At most this many passes over the data.")] = 10,
-    lr: Annotated[float, typer.Option(help="Peak learning rate (Adam, cosine schedule).")] = 3e-4,
-    batch_size: Annotated[int, typer.Option(help="Samples per training step.")] = 64,
+    epochs: Annotated[
+        int, typer.Option(min=1, help="At most this many passes over the data.")
+    ] = 10,
+    lr: Annotated[
+        float,
+        typer.Option(
+            callback=lambda value: finite(value, "--lr", positive=True),
+            help="Peak learning rate (Adam, cosine schedule).",
+        ),
+    ] = 3e-4,
+    batch_size: Annotated[int, typer.Option(min=1, help="Samples per training step.")] = 64,
     seed: Annotated[int, typer.Option(help="Seed of the shuffling and the rounding.")] = 0,
     stochastic_rounding: Annotated[
         bool,
         typer.Option("--stochastic-rounding", help="Round weights stochastically in training."),
     ] = False,
     patience: Annotated[
-        int, typer.Option(help="Stop after this many epochs without a better validation top-1.")
+        int,
+        typer.Option(min=0, help="Stop after this many epochs without a better validation top-1."),
     ] = 3,
     preprocess: Preprocess = "imagenet",
     as_json: AsJson = False,
     debug: Debug = False,
 ) -> None:
-    check_targets([output], protected=(model,))
+    inputs = input_paths(model, train, val)
+    check_targets([output], inputs)
     try:
         from rcompile.finetune import TrainOptions, finetune
     except ImportError as error:
@@ -57,7 +69,7 @@ def finetune_command(
     result = finetune(
         model, train, val, options, parse_preprocessing(preprocess), sys.stderr.isatty()
     )
-    write_model(result.model, output, protected=(model,))
+    write_model(result.model, output, inputs)
     emit({"output": str(output), **result.as_dict()}, as_json, _finetune_lines)
 
 

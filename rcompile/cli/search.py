@@ -20,10 +20,12 @@ from rcompile.cli.app import (
     app,
     emit,
     enforce,
+    finite,
+    input_paths,
     write_outputs,
 )
 from rcompile.data import parse_preprocessing
-from rcompile.exporter import check_targets, write_bytes
+from rcompile.exporter import check_targets
 from rcompile.search import search as run_search
 
 SEARCH_EXAMPLES = """
@@ -49,7 +51,11 @@ def search_command(
     calib: Annotated[Path, typer.Option(help="Calibration data (folder of images, .npz, .npy).")],
     val: Annotated[Path, typer.Option(help="Validation data the metric is measured on.")],
     error_margin: Annotated[
-        float, typer.Option(help="Points of the metric the result may lose against FP32.")
+        float,
+        typer.Option(
+            callback=lambda value: finite(value, "--error-margin"),
+            help="Points of the metric the result may lose against FP32.",
+        ),
     ] = 1.0,
     scheme: Annotated[
         str, typer.Option(help="Families to search: dfp, minifloat, pow2 or all.")
@@ -67,8 +73,8 @@ def search_command(
     metric: Annotated[
         str, typer.Option(help="top1, top5, agreement, module:function, or auto.")
     ] = "auto",
-    jobs: Annotated[int, typer.Option(help="Candidates scored in parallel processes.")] = 1,
-    budget: Annotated[int, typer.Option(help="At most this many evaluations.")] = 200,
+    jobs: Annotated[int, typer.Option(min=1, help="Candidates scored in parallel processes.")] = 1,
+    budget: Annotated[int, typer.Option(min=1, help="At most this many evaluations.")] = 200,
     preprocess: Preprocess = "imagenet",
     report: Annotated[Path | None, typer.Option(help="Report path (.json).")] = None,
     max_drop: MaxDrop = None,
@@ -76,9 +82,11 @@ def search_command(
     as_json: AsJson = False,
     debug: Debug = False,
 ) -> None:
+    inputs = input_paths(model, calib, val)
+    check_targets([output], inputs)
     report_json = report or output.with_name(f"{output.stem}.report.json")
     plot = report_json.with_suffix(".svg")
-    check_targets([output, report_json, report_json.with_suffix(".md"), plot], protected=(model,))
+    check_targets([output, report_json, report_json.with_suffix(".md"), plot], inputs)
     with _search_progress(sys.stderr.isatty()) as progress:
         found = run_search(
             model,
@@ -111,8 +119,9 @@ def search_command(
     if max_drop is not None:
         drop = details["fp32_score"] - details["chosen_score"]
         enforce(summary, (drop, details["metric"]), max_drop, as_json)
-    write_outputs(found.result, report_data, output, report_json, model)
-    write_bytes(found.plot.encode(), plot, (model,))
+    write_outputs(
+        found.result, report_data, output, report_json, inputs, {plot: found.plot.encode()}
+    )
     emit(summary, as_json, _search_lines)
 
 
