@@ -21,7 +21,15 @@ from rcompile.passes.calibrate import (
     weight_ranges,
 )
 from rcompile.passes.layers import find_layers
-from rcompile.plan import Override, Plan, PlanOptions, load_overrides, make_plan
+from rcompile.plan import (
+    PLAN_KEY,
+    Override,
+    Plan,
+    PlanOptions,
+    load_overrides,
+    make_plan,
+    plan_record,
+)
 from rcompile.progress import progress_bar
 from rcompile.report import Report
 from rcompile.report_build import layer_rows, unquantized_ops
@@ -112,8 +120,8 @@ def finish(
         {
             "rcompile.scheme": plan.scheme,
             "rcompile.options": option_values,
-            "rcompile.calibration": calibration,
-            "rcompile.plan": plan.as_dict(),
+            "rcompile.calibration": _without_folders(calibration),
+            PLAN_KEY: plan_record(plan),
             "rcompile.target": target,
         },
     )
@@ -130,6 +138,13 @@ def finish(
         extra=extra or {},
     )
     return CompileResult(quantized, report, plan)
+
+
+def _without_folders(calibration: dict) -> dict:
+    """The calibration summary with its data's file or folder name only: a model travels,
+    and the user's folders are nobody else's business."""
+    source = calibration.get("source")
+    return {**calibration, "source": Path(source).name if source else source}
 
 
 def collect_statistics(

@@ -19,19 +19,25 @@ import onnx
 import rcompile
 from rcompile.errors import UserError
 
+METADATA_PREFIX = "rcompile."
+
 
 class ExportError(UserError):
     """The output cannot be written where asked."""
 
 
 def finish_model(model: onnx.ModelProto, metadata: dict[str, object]) -> onnx.ModelProto:
-    """Set producer and metadata (as JSON, keys sorted, so the bytes are deterministic) and run
-    the full checker."""
+    """Set producer and rcompile's metadata (`rcompile.*` keys, as JSON, sorted, so the bytes
+    are deterministic) and run the full checker. The input's own metadata entries stay, in
+    their order, before rcompile's: applications read them (an OCR model's dictionary, a
+    detector's class names)."""
     result = onnx.ModelProto()
     result.CopyFrom(model)
     result.producer_name = "rcompile"
     result.producer_version = rcompile.__version__
+    kept = [entry for entry in model.metadata_props if not entry.key.startswith(METADATA_PREFIX)]
     del result.metadata_props[:]
+    result.metadata_props.extend(kept)
     entries = {"rcompile.version": rcompile.__version__, **metadata}
     for key in sorted(entries):
         value = entries[key]

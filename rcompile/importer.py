@@ -14,6 +14,7 @@ from onnx import version_converter
 
 from rcompile.errors import ModelImportError
 from rcompile.onnx_ops import IR_VERSION, OPSET
+from rcompile.passes.constants_as_initializers import constants_as_initializers
 from rcompile.passes.fold_batchnorm import fold_batchnorm
 from rcompile.passes.name_nodes import name_nodes
 
@@ -48,14 +49,15 @@ def read_model(path: str | Path) -> onnx.ModelProto:
 
 def prepare_model(model: onnx.ModelProto, label: str = "model") -> onnx.ModelProto:
     """Check and normalise a model already in memory (see `load_model`): named nodes, OPSET,
-    inferred shapes, BatchNormalization folded."""
+    inferred shapes, Constant nodes as initializers, BatchNormalization folded."""
     if not model.graph.node:
         raise ModelImportError(f"{label}: not an ONNX model (it has no graph nodes)")
     _check(model, label)
     model = _set_ir_version(_convert_opset(model, label), label)
     model = onnx.shape_inference.infer_shapes(model, data_prop=True)
     _require_float_input(model, label)
-    return fold_batchnorm(name_nodes(model).model).model
+    named = name_nodes(model).model
+    return fold_batchnorm(constants_as_initializers(named).model).model
 
 
 def default_opset(model: onnx.ModelProto) -> int:

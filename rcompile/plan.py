@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import fnmatch
 import json
+import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -41,14 +42,16 @@ OVERRIDE_KEYS = (
 @dataclass(frozen=True)
 class Accumulator:
     """The register a layer's products and bias are summed in: `bits` wide (8..64), and on
-    overflow it saturates at its largest codes or wraps around (two's complement)."""
+    overflow it saturates at its largest codes or wraps around (two's complement). `bits`
+    None is an exact register that never overflows, the model of a floating-point datapath
+    whose products no 64-bit register holds (bfloat16's span 2**-266 to 2**256)."""
 
-    bits: int = 32
+    bits: int | None = 32
     overflow: str = "saturate"
 
     def __post_init__(self) -> None:
         low, high = ACCUMULATOR_BITS
-        if (
+        if self.bits is not None and (
             isinstance(self.bits, bool)
             or not isinstance(self.bits, int)
             or not low <= self.bits <= high
@@ -60,8 +63,8 @@ class Accumulator:
             raise SchemeError(f"overflow must be one of {OVERFLOWS}, got {self.overflow!r}")
 
     @property
-    def largest(self) -> int:
-        return 2 ** (self.bits - 1) - 1
+    def largest(self) -> float:
+        return math.inf if self.bits is None else 2 ** (self.bits - 1) - 1
 
     def as_dict(self) -> dict:
         return {"bits": self.bits, "overflow": self.overflow}
@@ -152,10 +155,60 @@ class Plan:
 PLAN_KEY = "rcompile.plan"
 
 
+# The per-channel format lists of a recorded plan, each packed into one string.
+_PACKED = ("weights", "bias")
+
+
+def plan_record(plan: Plan) -> str:
+    """`plan.as_dict()` as the JSON a model carries under `PLAN_KEY`: compact, with each
+    per-channel format list packed (`_pack`), so a large network's plan is a small part of
+    its file."""
+    entry = plan.as_dict()
+    for layer in entry["layers"]:
+        for key in _PACKED:
+            layer[key] = _pack(layer[key])
+    return json.dumps(entry, sort_keys=True, separators=(",", ":"))
+
+
 def recorded_plan(model) -> dict | None:
     """The plan (`Plan.as_dict`) that a model rcompile wrote carries in its metadata."""
     entry = next((p.value for p in model.metadata_props if p.key == PLAN_KEY), None)
-    return None if entry is None else json.loads(entry)
+    if entry is None:
+        return None
+    plan = json.loads(entry)
+    for layer in plan["layers"]:
+        for key in _PACKED:
+            if isinstance(layer.get(key), str):
+                layer[key] = _unpack(layer[key])
+    return plan
+
+
+def _pack(names: list[str]) -> list[str] | str:
+    """Names as their common prefix and suffix around the parts that differ, brace-expansion
+    style: `dfp8f5, dfp8f4, dfp8f4` is `dfp8f{5,4,4}`, three dfp8f5 are `dfp8f5{,,}`. Format
+    names hold no braces or commas, so `_unpack` gives the list back exactly."""
+    if not names:
+        return names
+    prefix = _common_prefix(names)
+    rest = [name[len(prefix) :] for name in names]
+    suffix = _common_prefix([name[::-1] for name in rest])[::-1]
+    middles = [name[: len(name) - len(suffix)] for name in rest]
+    return f"{prefix}{{{','.join(middles)}}}{suffix}"
+
+
+def _common_prefix(names: list[str]) -> str:
+    """The longest string every name starts with (the first and last in sorted order share
+    just what all share)."""
+    first, last = min(names), max(names)
+    pairs = zip(first, last, strict=False)
+    end = next((i for i, (a, b) in enumerate(pairs) if a != b), min(len(first), len(last)))
+    return first[:end]
+
+
+def _unpack(packed: str) -> list[str]:
+    prefix, rest = packed.split("{", 1)
+    middles, suffix = rest.split("}", 1)
+    return [prefix + middle + suffix for middle in middles.split(",")]
 
 
 def _name(fmt: Format | None) -> str:
@@ -229,15 +282,15 @@ def _layer_plan(layer: Layer, statistics: Statistics, rules: Override, options: 
             weights = _within_accumulator(inputs[0], weights, bias_max)
         bias = _bias(rules.bias or rules.weights, statistics, layer, inputs[0], weights, options)
     register = options.accumulator or Accumulator(_default_width(inputs, weights))
-    accumulator = Accumulator(
-        rules.accumulator or register.bits, rules.overflow or register.overflow
-    )
+    bits = rules.accumulator if rules.accumulator is not None else register.bits
+    accumulator = Accumulator(bits, rules.overflow or register.overflow)
     return LayerPlan(layer, inputs, output, weights, bias, accumulator)
 
 
-def _default_width(inputs, weights) -> int:
-    """32 bits for products of codes of at most 16 bits together, else 64. A mini float's
-    code is its value in steps of its smallest quantum: far wider than its bits."""
+def _default_width(inputs, weights) -> int | None:
+    """32 bits for products of codes of at most 16 bits together, 64 up to 64 bits, else an
+    exact register (None). A mini float's code is its value in steps of its smallest
+    quantum: far wider than its bits."""
 
     def width(fmt) -> int:
         if isinstance(fmt, MiniFloat):
@@ -245,7 +298,8 @@ def _default_width(inputs, weights) -> int:
         return fmt.bit_width if fmt is not None else 32
 
     operands = [*inputs[:1], *(weights[:1] or inputs[1:2])]
-    return 32 if sum(width(fmt) for fmt in operands) <= 16 else 64
+    product = sum(width(fmt) for fmt in operands)
+    return 32 if product <= 16 else 64 if product <= 64 else None
 
 
 def _activation(rule, statistics: Statistics, name: str, options: PlanOptions, layer: Layer):

@@ -100,8 +100,10 @@ def _layers(layers: list[dict]) -> list[str]:
 
 
 def _accumulator(register: dict) -> str:
-    """`32-bit saturate`, with the bits calibration needed where it was measured."""
-    text = f"{register['bits']}-bit {register['overflow']}"
+    """`32-bit saturate` (`exact` for a register that never overflows), with the bits
+    calibration needed where it was measured."""
+    bits = register["bits"]
+    text = "exact" if bits is None else f"{bits}-bit {register['overflow']}"
     if "bits_needed" in register:
         text += f" (needs {register['bits_needed']})"
     return text

@@ -3,6 +3,8 @@ scored against its FP32 accuracy, and on EfficientNet-Lite0 with real ImageNet i
 
 from __future__ import annotations
 
+import json
+import shutil
 from collections import Counter
 from pathlib import Path
 
@@ -153,3 +155,23 @@ def test_efficientnet_dfp8_sim_leaves_onnxruntime_no_integer_kernel(efficientnet
     ops = optimized_ops(efficientnet["result"].model, efficientnet["root"])
     integer = {op for op in ops if op.startswith("QLinear") or op.endswith("Integer")}
     assert ops["Conv"] >= 49 and not integer, f"optimized graph ops: {dict(ops)}"
+
+
+def test_the_written_model_keeps_the_inputs_metadata_and_documentation(tmp_path):
+    """Everything of the input model but its weights survives compilation: metadata entries,
+    doc strings, and the calibration data is named without the user's folders."""
+    model = onnx.load(LENET)
+    model.metadata_props.add(key="character", value="0123456789")
+    model.doc_string, model.graph.doc_string = "LeNet-5 for digits", "the graph"
+    calib = tmp_path / "deep" / "folder" / "calib.npz"
+    calib.parent.mkdir(parents=True)
+    shutil.copy(MNIST_CALIB, calib)
+    result = rcompile.compile(model, "dfp8", calib, calib_count=32)
+    entries = {entry.key: entry.value for entry in result.model.metadata_props}
+    assert entries["character"] == "0123456789"
+    assert (result.model.doc_string, result.model.graph.doc_string) == (
+        "LeNet-5 for digits",
+        "the graph",
+    )
+    assert json.loads(entries["rcompile.calibration"])["source"] == "calib.npz"
+    assert str(tmp_path) not in result.model.SerializeToString().decode("latin-1")

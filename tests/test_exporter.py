@@ -79,10 +79,19 @@ def test_finished_model_passes_the_full_checker():
     onnx.checker.check_model(result, full_check=True)
 
 
-def test_earlier_metadata_is_replaced():
+def test_the_inputs_metadata_is_kept_and_rcompiles_own_replaced():
+    """An OCR model's dictionary or a detector's class names survive, in their order and
+    before rcompile's entries; a plan left by an earlier rcompile run does not."""
     model = small_model()
-    model.metadata_props.add(key="stale", value="x")
-    assert list(metadata(finish_model(model, {}))) == ["rcompile.version"]
+    model.metadata_props.add(key="character", value="a\nb\nc")
+    model.metadata_props.add(key="names", value="{0: 'person'}")
+    model.metadata_props.add(key="rcompile.plan", value="stale")
+    entries = list(finish_model(model, {"rcompile.plan": PLAN}).metadata_props)
+    assert [(e.key, e.value) for e in entries[:2]] == [
+        ("character", "a\nb\nc"),
+        ("names", "{0: 'person'}"),
+    ]
+    assert json.loads(metadata(finish_model(model, {"rcompile.plan": PLAN}))["rcompile.plan"])
 
 
 def test_finish_model_leaves_its_input_alone():

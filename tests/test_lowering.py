@@ -59,7 +59,7 @@ def mnist() -> dict:
     return {"input": data["input"][:100]}
 
 
-@pytest.mark.parametrize("scheme", SCHEMES)
+@pytest.mark.parametrize("scheme", [*SCHEMES, "bf16", "fp16"])
 def test_lenet_sim_is_the_reference_at_every_optimisation_level(scheme, mnist):
     result = rcompile.compile(LENET, scheme, MNIST_CALIB, calib_count=100)
     assert_bit_true(result.model, mnist)

@@ -16,13 +16,17 @@ from rcompile.onnx_ops import IR_VERSION, OPSET
 from rcompile.passes.calibrate import Range, Statistics, weight_ranges
 from rcompile.passes.layers import find_layers
 from rcompile.plan import (
+    PLAN_KEY,
     Accumulator,
     Override,
     Plan,
     Planner,
     PlanOptions,
+    _pack,
     load_overrides,
     make_plan,
+    plan_record,
+    recorded_plan,
 )
 from rcompile.scheme import DFPRule, FixedRule, Pow2Rule, parse_scheme
 
@@ -380,3 +384,42 @@ def test_the_plan_records_each_layers_accumulator():
     entry = plan_for("dfp8@up").as_dict()["layers"][0]
     assert entry["accumulator"] == {"bits": 32, "overflow": "saturate"}
     assert entry["output"].endswith("@up")
+
+
+@pytest.mark.parametrize(
+    "names",
+    [
+        ["dfp8f5", "dfp8f4", "dfp8f4", "dfp8f5"],
+        ["fp8e4m3"] * 3,
+        ["dfp8f5", "dfp8f15", "dfp8f-2"],
+        ["udfp8f8@away", "udfp8f-2@away"],
+        ["dfp32f13"],
+        [],
+    ],
+)
+def test_a_recorded_plan_gives_back_every_per_channel_format(names):
+    """The model carries each per-channel list packed (`dfp8f{5,4,4,5}`); reading the plan
+    back gives the list exactly."""
+    model = onnx.ModelProto()
+    layer = {"node": "conv", "weights": names, "bias": names[::-1], "inputs": ["dfp8f3"]}
+    plan = {"scheme": "dfp8", "layers": [layer], "skipped": []}
+    packed = {**layer, "weights": _pack(names), "bias": _pack(names[::-1])}
+    model.metadata_props.add(key=PLAN_KEY, value=json.dumps({**plan, "layers": [packed]}))
+    assert recorded_plan(model) == plan
+
+
+def test_the_recorded_plan_packs_per_channel_formats():
+    plan = planner().plan(parse_scheme("dfp8"))
+    record = json.loads(plan_record(plan))
+    assert all(isinstance(layer["weights"], str) for layer in record["layers"])
+    model = onnx.ModelProto()
+    model.metadata_props.add(key=PLAN_KEY, value=plan_record(plan))
+    assert recorded_plan(model) == plan.as_dict()
+
+
+def test_products_no_64_bit_register_holds_get_an_exact_accumulator():
+    """bfloat16's codes span 2**-133 to 2**128 steps: a product needs far more than 64 bits,
+    so the default register is exact (a floating-point datapath), where fp8's stays 64."""
+    bf16 = layer(planner().plan(parse_scheme("bf16")), "conv")
+    assert bf16.accumulator == Accumulator(None) and bf16.accumulator.largest == float("inf")
+    assert layer(planner().plan(parse_scheme("fp8e4m3")), "conv").accumulator.bits == 64

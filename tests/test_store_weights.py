@@ -159,9 +159,18 @@ def test_minifloat_values_are_stored_as_float16_with_a_cast():
     assert_same_bits(quantized, run_stored(stored, quantized.shape))
 
 
-def test_minifloat_values_float16_cannot_hold_stay_float32():
+def test_minifloat_values_float16_cannot_hold_are_stored_as_bfloat16():
     fmt = MiniFloat(8, 7, "ieee")  # bfloat16: 1e-30 and 1e30 are far outside float16
     quantized = fmt.quantize(F32([1e-30, 1e30, 1.5, -3.0]))
+    stored = store("w", quantized, (fmt,), None)
+    assert [t.data_type for t in stored.initializers] == [TensorProto.BFLOAT16]
+    assert [n.op_type for n in stored.nodes] == ["Cast"]
+    assert_same_bits(quantized, run_stored(stored, quantized.shape))
+
+
+def test_minifloat_values_no_16_bit_float_holds_stay_float32():
+    fmt = MiniFloat(8, 10, "ieee")  # bfloat16's range with float16's mantissa
+    quantized = fmt.quantize(F32([1e-30 * 1.0009765625, 1e30, 1.0009765625, -3.0]))
     stored = store("w", quantized, (fmt,), None)
     assert [t.data_type for t in stored.initializers] == [TensorProto.FLOAT]
     assert stored.nodes == ()

@@ -24,6 +24,10 @@ from rcompile.verify import verify
 DEFAULT_COUNT = 100
 
 
+# Step sizes of differences listed per line, smallest first.
+SHOWN_STEPS = 5
+
+
 @app.command(
     "verify",
     help="Run a compiled model at every onnxruntime optimisation level and through its "
@@ -63,10 +67,10 @@ def _verify_lines(summary: dict) -> list[str]:
             f"{run['differing']:,} of {run['values']:,} differ"
         )
         if run["differing"]:
-            counts = ", ".join(
-                f"{k}: {v:,}"
-                for k, v in sorted(run["by_steps"].items(), key=lambda kv: float(kv[0]))
-            )
+            ordered = sorted(run["by_steps"].items(), key=lambda kv: float(kv[0]))
+            counts = ", ".join(f"{k}: {v:,}" for k, v in ordered[:SHOWN_STEPS])
+            if len(ordered) > SHOWN_STEPS:
+                counts += f", {len(ordered) - SHOWN_STEPS:,} more sizes (--json lists all)"
             line += f", by up to {run['max_steps']:g} steps ({counts})"
         lines.append(line)
     lines.append("bit-true: yes" if summary["exact"] else "bit-true: no")

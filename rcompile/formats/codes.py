@@ -36,8 +36,9 @@ def step_exponents(formats: tuple[Format, ...]) -> np.ndarray:
 
 
 def to_codes(values: np.ndarray, exponents: np.ndarray, axis: int | None) -> np.ndarray:
-    """Quantized `values` as integer codes (int64) of steps 2**exponents, one exponent, or
-    one per slice along `axis`."""
+    """Quantized `values` as integer codes of steps 2**exponents, one exponent, or one per
+    slice along `axis`: int64, or Python integers where codes reach 2**62 (bfloat16's codes
+    reach 2**261)."""
     scale = np.ldexp(1.0, -exponents.astype(np.int64))
     if scale.size > 1:
         shape = [1] * values.ndim
@@ -46,4 +47,6 @@ def to_codes(values: np.ndarray, exponents: np.ndarray, axis: int | None) -> np.
     codes = values.astype(np.float64) * scale
     if not np.array_equal(codes, np.rint(codes)):
         raise ValueError("values are not on their format's grid")
+    if codes.size and np.abs(codes).max() >= 2.0**62:
+        return np.frompyfunc(int, 1, 1)(codes)
     return codes.astype(np.int64)

@@ -17,6 +17,7 @@ from rcompile.lowering.rewrite import QDQ, SIM, rewrite
 from rcompile.lowering.sim import arithmetic_quantizers, dequantize_by_arithmetic
 from rcompile.lowering.wide_layers import wide_layers
 from rcompile.passes import PassResult
+from rcompile.passes.share_constants import share_constants
 from rcompile.plan import Plan
 
 TARGETS = ("sim", "qdq")
@@ -29,6 +30,8 @@ def lower(model: onnx.ModelProto, plan: Plan, target: str = "sim") -> PassResult
     result = rewrite(model, plan, SIM if target == "sim" else QDQ)
     if target == "qdq":
         inlined = inline_quantizers(result.model).model
-        return PassResult(integer_clamps(inlined).model, result.modified)
-    lowered = dequantize_by_arithmetic(arithmetic_quantizers(result.model).model).model
-    return PassResult(wide_layers(lowered, plan).model, result.modified)
+        lowered = integer_clamps(inlined).model
+    else:
+        arithmetic = dequantize_by_arithmetic(arithmetic_quantizers(result.model).model).model
+        lowered = wide_layers(arithmetic, plan).model
+    return PassResult(share_constants(lowered).model, result.modified)

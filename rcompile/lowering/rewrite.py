@@ -29,8 +29,7 @@ from rcompile.graph import (
     consumers,
     output_names,
     producers,
-    remove_initializers,
-    values_read,
+    remove_unread,
 )
 from rcompile.lowering.blocked_rounding import BlockedRounding, fits, from_zero
 from rcompile.lowering.grids import Grids
@@ -88,7 +87,6 @@ class _Rewriter:
         self.rounding = BlockedRounding(graph, self.names)
         # Clamps that a blocked output quantizer took over.
         self.absorbed: set[str] = set()
-        self.moved_pads: set[str] = set()
         self.quantized: dict[tuple[str, Format, str], str] = {}
         self.grids = Grids(graph, self.constants, self.consumers, self.graph_outputs)
 
@@ -214,7 +212,6 @@ class _Rewriter:
             copy.input[0] = padded
             copy.output[0] = self.names.fresh(f"{source}_{fmt.name}")
             emitted.append(copy)
-            self.moved_pads.add(pad.name)
             self.quantized[key] = copy.output[0]
         if key in self.quantized:
             return self.quantized[key]
@@ -267,7 +264,7 @@ class _Rewriter:
             stored_weights = store(weight_name, weights, plan.weights, axis)
             int8_codes = stored_weights.initializers[0].data_type == TensorProto.INT8
             fuses = int8_codes and _inputs_may_fuse(plan) and not self.elide
-            self._emit(stored_weights, emitted)
+            weight_name = self._emit(stored_weights, emitted)
         if not plan.bias:
             return weight_name, None, fuses
         bias = self.values(self.constants, plan.layer.bias, plan.bias, 0, flat=True)
@@ -320,8 +317,8 @@ def rewrite(
         if elide and not layer_plan:
             rewriter.grids.note(node)
     del result.graph.node[:]
-    result.graph.node.extend(_without_unused(nodes, rewriter.moved_pads, result.graph))
-    _drop_unused_initializers(result.graph)
+    result.graph.node.extend(nodes)
+    remove_unread(result.graph)
     quantizers = [node for node in nodes if node.domain == DOMAIN]
     if quantizers:
         result.opset_import.append(onnx.helper.make_opsetid(DOMAIN, DOMAIN_VERSION))
@@ -369,17 +366,3 @@ def _inputs_may_fuse(plan: LayerPlan) -> bool:
     return all(
         isinstance(fmt, DFP) and fmt.bw <= 8 and fmt.rounding == "even" for fmt in plan.inputs
     )
-
-
-def _without_unused(nodes: list[onnx.NodeProto], pads: set[str], graph) -> list[onnx.NodeProto]:
-    """`nodes` less the original `pads` that nothing uses any more (their layer now reads a
-    copy placed after its quantizer)."""
-    used = output_names(graph) | {name for node in nodes for name in values_read(node)}
-    return [node for node in nodes if node.name not in pads or node.output[0] in used]
-
-
-def _drop_unused_initializers(graph: onnx.GraphProto) -> None:
-    """Remove the FP32 parameters that their quantized versions replaced."""
-    used = {name for node in graph.node for name in node.input}
-    used |= {value.name for value in graph.output}
-    remove_initializers(graph, {t.name for t in graph.initializer if t.name not in used})

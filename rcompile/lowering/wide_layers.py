@@ -25,7 +25,7 @@ from onnx import TensorProto, helper, numpy_helper
 from rcompile.formats import DFP, Format, MiniFloat
 from rcompile.formats.codes import largest_code, step_exponents
 from rcompile.graph import consumers, initializers, per_axis, producers, remove_unread
-from rcompile.onnx_ops import DOMAIN, OPSET
+from rcompile.onnx_ops import DOMAIN, DOMAIN_VERSION, OPSET
 from rcompile.onnx_ops.builder import FunctionBody
 from rcompile.passes import PassResult
 from rcompile.plan import Accumulator, LayerPlan, Plan
@@ -61,7 +61,8 @@ def wide_layers(model: onnx.ModelProto, plan: Plan) -> PassResult:
         bias = values.get(bias_name) if bias_name else None
         sums = sum_bounds(layer_plan, weights, bias)
         products = sums is not None and sums.products <= FLOAT32_EXACT
-        overflows = sums is None or sums.total > layer_plan.accumulator.largest
+        register = layer_plan.accumulator
+        overflows = register.bits is not None and (sums is None or sums.total > register.largest)
         if sums is not None and sums.total <= FLOAT32_EXACT and not overflows:
             continue
         emitted = []
@@ -81,6 +82,8 @@ def wide_layers(model: onnx.ModelProto, plan: Plan) -> PassResult:
         result.functions.append(function)
     if not replaced:
         return PassResult(result, False)
+    if not any(entry.domain == DOMAIN for entry in result.opset_import):
+        result.opset_import.append(helper.make_opsetid(DOMAIN, DOMAIN_VERSION))
     nodes = [
         n
         for node in graph.node

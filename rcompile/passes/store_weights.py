@@ -104,13 +104,15 @@ def store(
             stored = _integer_codes(name, codes, steps, axis, types or parameter_types(formats))
             if stored is not None:
                 return stored
-    if families(formats) == {MiniFloat} and _exact_in_float16(quantized):
-        half = numpy_helper.from_array(quantized.astype(np.float16), f"{name}_float16")
-        cast = helper.make_node(
-            "Cast", [half.name], [name], name=f"{name}_cast", to=TensorProto.FLOAT
-        )
-        return StoredTensor((half,), (cast,), name)
-    return float_tensor(f"{name}_float32", quantized)
+    if families(formats) == {MiniFloat}:
+        for half, suffix in ((np.float16, "float16"), (ml_dtypes.bfloat16, "bfloat16")):
+            if _exact_in(quantized, half):
+                stored = numpy_helper.from_array(quantized.astype(half), f"{name}_{suffix}")
+                cast = helper.make_node(
+                    "Cast", [stored.name], [name], name=f"{name}_cast", to=TensorProto.FLOAT
+                )
+                return StoredTensor((stored,), (cast,), name)
+    return float_tensor(name, quantized)
 
 
 def float_tensor(name: str, values: np.ndarray) -> StoredTensor:
@@ -172,7 +174,8 @@ def _integer_codes(
     return StoredTensor((tensor, scale, zero), (node,), name)
 
 
-def _exact_in_float16(values: np.ndarray) -> bool:
+def _exact_in(values: np.ndarray, half) -> bool:
+    """Whether the 16-bit float type `half` holds every value (signed zeros included)."""
     with np.errstate(over="ignore"):
-        round_trip = values.astype(np.float16).astype(F32)
+        round_trip = values.astype(half).astype(F32)
     return np.array_equal(round_trip.view(np.uint32), values.astype(F32).view(np.uint32))

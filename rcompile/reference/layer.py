@@ -129,8 +129,8 @@ def _integer_output(spec: LayerSpec, values: list[np.ndarray], bias):
 
 def overflow(accumulator: np.ndarray, register: Accumulator) -> np.ndarray:
     """The exact sum as the register holds it: clipped to its codes (`saturate`), or its low
-    `bits` bits as a two's-complement number (`wrap`)."""
-    if np.all(np.abs(accumulator) <= register.largest):
+    `bits` bits as a two's-complement number (`wrap`); an exact register keeps it."""
+    if register.bits is None or np.all(np.abs(accumulator) <= register.largest):
         return accumulator
     low, high = -register.largest - 1, register.largest
     if register.overflow == "saturate":

@@ -6,6 +6,8 @@ beyond 2**62 (16-bit mini floats span some 80 bits) in Python integers."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
@@ -19,8 +21,14 @@ def exact_product(contract, x: np.ndarray, w: np.ndarray, bound: float) -> np.nd
     if bound < FLOAT64_EXACT:
         return contract(x.astype(np.float64), w.astype(np.float64)).astype(np.int64)
     if bound >= INT64_EXACT:
-        return contract(x.astype(object), w.astype(object))
+        return contract(python_ints(x), python_ints(w))
     return contract(x.astype(np.int64), w.astype(np.int64))
+
+
+def python_ints(values: np.ndarray) -> np.ndarray:
+    """`values` as an object array of Python integers (numpy integers inside an object array
+    still overflow at 2**63)."""
+    return np.frompyfunc(int, 1, 1)(values).astype(object)
 
 
 def sum_bound(x: np.ndarray, w: np.ndarray, reduce_axes: tuple[int, ...]) -> float:
@@ -56,10 +64,25 @@ def conv(x: np.ndarray, w: np.ndarray, attributes: dict) -> np.ndarray:
     equation = f"ngc{letters}{kernels},goc{kernels}->ngo{letters}"
 
     def contract(a, b):
-        return np.einsum(equation, a, b, optimize=True)
+        if a.dtype != object:
+            return np.einsum(equation, a, b, optimize=True)
+        return _grouped_matmul(a, b, spatial)
 
     bound = sum_bound(x, w, tuple(range(1, w.ndim)))
     return exact_product(contract, windows, weights, bound).reshape(n, w.shape[0], *out)
+
+
+def _grouped_matmul(windows: np.ndarray, weights: np.ndarray, spatial: int) -> np.ndarray:
+    """The convolution's contraction as one matmul per group, for Python integers (numpy's
+    einsum passes them through C longs; matmul keeps them exact). windows [N, G, C, *out,
+    *K], weights [G, O, C, *K] -> [N, G, O, *out]."""
+    n, groups = windows.shape[:2]
+    out = windows.shape[3 : 3 + spatial]
+    order = (1, 0, *range(3, 3 + spatial), 2, *range(3 + spatial, windows.ndim))
+    rows = windows.transpose(order).reshape(groups, n * math.prod(out), -1)
+    columns = weights.reshape(groups, weights.shape[1], -1).transpose(0, 2, 1)
+    products = np.matmul(rows, columns).reshape(groups, n, *out, weights.shape[1])
+    return np.moveaxis(np.moveaxis(products, 0, 1), -1, 2)
 
 
 def _pads(attributes, size, kernel, strides, dilations) -> list[int]:
