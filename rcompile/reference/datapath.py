@@ -1,7 +1,8 @@
 """The reference datapath of a compiled model: its graph run by `onnx.reference`, the
 quantizers by their NumPy references and every planned layer by `IntegerLayer`. It reads the
 plan from the model's `rcompile.plan` metadata, so it runs any model rcompile wrote, in
-either target; the ops outside the layer model run in float32 as ONNX defines them."""
+either target; the ops outside the layer model run in float32 as ONNX defines them, those
+whose rounding ONNX leaves to the runtime by onnxruntime's CPU kernels (`runtime_ops`)."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from rcompile.onnx_ops import DOMAIN
 from rcompile.plan import Accumulator, recorded_plan
 from rcompile.reference.layer import LayerCodes, LayerSpec
 from rcompile.reference.ops import QUANTIZERS, REFERENCE_DOMAIN, integer_layer_kernel
+from rcompile.reference.runtime_ops import runtime_kernels
 
 
 class ReferenceError(UserError):
@@ -32,6 +34,7 @@ class Reference:
         prepared, self.specs = _prepared(model)
         self.codes: dict[str, LayerCodes] = {}
         kernels = [*QUANTIZERS, integer_layer_kernel(self.specs, self.codes)]
+        kernels += runtime_kernels(prepared)
         self._evaluator = ReferenceEvaluator(prepared, new_ops=kernels)
 
     def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
