@@ -1,5 +1,5 @@
 """`python -m rcompile` runs the command-line interface."""
 
-from rcompile.cli import entry_point
+from rcompile.launcher import run
 
-entry_point()
+run()

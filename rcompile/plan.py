@@ -108,6 +108,7 @@ class Override:
     skip: bool | None = None
     accumulator: int | None = None
     overflow: str | None = None
+    bias_mode: str | None = None
 
     def matches(self, layer: Layer) -> bool:
         return any(fnmatch.fnmatchcase(text, self.pattern) for text in (layer.node, layer.op_type))
@@ -262,7 +263,10 @@ def _rules_for(layer: Layer, scheme: Scheme, overrides: tuple[Override, ...]) ->
     for override in matching:
         changes = {
             key: getattr(override, key)
-            for key in ("weights", "bias", "input", "output", "skip", "accumulator", "overflow")
+            for key in (
+                *("weights", "bias", "input", "output", "skip", "accumulator", "overflow"),
+                "bias_mode",
+            )
             if getattr(override, key) is not None
         }
         rules = replace(rules, **changes)
@@ -275,6 +279,8 @@ def _layer_plan(layer: Layer, statistics: Statistics, rules: Override, options: 
     )
     output = _activation(rules.output, statistics, layer.output, options, layer)
     weights = _weights(rules.weights, statistics, layer, options) if layer.weight else ()
+    if rules.bias_mode is not None:
+        options = replace(options, bias=rules.bias_mode)
     bias = ()
     if layer.bias is not None:
         if options.bias == "accumulator":
@@ -392,7 +398,10 @@ def load_overrides(path: str | Path) -> tuple[Override, ...]:
     path = Path(path)
     if not path.is_file():
         raise SchemeError(f"{path}: no such overrides file")
-    text = path.read_text()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise SchemeError(f"{path}: not a text file (expected JSON or YAML)") from None
     try:
         if path.suffix.lower() in (".yaml", ".yml"):
             import yaml
@@ -415,16 +424,19 @@ def _override(pattern: str, settings: object, path: Path) -> Override:
         raise SchemeError(
             f"{path}: unknown key {unknown[0]!r} for {pattern!r}; valid: {OVERRIDE_KEYS}"
         )
+    bias_mode = settings.get("bias") if settings.get("bias") in BIAS_MODES else None
     rules = {
         key: parse_rule(str(settings[key]))
         for key in ("weights", "bias", "input", "output")
-        if key in settings
+        if key in settings and not (key == "bias" and bias_mode)
     }
     if "activations" in settings:
         rule = parse_rule(str(settings["activations"]))
         rules.setdefault("input", rule)
         rules.setdefault("output", rule)
     skip = settings.get("skip")
+    if skip is not None and not isinstance(skip, bool):
+        raise SchemeError(f"{path}: {pattern!r}: skip must be true or false, got {skip!r}")
     accumulator, overflow = settings.get("accumulator"), settings.get("overflow")
     if accumulator is not None or overflow is not None:
         try:
@@ -433,8 +445,9 @@ def _override(pattern: str, settings: object, path: Path) -> Override:
             raise SchemeError(f"{path}: {pattern!r}: {error}") from None
     return Override(
         pattern,
-        skip=None if skip is None else bool(skip),
+        skip=skip,
         accumulator=accumulator,
         overflow=overflow,
+        bias_mode=bias_mode,
         **rules,
     )

@@ -158,10 +158,10 @@ def parse_scheme(text: str) -> Scheme:
 
 
 def _parse_base_scheme(name: str, text: str) -> Scheme:
-    if match := re.fullmatch(r"dfp(\d+)", name):
+    if match := re.fullmatch(r"dfp([0-9]+)", name):
         bits = _bits(match.group(1), name)
         return Scheme(name, DFPRule(bits), DFPRule(bits))
-    if match := re.fullmatch(r"(dfp|pow2):w(\d+)a(\d+)", name):
+    if match := re.fullmatch(r"(dfp|pow2):w([0-9]+)a([0-9]+)", name):
         family, weight_bits, activation_bits = match.groups()
         weights = DFPRule if family == "dfp" else Pow2Rule
         return Scheme(
@@ -192,12 +192,12 @@ def parse_rule(text: str) -> Rule:
     name = text.strip().lower()
     if name == "fp32":
         return FP32
-    if match := re.fullmatch(r"dfp(\d+)(?:@(\w+))?", name):
+    if match := re.fullmatch(r"dfp([0-9]+)(?:@(\w+))?", name):
         rounding = match.group(2) or "even"
         if rounding not in ROUNDING_MODES:
             raise SchemeError(f"unknown rounding {rounding!r} in {text!r}; use {ROUNDING_MODES}")
         return DFPRule(_bits(match.group(1), name), rounding)
-    if match := re.fullmatch(r"pow2(?::(\d+))?", name):
+    if match := re.fullmatch(r"pow2(?::([0-9]+))?", name):
         return Pow2Rule(_bits(match.group(1) or "4", name))
     try:
         return FixedRule(parse_format(name))

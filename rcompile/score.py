@@ -56,6 +56,13 @@ def score(
     result = {"samples": len(scores)}
     if labels is not None:
         labels = labels[: len(scores)]
+        classes = scores.shape[1]
+        outside = labels[(labels < 0) | (labels >= classes)]
+        if outside.size:
+            raise CalibrationError(
+                f"labels must be class indices 0 to {classes - 1} of the model's output; "
+                f"{outside.size} of {len(labels)} are not (the first: {int(outside[0])})"
+            )
         top5 = np.argsort(-scores, axis=1, kind="stable")[:, :5]
         result["top1"] = float(np.mean(top5[:, 0] == labels))
         result["top5"] = float(np.mean(np.any(top5 == labels[:, None], axis=1)))

@@ -10,6 +10,7 @@ from conftest import make_model, tensor
 from onnx import helper, numpy_helper
 
 from rcompile.errors import CalibrationError, ModelImportError
+from rcompile.passes import calibrate
 from rcompile.passes.calibrate import (
     Range,
     activation_ranges,
@@ -57,6 +58,33 @@ def test_activation_ranges_are_min_and_max_over_every_batch():
 def test_activation_ranges_count_the_samples_of_every_batch():
     _, samples = activation_ranges(scale_relu_model(), ["x", "y"], batches(seed=0))
     assert samples == 10
+
+
+@pytest.mark.parametrize("budget", [1, 48, 10**9], ids=["one-sample", "a-few", "whole"])
+def test_batches_run_in_parts_that_fit_the_budget_with_the_same_ranges(budget, monkeypatch):
+    """One sample's three observed tensors take 48 bytes: a budget of 1 byte runs every
+    sample alone, 48 one at a time, and a large one whole batches; the ranges and the count
+    do not change, and no run returns more than the budget (after the first sample)."""
+    data = batches(seed=0, sizes=(7, 5))
+    whole, _ = activation_ranges(scale_relu_model(), ["x", "h", "y"], data, 10**9)
+    runs = []
+    real = calibrate.open_session
+
+    def counting(model):
+        session = real(model)
+
+        class Counted:
+            def run(self, names, inputs):
+                runs.append(len(inputs["x"]))
+                return session.run(names, inputs)
+
+        return Counted()
+
+    monkeypatch.setattr(calibrate, "open_session", counting)
+    ranges, samples = activation_ranges(scale_relu_model(), ["x", "h", "y"], data, budget)
+    assert (ranges, samples) == (whole, 12)
+    assert runs[0] == 1 and sum(runs) == 12
+    assert max(runs[1:]) == {1: 1, 48: 1, 10**9: 6}[budget]
 
 
 def test_activation_ranges_accept_a_generator_of_batches():

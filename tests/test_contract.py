@@ -5,13 +5,20 @@ file written, none changed or lost."""
 
 from __future__ import annotations
 
+import json
 import shutil
+import signal
 import stat
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 from conftest import rcompile_run
+from onnx import TensorProto, helper, numpy_helper
 from test_cli import assert_user_error
 
 from rcompile import exporter
@@ -30,7 +37,39 @@ def folder(tmp_path: Path) -> Path:
     with np.load(MODELS / "mnist_test.npz") as arrays:
         np.savez(tmp_path / "val.npz", input=arrays["input"][:16], labels=arrays["labels"][:16])
     (tmp_path / "overrides.json").write_text('{"conv1": {"weights": "dfp8"}}')
+    (tmp_path / "binary.json").write_bytes(bytes(range(256)))
+    (tmp_path / "skip.yaml").write_text('"/conv1/Conv": {skip: "yes"}\n')
+    np.savez(
+        tmp_path / "labels.npz",
+        input=np.load(tmp_path / "val.npz")["input"],
+        labels=np.full(16, 10),
+    )
+    conv_model(tmp_path / "f16.onnx", TensorProto.FLOAT16)
+    conv_model(tmp_path / "f64.onnx", TensorProto.DOUBLE)
+    conv_model(tmp_path / "custom.onnx", TensorProto.FLOAT, custom=True)
+    for name, dtype in (("x16", np.float16), ("x32", np.float32)):
+        np.savez(tmp_path / f"{name}.npz", x=np.ones((4, 3, 8, 8), dtype))
     return tmp_path
+
+
+def conv_model(path: Path, element: int, custom: bool = False, output_side: int = 6) -> None:
+    """x -> Conv (-> a vendor's op) -> y in the given float type."""
+    dtype = helper.tensor_dtype_to_np_dtype(element)
+    weight = np.random.default_rng(0).normal(size=(4, 3, 3, 3)).astype(dtype)
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c" if custom else "y"], name="conv")]
+    if custom:
+        nodes.append(helper.make_node("FancyAct", ["c"], ["y"], name="fancy", domain="com.vendor"))
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", element, ["N", 3, 8, 8])],
+        [helper.make_tensor_value_info("y", element, ["N", 4, output_side, output_side])],
+        [numpy_helper.from_array(weight, "w")],
+    )
+    opsets = [helper.make_opsetid("", 17)] + [helper.make_opsetid("com.vendor", 1)] * custom
+    model = helper.make_model(graph, opset_imports=opsets)
+    model.ir_version = 9
+    onnx.save(model, path)
 
 
 def snapshot(folder: Path) -> dict[str, tuple[bytes, int]]:
@@ -98,6 +137,37 @@ for option, value in (
     ("--batch-size", "0"),
 ):
     CASES[f"finetune {option} {value}"] = ([*FINETUNE, option, value], option)
+CASES.update(
+    {
+        "float16 model": (["f16.onnx", "--calib", "x16.npz", "-o", "q.onnx"], "is float16"),
+        "float64 model": (["f64.onnx", "--calib", "x32.npz", "-o", "q.onnx"], "is double"),
+        "vendor op": (["custom.onnx", "--calib", "x32.npz", "-o", "q.onnx"], "com.vendor"),
+        "binary overrides": (
+            [*COMPILE, "-o", "q.onnx", "--overrides", "binary.json"],
+            "not a text file",
+        ),
+        "skip not a boolean": (
+            [*COMPILE, "-o", "q.onnx", "--overrides", "skip.yaml"],
+            "skip must be true or false",
+        ),
+        "full-width digit in a scheme": (
+            [*COMPILE, "-o", "q.onnx", "--scheme", "dfp\uff18"],
+            "unknown scheme",
+        ),
+        "a metric that fails": (
+            ["search", *COMPILE[:3], "--val", "val.npz", "-o", "q.onnx", "--metric", "os:getcwd"],
+            "metric os:getcwd failed",
+        ),
+        "labels outside the classes in --val": (
+            [*COMPILE, "-o", "q.onnx", "--val", "labels.npz"],
+            "labels must be class indices 0 to 9",
+        ),
+        "labels outside the classes in eval": (
+            ["eval", "net.onnx", "--data", "labels.npz"],
+            "labels must be class indices 0 to 9",
+        ),
+    }
+)
 CASES["finetune output onto its training data"] = (
     [*FINETUNE[:-1], "val.npz"],
     "refusing to overwrite an input",
@@ -136,4 +206,70 @@ def test_a_full_disk_mid_write_leaves_no_new_file_and_the_old_set_whole(
     lines = capsys.readouterr().err.strip().splitlines()
     assert lines == ["rcompile: error: q.report.json: cannot write: No space left on device"]
     assert any(str(target).endswith("q.onnx") for target in renamed)
+    assert snapshot(folder) == before
+
+
+def test_a_declared_output_shape_the_graph_contradicts_is_replaced_with_a_warning(folder):
+    conv_model(folder / "wrong.onnx", TensorProto.FLOAT, output_side=7)
+    result = rcompile_run("wrong.onnx", "--calib", "x32.npz", "-o", "q.onnx", cwd=folder)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.startswith("rcompile: warning: wrong.onnx: the declared shapes")
+    shape = onnx.load(folder / "q.onnx").graph.output[0].type.tensor_type.shape
+    assert [d.dim_value for d in shape.dim][1:] == [4, 6, 6]
+
+
+def test_a_per_layer_bias_mode_from_the_docs_example_applies(folder):
+    """docs/schemes.md: `"*": {bias: weights}` gives every layer Ristretto's bias."""
+    (folder / "bias.yaml").write_text('"*": {bias: weights}\n')
+    result = rcompile_run(*COMPILE, "-o", "q.onnx", "--overrides", "bias.yaml", cwd=folder)
+    assert result.returncode == 0, result.stderr
+    layers = json.loads((folder / "q.report.json").read_text())["layers"]
+    assert {layer["formats"]["bias"]["bits"] for layer in layers} == {8}
+    default = rcompile_run(*COMPILE, "-o", "d.onnx", cwd=folder)
+    assert default.returncode == 0, default.stderr
+    layers = json.loads((folder / "d.report.json").read_text())["layers"]
+    assert {layer["formats"]["bias"]["bits"] for layer in layers} == {32}
+
+
+def slow_model(path: Path) -> None:
+    """Two 256-channel 3x3 convolutions on 64x64 inputs: many seconds of calibration."""
+    rng = np.random.default_rng(1)
+    weights = {"w1": rng.normal(size=(256, 3, 3, 3)), "w2": rng.normal(size=(256, 256, 3, 3))}
+    graph = helper.make_graph(
+        [
+            helper.make_node("Conv", ["x", "w1"], ["c"], name="conv1", pads=[1, 1, 1, 1]),
+            helper.make_node("Conv", ["c", "w2"], ["y"], name="conv2", pads=[1, 1, 1, 1]),
+        ],
+        "slow",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 64, 64])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 256, 64, 64])],
+        [numpy_helper.from_array(v.astype(np.float32), k) for k, v in weights.items()],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 9
+    onnx.save(model, path)
+
+
+@pytest.mark.parametrize("delay", [0.3, 2.5], ids=["start-up", "mid-run"])
+def test_ctrl_c_is_one_line_exit_130_and_writes_nothing(folder, delay):
+    """Ctrl-C while Python still imports the pipeline, or while it calibrates, says so in
+    one line and leaves the folder as it was."""
+    slow_model(folder / "slow.onnx")
+    x = np.random.default_rng(2).normal(size=(192, 3, 64, 64)).astype(np.float32)
+    np.savez(folder / "slow.npz", x=x)
+    before = snapshot(folder)
+    start = time.monotonic()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "rcompile", "slow.onnx", "--calib", "slow.npz", "-o", "q.onnx"],
+        cwd=folder,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    time.sleep(delay)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    assert time.monotonic() - start < 30, "the interrupt was not answered promptly"
+    assert (process.returncode, stderr) == (130, "rcompile: interrupted\n")
     assert snapshot(folder) == before

@@ -6,7 +6,7 @@
     rcompile verify net_q.onnx --data images/
 
 Exit status: 0 success, 1 a user error (one line on stderr; --debug shows the traceback),
-2 an internal error.
+2 an internal error, 130 interrupted (Ctrl-C).
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import typer
 from rcompile.cli import compile, finetune, inspect, search, vectors, verify  # noqa: F401 - registers the commands
 from rcompile.cli.app import app
 from rcompile.errors import UserError
+from rcompile.launcher import INTERRUPTED
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -34,8 +35,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"rcompile: error: {message}", file=sys.stderr)
         return 1
     except (typer.Abort, KeyboardInterrupt):
-        print("rcompile: interrupted", file=sys.stderr)
-        return 130
+        status = INTERRUPTED
     except Exception as error:  # a bug of ours: say so, and how to see it
         if debug:
             traceback.print_exc()
@@ -46,8 +46,6 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
+    if status == INTERRUPTED:  # typer turns Ctrl-C into this exit status
+        print("rcompile: interrupted", file=sys.stderr)
     return status if isinstance(status, int) else 0
-
-
-def entry_point() -> None:
-    sys.exit(main())

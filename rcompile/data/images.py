@@ -162,6 +162,10 @@ def _resize_target(prep: Preprocessing, geometry: Geometry) -> int:
     return prep.resize or crop
 
 
+# Above this many pixels a resized image is resampled only where the crop takes it.
+MAX_RESIZED_PIXELS = 4096 * 4096
+
+
 def load_image(path: Path, geometry: Geometry, short: int) -> np.ndarray:
     """One image as (height, width, channels) uint8: shorter side resized to `short`
     (bilinear), then the centre cropped out, as torchvision's Resize and CenterCrop do."""
@@ -172,17 +176,31 @@ def load_image(path: Path, geometry: Geometry, short: int) -> np.ndarray:
         raise CalibrationError(
             f"{path}: cannot read the image ({first_line(error)}); remove or replace the file"
         ) from error
-    cropped = _centre_crop(_resize_shorter(converted, short), geometry.height, geometry.width)
+    cropped = _resized_centre(converted, short, geometry.height, geometry.width)
     return np.asarray(cropped, dtype=np.uint8).reshape(geometry.height, geometry.width, -1)
 
 
-def _resize_shorter(image: Image.Image, short: int) -> Image.Image:
-    width, height = image.size
+def _resized_centre(image: Image.Image, short: int, height: int, width: int) -> Image.Image:
+    """The centre `height` x `width` of `image` with its shorter side resized to `short`.
+    An image whose resized whole would be huge (a 16000 x 1 strip resizes to 4,096,000 x 256
+    pixels) has only its centre resampled, from the matching box of the original: nearly
+    the same pixels, in memory bounded by the crop."""
+    size = _shorter_resized(image.size, short)
+    if size == image.size:
+        return _centre_crop(image, height, width)
+    top, left = round((size[1] - height) / 2), round((size[0] - width) / 2)
+    if size[0] * size[1] <= MAX_RESIZED_PIXELS or top < 0 or left < 0:
+        return _centre_crop(image.resize(size, Image.Resampling.BILINEAR), height, width)
+    sx, sy = image.size[0] / size[0], image.size[1] / size[1]
+    box = (left * sx, top * sy, (left + width) * sx, (top + height) * sy)
+    return image.resize((width, height), Image.Resampling.BILINEAR, box=box)
+
+
+def _shorter_resized(size: tuple[int, int], short: int) -> tuple[int, int]:
+    width, height = size
     if width <= height:
-        size = (short, int(short * height / width))
-    else:
-        size = (int(short * width / height), short)
-    return image if size == image.size else image.resize(size, Image.Resampling.BILINEAR)
+        return (short, int(short * height / width))
+    return (int(short * width / height), short)
 
 
 def _centre_crop(image: Image.Image, height: int, width: int) -> Image.Image:

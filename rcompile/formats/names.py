@@ -12,9 +12,9 @@ from rcompile.formats.rounding import ROUNDING_MODES
 
 Format = DFP | MiniFloat | Pow2
 
-_DFP = re.compile(r"(u?)dfp(\d+)f(-?\d+)")
-_MINIFLOAT = re.compile(r"fp(\d+)e(\d+)m(\d+)(r|fn|ieee)?")
-_POW2 = re.compile(r"pow2e(-?\d+)\.\.(-?\d+)(r?)")
+_DFP = re.compile(r"(u?)dfp([0-9]+)f(-?[0-9]+)")
+_MINIFLOAT = re.compile(r"fp([0-9]+)e([0-9]+)m([0-9]+)(r|fn|ieee)?")
+_POW2 = re.compile(r"pow2e(-?[0-9]+)\.\.(-?[0-9]+)(r?)")
 _ALIASES = {
     "fp16": MiniFloat(5, 10, "ieee"),
     "bf16": MiniFloat(8, 7, "ieee"),

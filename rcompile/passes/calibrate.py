@@ -2,8 +2,10 @@
 
 Activation ranges come from one onnxruntime run per calibration batch over a copy of the
 model whose outputs are exactly the tensors to be quantized; running minima and maxima are
-all that is kept, so memory does not grow with the data. Weight ranges (per output channel)
-come straight from the initializers. NaN or inf anywhere is an error naming the tensor.
+all that is kept, so memory does not grow with the data, and batches run in parts whose
+observed tensors fit a fixed budget, so it does not grow with the batch size either.
+Weight ranges (per output channel) come straight from the initializers. NaN or inf
+anywhere is an error naming the tensor.
 """
 
 from __future__ import annotations
@@ -19,6 +21,9 @@ from rcompile.errors import CalibrationError, ModelImportError
 from rcompile.graph import constant_value
 from rcompile.passes.layers import Layer
 from rcompile.sessions import open_session
+
+# What one calibration run may return at once: the observed tensors of its samples.
+OBSERVED_BYTES = 256 * 2**20
 
 
 @dataclass(frozen=True)
@@ -92,21 +97,50 @@ def _weight_range(value: np.ndarray, axis: int | None) -> WeightRange:
 
 
 def activation_ranges(
-    model: onnx.ModelProto, tensors: list[str], batches: Iterable[dict[str, np.ndarray]]
+    model: onnx.ModelProto,
+    tensors: list[str],
+    batches: Iterable[dict[str, np.ndarray]],
+    budget: int = OBSERVED_BYTES,
 ) -> tuple[dict[str, Range], int]:
-    """Run the model on every batch and return each tensor's range and the sample count."""
+    """Run the model on every batch and return each tensor's range and the sample count.
+
+    Every observed tensor of a run is held at once (onnxruntime returns them together), so
+    batches run in parts: one sample first, to measure what a sample's tensors take, then
+    as many samples as fit in `budget` bytes. Memory stays the session's plus the budget,
+    whatever the batch size and the number of samples; the ranges are the same."""
     session = _observing_session(model, tensors)
     ranges: dict[str, Range] = {}
-    samples = 0
+    samples, part = 0, 1
     for batch in batches:
-        outputs = session.run(tensors, batch)
-        samples += len(next(iter(batch.values())))
-        for name, value in zip(tensors, outputs, strict=True):
-            observed = _range_of(name, value)
-            ranges[name] = ranges[name].merged(observed) if name in ranges else observed
+        count = _count(batch)
+        start = 0
+        while start < count:
+            inputs = _part(batch, count, start, part)
+            outputs = session.run(tensors, inputs)
+            done = min(part, count - start)
+            start, samples = start + done, samples + done
+            per_sample = sum(value.nbytes for value in outputs) / done
+            part = max(1, int(budget // max(per_sample, 1)))
+            for name, value in zip(tensors, outputs, strict=True):
+                observed = _range_of(name, value)
+                ranges[name] = ranges[name].merged(observed) if name in ranges else observed
+            del outputs
     if samples == 0:
         raise CalibrationError("the calibration data holds no samples")
     return ranges, samples
+
+
+def _count(batch: dict[str, np.ndarray]) -> int:
+    return max((len(value) for value in batch.values() if value.ndim), default=1)
+
+
+def _part(batch: dict[str, np.ndarray], count: int, start: int, size: int) -> dict:
+    """Samples `start` to `start + size` of the batch (views, no copies); an input without
+    a batch axis of the batch's length (held constant) goes whole into every part."""
+    return {
+        name: value[start : start + size] if value.ndim and len(value) == count else value
+        for name, value in batch.items()
+    }
 
 
 def _range_of(name: str, value: np.ndarray) -> Range:

@@ -12,7 +12,7 @@ import numpy as np
 import onnx
 from onnx.reference import ReferenceEvaluator
 
-from rcompile.errors import UserError
+from rcompile.errors import ReferenceError
 from rcompile.formats import parse_format
 from rcompile.graph import consumers
 from rcompile.onnx_ops import DOMAIN
@@ -20,10 +20,6 @@ from rcompile.plan import Accumulator, recorded_plan
 from rcompile.reference.layer import LayerCodes, LayerSpec
 from rcompile.reference.ops import QUANTIZERS, REFERENCE_DOMAIN, integer_layer_kernel
 from rcompile.reference.runtime_ops import runtime_kernels
-
-
-class ReferenceError(UserError):
-    """The model cannot be run by the reference datapath."""
 
 
 class Reference:

@@ -22,9 +22,10 @@ import onnxruntime as ort
 from onnx import helper
 from onnx.reference.op_run import OpRun
 
-# Ops NumPy computes as onnxruntime does: data movement, picks and comparisons, casts, and
-# arithmetic that IEEE 754 rounds correctly. Control flow stays with onnx.reference too (its
-# bodies' nodes are looked up like any other).
+# Ops NumPy computes as onnxruntime does: data movement, picks and comparisons, casts,
+# arithmetic that IEEE 754 rounds correctly, and (de)quantization, whose rounding ONNX
+# fixes. Control flow stays with onnx.reference too (its bodies' nodes are looked up like
+# any other).
 EXACT = frozenset(
     (
         *("Identity", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose", "Concat"),
@@ -36,6 +37,7 @@ EXACT = frozenset(
         *("Equal", "Less", "LessOrEqual", "Greater", "GreaterOrEqual", "Not", "And", "Or"),
         *("Xor", "Where", "MaxPool", "GlobalMaxPool", "ReduceMax", "ReduceMin", "ArgMax"),
         *("ArgMin", "TopK", "NonZero", "If", "Loop", "Scan", "Dropout"),
+        *("QuantizeLinear", "DequantizeLinear"),
     )
 )
 STANDARD = ("", "ai.onnx")

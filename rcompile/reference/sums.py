@@ -11,6 +11,8 @@ import math
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
+from rcompile.errors import ReferenceError
+
 FLOAT64_EXACT = 2**53
 INT64_EXACT = 2**62
 
@@ -116,7 +118,11 @@ def conv_transpose(x: np.ndarray, w: np.ndarray, node) -> np.ndarray:
 
     bound = sum_bound(x, np.moveaxis(w, 1, 0), tuple(range(1, w.ndim)))
     if bound >= FLOAT64_EXACT:
-        raise ValueError("a ConvTranspose's sums exceed 2**53, beyond the float64 reference")
+        raise ReferenceError(
+            f"ConvTranspose {node.name}: its sums of products pass 2**53 steps, which the "
+            "reference computes in float64 and cannot hold exactly (16-bit and wider mini "
+            "floats); give the layer a narrower format to verify it"
+        )
     layer = helper.make_node("ConvTranspose", ["x", "w"], ["y"], name="layer")
     layer.attribute.extend(node.attribute)
     tensors = [helper.make_tensor_value_info(n, TensorProto.DOUBLE, None) for n in "xwy"]

@@ -28,7 +28,16 @@ class Metric:
     needs_labels: bool
 
     def __call__(self, outputs: np.ndarray, labels, reference: np.ndarray) -> float:
-        return float(self.function(outputs, labels, reference))
+        if self.name in BUILT_IN:
+            return float(self.function(outputs, labels, reference))
+        try:
+            return float(self.function(outputs, labels, reference))
+        except Exception as error:  # the user's function: its failure is theirs to fix
+            first = (str(error).strip().splitlines() or [""])[0]
+            raise SchemeError(
+                f"metric {self.name} failed when called as function(outputs, labels, "
+                f"reference): {type(error).__name__}: {first}"
+            ) from error
 
 
 def _share_of(key: str) -> MetricFunction:
