@@ -10,7 +10,7 @@ import onnx
 
 from rcompile.batching import model_batches
 from rcompile.data import Dataset, Preprocessing, input_specs, open_data
-from rcompile.errors import CalibrationError
+from rcompile.errors import CalibrationError, warn
 from rcompile.exporter import finish_model
 from rcompile.importer import load_model, prepare_model
 from rcompile.lowering import lower
@@ -20,7 +20,7 @@ from rcompile.passes.calibrate import (
     activation_tensors,
     weight_ranges,
 )
-from rcompile.passes.layers import find_layers
+from rcompile.passes.layers import QUANTIZABLE, find_layers
 from rcompile.plan import (
     PLAN_KEY,
     Override,
@@ -32,7 +32,7 @@ from rcompile.plan import (
 )
 from rcompile.progress import progress_bar
 from rcompile.report import Report
-from rcompile.report_build import layer_rows, unquantized_ops
+from rcompile.report_build import layer_rows, nested_nodes, unquantized_ops
 from rcompile.scheme import FixedRule, Scheme, parse_scheme
 from rcompile.score import predictions, score
 
@@ -70,6 +70,12 @@ def compile(
     if not isinstance(overrides, tuple):
         overrides = load_overrides(overrides)
     layers = find_layers(source)
+    nested = [node for _, node in nested_nodes(source.graph) if node.op_type in QUANTIZABLE]
+    if nested:
+        warn(
+            f"{len(nested)} layers inside If, Loop or Scan bodies stay FP32 (the report lists "
+            "them under unquantized ops)"
+        )
     statistics, calibration = collect_statistics(
         source, layers, parsed, calib, calib_count, preprocessing, batch_size, show_progress
     )

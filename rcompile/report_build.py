@@ -28,13 +28,27 @@ def layer_rows(
 
 
 def unquantized_ops(model: onnx.ModelProto, plan: Plan) -> dict[str, int]:
-    """How many nodes of each op type stay FP32 (everything but the planned layers)."""
+    """How many nodes of each op type stay FP32 (everything but the planned layers); nodes
+    inside an If, Loop or Scan body, which always stay FP32, as `Conv (in If)`."""
     planned = {p.layer.node for p in plan.layers}
-    return dict(
-        Counter(
-            n.op_type for n in model.graph.node if n.name not in planned and n.op_type != "Constant"
-        )
+    counts = Counter(
+        n.op_type for n in model.graph.node if n.name not in planned and n.op_type != "Constant"
     )
+    counts.update(f"{inner.op_type} (in {owner})" for owner, inner in nested_nodes(model.graph))
+    return dict(counts)
+
+
+def nested_nodes(graph: onnx.GraphProto) -> list[tuple[str, onnx.NodeProto]]:
+    """Every node inside the bodies of `graph`'s control-flow nodes, with the op type of the
+    outermost node that holds it."""
+    found = []
+    for node in graph.node:
+        for attribute in node.attribute:
+            inner = [attribute.g] if attribute.type == onnx.AttributeProto.GRAPH else []
+            for body in [*inner, *attribute.graphs]:
+                found += [(node.op_type, n) for n in body.node]
+                found += [(node.op_type, n) for _, n in nested_nodes(body)]
+    return found
 
 
 def _row(model, node: onnx.NodeProto, plan: LayerPlan, shapes, statistics) -> LayerRow:

@@ -51,7 +51,7 @@ def _totals(totals: dict) -> list[str]:
             n(totals["parameter_memory_bits"]),
             n(totals["fp32_parameter_memory_bits"]),
         ],
-        ["parameter compression", f"{totals['parameter_compression']}x", "1x"],
+        ["parameter compression", f"{totals['parameter_compression'] or 1}x", "1x"],
         [
             "layer outputs, all layers (bits per sample)",
             n(totals["activation_output_bits"]),

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 import pytest
 from conftest import rcompile_run
 from onnx import TensorProto, helper, numpy_helper
@@ -273,3 +274,55 @@ def test_ctrl_c_is_one_line_exit_130_and_writes_nothing(folder, delay):
     assert time.monotonic() - start < 30, "the interrupt was not answered promptly"
     assert (process.returncode, stderr) == (130, "rcompile: interrupted\n")
     assert snapshot(folder) == before
+
+
+def if_network(path: Path) -> None:
+    """A convolution in each branch of an If on the input's mean."""
+    weight = numpy_helper.from_array(
+        np.random.default_rng(3).normal(size=(4, 3, 3, 3)).astype(np.float32), "w"
+    )
+
+    def branch(name: str, activation: str) -> onnx.GraphProto:
+        nodes = [
+            helper.make_node("Conv", ["x", "w"], [f"{name}_c"], name=f"{name}_conv"),
+            helper.make_node(activation, [f"{name}_c"], [f"{name}_y"], name=f"{name}_act"),
+        ]
+        out = helper.make_tensor_value_info(f"{name}_y", TensorProto.FLOAT, ["N", 4, 6, 6])
+        return helper.make_graph(nodes, name, [], [out])
+
+    nodes = [
+        helper.make_node("ReduceMean", ["x"], ["m"], name="mean", keepdims=0),
+        helper.make_node("Greater", ["m", "zero"], ["c"], name="positive"),
+        helper.make_node(
+            "If",
+            ["c"],
+            ["y"],
+            name="if",
+            then_branch=branch("a", "Relu"),
+            else_branch=branch("b", "Sigmoid"),
+        ),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4, 6, 6])],
+        [weight, numpy_helper.from_array(np.array(0, np.float32), "zero")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 9
+    onnx.save(model, path)
+
+
+def test_layers_inside_if_bodies_stay_fp32_with_a_warning_and_are_listed(folder):
+    if_network(folder / "if.onnx")
+    result = rcompile_run("if.onnx", "--calib", "x32.npz", "-o", "q.onnx", cwd=folder)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.startswith("rcompile: warning: 2 layers inside If, Loop or Scan")
+    assert "no parameters quantized" in result.stdout
+    report = json.loads((folder / "q.report.json").read_text())
+    assert report["unquantized_ops"]["Conv (in If)"] == 2
+    session = ort.InferenceSession(str(folder / "q.onnx"), providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(4).normal(size=(2, 3, 8, 8)).astype(np.float32)
+    source = ort.InferenceSession(str(folder / "if.onnx"), providers=["CPUExecutionProvider"])
+    np.testing.assert_array_equal(session.run(None, {"x": x})[0], source.run(None, {"x": x})[0])

@@ -169,7 +169,11 @@ def _compile_lines(summary: dict) -> list[str]:
         f"report {summary['report']} and {summary['report_markdown']}",
         f"{totals['layers']} layers quantized; parameter memory "
         f"{totals['parameter_memory_bits']:,} bits "
-        f"({totals['parameter_compression']}x smaller than FP32)",
+        + (
+            f"({totals['parameter_compression']}x smaller than FP32)"
+            if totals["parameter_compression"]
+            else "(no parameters quantized)"
+        ),
     ]
     accuracy = summary["accuracy"]
     if accuracy:

@@ -114,6 +114,9 @@ def activation_ranges(
     for batch in batches:
         count = _count(batch)
         start = 0
+        if not tensors:  # nothing to observe (no layer in the main graph)
+            samples += count
+            continue
         while start < count:
             inputs = _part(batch, count, start, part)
             outputs = session.run(tensors, inputs)
