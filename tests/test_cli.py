@@ -571,3 +571,48 @@ def test_internal_error_with_debug_shows_the_traceback(tmp_path, monkeypatch, ca
     monkeypatch.setattr(rcompile.cli.compile, "compile_model", _broken_compile)
     assert main([*compile_args(tmp_path / "q.onnx"), "--debug"]) == 2
     assert "Traceback" in capsys.readouterr().err
+
+
+def dynamic_conv(path: Path) -> Path:
+    """x (N, 3, H, W) -> 3x3 Conv to 8 channels, padded: MACs depend on H and W."""
+    weight = onnx.numpy_helper.from_array(np.ones((8, 3, 3, 3), np.float32), "w")
+    conv = onnx.helper.make_node("Conv", ["x", "w"], ["y"], name="conv", pads=[1, 1, 1, 1])
+    graph = onnx.helper.make_graph(
+        [conv],
+        "dynamic",
+        [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", 3, "H", "W"])],
+        [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["N", 8, "H", "W"])],
+        [weight],
+    )
+    model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)])
+    model.ir_version = 9
+    onnx.save(model, path)
+    return path
+
+
+def test_inspect_says_a_total_is_partial_and_counts_it_with_given_input_shapes(tmp_path, capsys):
+    model = dynamic_conv(tmp_path / "dynamic.onnx")
+    assert main(["inspect", str(model)]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == (
+        "1 quantizable layers, 0 MACs per sample (1 layers of unknown size not counted: give "
+        "the inputs' sizes with --input-shape NAME=D1,D2,...)"
+    )
+    assert main(["inspect", str(model), "--input-shape", "x=1,3,960,640"]) == 0
+    macs = 960 * 640 * 8 * 27
+    assert capsys.readouterr().out.splitlines()[-1] == (
+        f"1 quantizable layers, {macs:,} MACs per sample"
+    )
+
+
+@pytest.mark.parametrize(
+    ("given", "named"),
+    [
+        ("x=1,3,960", "3 dimensions given, the input has 4"),
+        ("y=1,3,9,9", "the model has no input 'y'"),
+        ("x=1x3", "expected NAME=D1,D2,..."),
+        ("x=1,4,9,9", "dimension 3 is fixed, 4 given"),
+    ],
+)
+def test_a_wrong_input_shape_is_one_line(tmp_path, given, named):
+    model = dynamic_conv(tmp_path / "dynamic.onnx")
+    assert_user_error(rcompile_run("inspect", model, "--input-shape", given), named)

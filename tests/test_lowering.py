@@ -188,3 +188,51 @@ def test_sim_with_sigmoid_and_softmax_between_layers_is_the_reference(scheme, tm
     np.savez(tmp_path / "calib.npz", x=rng.normal(size=(16, 3, 8, 8)).astype(np.float32))
     result = rcompile.compile(silu_network(), scheme, tmp_path / "calib.npz")
     assert_bit_true(result.model, {"x": rng.normal(size=(8, 3, 8, 8)).astype(np.float32)})
+
+
+def residual_layer_norm_network() -> onnx.ModelProto:
+    """x (N, 8, 64) -> MatMul -> + x -> layer normalisation, decomposed as exporters write
+    it -> MatMul -> y: the residual Add that onnxruntime fuses into SkipLayerNormalization."""
+    rng = np.random.default_rng(13)
+    h = onnx.helper
+    nodes = [
+        h.make_node("MatMul", ["x", "w1"], ["m"], name="fc1"),
+        h.make_node("Add", ["m", "x"], ["s"], name="residual"),
+        h.make_node("ReduceMean", ["s"], ["mean"], name="mean", axes=[-1]),
+        h.make_node("Sub", ["s", "mean"], ["d"], name="centre"),
+        h.make_node("Pow", ["d", "two"], ["sq"], name="square"),
+        h.make_node("ReduceMean", ["sq"], ["var"], name="variance", axes=[-1]),
+        h.make_node("Add", ["var", "eps"], ["ve"], name="epsilon"),
+        h.make_node("Sqrt", ["ve"], ["sd"], name="sqrt"),
+        h.make_node("Div", ["d", "sd"], ["n"], name="normalise"),
+        h.make_node("Mul", ["n", "gamma"], ["g"], name="scale"),
+        h.make_node("Add", ["g", "beta"], ["ln"], name="shift"),
+        h.make_node("MatMul", ["ln", "w2"], ["y"], name="fc2"),
+    ]
+    values = {
+        "w1": rng.normal(size=(64, 64)) / 8,
+        "w2": rng.normal(size=(64, 10)) / 8,
+        "two": np.array(2.0),
+        "eps": np.array(1e-5),
+        "gamma": rng.uniform(0.5, 1.5, size=64),
+        "beta": rng.normal(size=64) / 10,
+    }
+    graph = h.make_graph(
+        nodes,
+        "residual_ln",
+        [h.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", 8, 64])],
+        [h.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["N", 8, 10])],
+        [onnx.numpy_helper.from_array(v.astype(np.float32), k) for k, v in values.items()],
+    )
+    return h.make_model(graph, opset_imports=[h.make_opsetid("", 13)])
+
+
+def test_a_residual_layer_norm_keeps_every_level_the_same(tmp_path):
+    """Fused into SkipLayerNormalization at EXTENDED, the residual Add and the normalisation
+    would round otherwise; the sim model's barrier keeps all levels equal to the reference."""
+    rng = np.random.default_rng(14)
+    np.savez(tmp_path / "calib.npz", x=rng.normal(size=(32, 8, 64)).astype(np.float32))
+    result = rcompile.compile(residual_layer_norm_network(), "dfp8", tmp_path / "calib.npz")
+    assert "SkipLayerNormalization" in optimized_ops(residual_layer_norm_network(), tmp_path)
+    assert "SkipLayerNormalization" not in optimized_ops(result.model, tmp_path)
+    assert_bit_true(result.model, {"x": rng.normal(size=(64, 8, 64)).astype(np.float32)})

@@ -20,6 +20,7 @@ from rcompile.cli.app import (
 from rcompile.data import input_specs, open_data, parse_preprocessing
 from rcompile.errors import UserError
 from rcompile.importer import load_model
+from rcompile.input_shapes import parse_input_shape, with_input_shapes
 from rcompile.report_build import inspect_layers
 from rcompile.score import predictions, score
 
@@ -27,10 +28,18 @@ from rcompile.score import predictions, score
 @app.command("inspect", help="List the quantizable layers of a model: shapes, MACs, parameters.")
 def inspect_command(
     model: Annotated[Path, typer.Argument(help="The .onnx model.")],
+    input_shape: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="NAME=D1,D2,...: a fixed shape for an input of dynamic size, to count MACs "
+            "(repeat for several inputs)."
+        ),
+    ] = None,
     as_json: AsJson = False,
     debug: Debug = False,
 ) -> None:
-    layers = inspect_layers(load_model(model))
+    given = dict(parse_input_shape(text) for text in input_shape or [])
+    layers = inspect_layers(with_input_shapes(load_model(model), given))
     emit({"model": str(model), "layers": layers}, as_json, _inspect_lines)
 
 
@@ -45,7 +54,14 @@ def _inspect_lines(summary: dict) -> list[str]:
             f"{row['parameters']:>10,}"
         )
     total = sum(row["macs"] or 0 for row in summary["layers"])
-    lines.append(f"{len(summary['layers'])} quantizable layers, {total:,} MACs per sample")
+    unknown = sum(row["macs"] is None for row in summary["layers"])
+    line = f"{len(summary['layers'])} quantizable layers, {total:,} MACs per sample"
+    if unknown:
+        line += (
+            f" ({unknown} layers of unknown size not counted: give the inputs' sizes with "
+            "--input-shape NAME=D1,D2,...)"
+        )
+    lines.append(line)
     return lines
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import onnx
 
+from rcompile.lowering.fusion_barriers import fusion_barriers
 from rcompile.lowering.qdq import inline_quantizers, integer_clamps
 from rcompile.lowering.rewrite import QDQ, SIM, rewrite
 from rcompile.lowering.sim import arithmetic_quantizers, dequantize_by_arithmetic
@@ -33,5 +34,5 @@ def lower(model: onnx.ModelProto, plan: Plan, target: str = "sim") -> PassResult
         lowered = integer_clamps(inlined).model
     else:
         arithmetic = dequantize_by_arithmetic(arithmetic_quantizers(result.model).model).model
-        lowered = wide_layers(arithmetic, plan).model
+        lowered = fusion_barriers(wide_layers(arithmetic, plan).model).model
     return PassResult(share_constants(lowered).model, result.modified)
