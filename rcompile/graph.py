@@ -23,12 +23,29 @@ def consumers(graph: onnx.GraphProto) -> dict[str, list[onnx.NodeProto]]:
     return result
 
 
+def bodies(node: onnx.NodeProto) -> list[onnx.GraphProto]:
+    """The graphs a node's attributes hold (an If's branches, a Loop's body)."""
+    graphs = []
+    for attribute in node.attribute:
+        graphs += [attribute.g] if attribute.type == onnx.AttributeProto.GRAPH else []
+        graphs += list(attribute.graphs)
+    return graphs
+
+
+def subgraphs(graph: onnx.GraphProto) -> list[onnx.GraphProto]:
+    """Every graph nested in `graph`'s nodes, at any depth."""
+    found = []
+    for node in graph.node:
+        for body in bodies(node):
+            found += [body, *subgraphs(body)]
+    return found
+
+
 def values_read(node: onnx.NodeProto) -> list[str]:
     """The values a node reads, in order, those its subgraphs read from outer scopes included."""
     names = [name for name in node.input if name]
-    for attribute in node.attribute:
-        graphs = [attribute.g] if attribute.type == onnx.AttributeProto.GRAPH else attribute.graphs
-        names += [name for graph in graphs for inner in graph.node for name in values_read(inner)]
+    for body in bodies(node):
+        names += [name for inner in body.node for name in values_read(inner)]
     return names
 
 

@@ -9,7 +9,7 @@ import numpy as np
 import onnx
 
 from rcompile.formats.codes import step_exponents
-from rcompile.graph import constant_value
+from rcompile.graph import bodies, constant_value, subgraphs
 from rcompile.passes.calibrate import Statistics
 from rcompile.passes.layers import find_layers
 from rcompile.plan import LayerPlan, Plan
@@ -41,14 +41,13 @@ def unquantized_ops(model: onnx.ModelProto, plan: Plan) -> dict[str, int]:
 def nested_nodes(graph: onnx.GraphProto) -> list[tuple[str, onnx.NodeProto]]:
     """Every node inside the bodies of `graph`'s control-flow nodes, with the op type of the
     outermost node that holds it."""
-    found = []
-    for node in graph.node:
-        for attribute in node.attribute:
-            inner = [attribute.g] if attribute.type == onnx.AttributeProto.GRAPH else []
-            for body in [*inner, *attribute.graphs]:
-                found += [(node.op_type, n) for n in body.node]
-                found += [(node.op_type, n) for _, n in nested_nodes(body)]
-    return found
+    return [
+        (node.op_type, inner)
+        for node in graph.node
+        for body in bodies(node)
+        for nested in [body, *subgraphs(body)]
+        for inner in nested.node
+    ]
 
 
 def _row(model, node: onnx.NodeProto, plan: LayerPlan, shapes, statistics) -> LayerRow:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import onnx
 
-from rcompile.graph import output_names
+from rcompile.graph import output_names, subgraphs
 from rcompile.passes import PassResult
 
 
@@ -47,11 +47,6 @@ def _content(tensor: onnx.TensorProto) -> bytes:
 
 
 def _rename_reads(graph: onnx.GraphProto, renamed: dict[str, str]) -> None:
-    for node in graph.node:
-        for position, name in enumerate(node.input):
-            if name in renamed:
-                node.input[position] = renamed[name]
-        for attribute in node.attribute:
-            inner = [attribute.g] if attribute.type == onnx.AttributeProto.GRAPH else []
-            for subgraph in [*inner, *attribute.graphs]:
-                _rename_reads(subgraph, renamed)
+    for scope in [graph, *subgraphs(graph)]:
+        for node in scope.node:
+            node.input[:] = [renamed.get(name, name) for name in node.input]

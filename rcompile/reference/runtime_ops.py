@@ -22,6 +22,8 @@ import onnxruntime as ort
 from onnx import helper
 from onnx.reference.op_run import OpRun
 
+from rcompile.graph import subgraphs
+
 # Ops NumPy computes as onnxruntime does: data movement, picks and comparisons, casts,
 # arithmetic that IEEE 754 rounds correctly, and (de)quantization, whose rounding ONNX
 # fixes. Control flow stays with onnx.reference too (its bodies' nodes are looked up like
@@ -47,7 +49,7 @@ def runtime_kernels(model: onnx.ModelProto) -> list[type[OpRun]]:
     """`OpRun` classes that run the standard ops of `model` outside `EXACT` (in its bodies
     too) with onnxruntime, at the model's opset."""
     opset = next(o.version for o in model.opset_import if o.domain in STANDARD)
-    graphs = [model.graph, *(_subgraphs(model.graph))]
+    graphs = [model.graph, *subgraphs(model.graph)]
     op_types = {
         node.op_type
         for graph in graphs
@@ -55,16 +57,6 @@ def runtime_kernels(model: onnx.ModelProto) -> list[type[OpRun]]:
         if node.domain in STANDARD and node.op_type not in EXACT
     }
     return [_kernel(op_type, opset, model.ir_version) for op_type in sorted(op_types)]
-
-
-def _subgraphs(graph: onnx.GraphProto) -> list[onnx.GraphProto]:
-    found = []
-    for node in graph.node:
-        for attribute in node.attribute:
-            inner = [attribute.g] if attribute.type == onnx.AttributeProto.GRAPH else []
-            for subgraph in [*inner, *attribute.graphs]:
-                found += [subgraph, *_subgraphs(subgraph)]
-    return found
 
 
 def _kernel(op_type: str, opset: int, ir_version: int) -> type[OpRun]:
