@@ -87,6 +87,16 @@ def test_batches_run_in_parts_that_fit_the_budget_with_the_same_ranges(budget, m
     assert max(runs[1:]) == {1: 1, 48: 1, 10**9: 6}[budget]
 
 
+def test_a_model_with_a_fixed_batch_size_gets_its_batches_whole():
+    """A model exported for batches of exactly 4 cannot take one sample: the budget does
+    not split its batches."""
+    nodes = [helper.make_node("Relu", ["x"], ["y"], name="relu")]
+    model = make_model(nodes, [tensor("x", [4, 4])], [tensor("y", [4, 4])], [])
+    data = [{"x": np.full((4, 4), value, F32)} for value in (-1.0, 2.0)]
+    ranges, samples = activation_ranges(model, ["x", "y"], data, budget=1)
+    assert samples == 8 and ranges["y"] == Range(0.0, 2.0)
+
+
 def test_activation_ranges_accept_a_generator_of_batches():
     ranges, samples = activation_ranges(scale_relu_model(), ["y"], iter(batches(seed=1)))
     assert samples == 10

@@ -19,6 +19,7 @@ import onnxruntime as ort
 
 from rcompile.errors import CalibrationError, ModelImportError
 from rcompile.graph import constant_value
+from rcompile.importer import graph_inputs
 from rcompile.passes.layers import Layer
 from rcompile.sessions import open_session
 
@@ -110,20 +111,21 @@ def activation_ranges(
     whatever the batch size and the number of samples; the ranges are the same."""
     session = _observing_session(model, tensors)
     ranges: dict[str, Range] = {}
+    dynamic = _batch_is_dynamic(model)
     samples, part = 0, 1
     for batch in batches:
         count = _count(batch)
-        start = 0
         if not tensors:  # nothing to observe (no layer in the main graph)
             samples += count
             continue
+        step, start = part if dynamic else count, 0
         while start < count:
-            inputs = _part(batch, count, start, part)
-            outputs = session.run(tensors, inputs)
-            done = min(part, count - start)
+            outputs = session.run(tensors, _part(batch, count, start, step))
+            done = min(step, count - start)
             start, samples = start + done, samples + done
-            per_sample = sum(value.nbytes for value in outputs) / done
-            part = max(1, int(budget // max(per_sample, 1)))
+            if dynamic:  # a fixed batch size runs whole
+                per_sample = sum(value.nbytes for value in outputs) / done
+                part = step = max(1, int(budget // max(per_sample, 1)))
             for name, value in zip(tensors, outputs, strict=True):
                 observed = _range_of(name, value)
                 ranges[name] = ranges[name].merged(observed) if name in ranges else observed
@@ -131,6 +133,16 @@ def activation_ranges(
     if samples == 0:
         raise CalibrationError("the calibration data holds no samples")
     return ranges, samples
+
+
+def _batch_is_dynamic(model: onnx.ModelProto) -> bool:
+    """Whether every input takes any number of samples (a model exported with a fixed batch
+    dimension takes its batches whole)."""
+    for value in graph_inputs(model):
+        dims = value.type.tensor_type.shape.dim
+        if dims and dims[0].HasField("dim_value"):
+            return False
+    return True
 
 
 def _count(batch: dict[str, np.ndarray]) -> int:
