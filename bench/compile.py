@@ -11,7 +11,6 @@ file sizes; inference time of every model as a ratio to FP32 in onnxruntime CPU.
 
 from __future__ import annotations
 
-import argparse
 import os
 import platform
 import statistics
@@ -26,7 +25,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 from onnxruntime.quantization import CalibrationDataReader, QuantFormat, quantize_static
-from sections import markers, replace_section
+from sections import arguments, markers, publish
 
 import rcompile
 from rcompile.data import input_specs, open_data, parse_preprocessing
@@ -220,8 +219,7 @@ def section(results: dict[str, list[Row]], counts: dict[str, str]) -> str:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--write", action="store_true", help="replace the section in BENCHMARKS.md")
+    parser = arguments(__doc__)
     args = parser.parse_args()
     counts = {
         "LeNet-5": "calibration: 500 training images; scored on the 1,000 test images",
@@ -232,9 +230,7 @@ def main() -> int:
         work = Path(folder)
         results = {case.name: run_case(case, work) for case in cases(work)}
     text = section(results, counts)
-    print(text)
-    if args.write:
-        replace_section("compile.py", text)
+    publish("compile.py", text, args.write)
     return 0
 
 

@@ -19,7 +19,6 @@ EfficientNet-Lite0's peak memory when calibrated on 100 and on 400 images.
 
 from __future__ import annotations
 
-import argparse
 import os
 import platform
 import subprocess
@@ -35,7 +34,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 from PIL import Image, ImageDraw, ImageFont
-from sections import markers, replace_section
+from sections import arguments, markers, publish
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
@@ -305,8 +304,7 @@ def section(results: dict[str, list[list[str]]], memory: list[list[str]]) -> str
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--write", action="store_true", help="replace the BENCHMARKS.md section")
+    parser = arguments(__doc__)
     args = parser.parse_args()
     if not CORPUS.is_dir() or not IMAGENET.is_dir():
         print(f"skipped: {CORPUS} or {IMAGENET} not found", file=sys.stderr)
@@ -320,9 +318,7 @@ def main() -> int:
             print(f"{model.name}: done", file=sys.stderr)
         memory = calibration_memory(Path(folder))
     text = section(results, memory)
-    print(text)
-    if args.write:
-        replace_section("corpus.py", text)
+    publish("corpus.py", text, args.write)
     return 0
 
 

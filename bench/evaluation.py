@@ -15,7 +15,6 @@ bench/search.py.
 
 from __future__ import annotations
 
-import argparse
 import os
 import platform
 import statistics
@@ -27,7 +26,7 @@ from pathlib import Path
 
 import onnxruntime as ort
 from search import Case, efficientnet, lenet
-from sections import markers, replace_section
+from sections import arguments, markers, publish
 
 from rcompile.api import load_source
 from rcompile.data import parse_preprocessing
@@ -98,17 +97,14 @@ def section(results: dict[str, tuple[float, list]]) -> str:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--write", action="store_true", help="replace the section in BENCHMARKS.md")
+    parser = arguments(__doc__)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as folder:
         work = Path(folder)
         cases = [case for case in (lenet(work), efficientnet(work)) if case is not None]
         results = {case.name: run(case) for case in cases}
     text = section(results)
-    print(text)
-    if args.write:
-        replace_section("evaluation.py", text)
+    publish("evaluation.py", text, args.write)
     return 0
 
 

@@ -10,7 +10,6 @@ images 0-99 calibrate, 0-299 train, 300-399 early-stop, 400-499 are scored.
 
 from __future__ import annotations
 
-import argparse
 import os
 import platform
 import sys
@@ -23,7 +22,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import torch
-from sections import markers, replace_section
+from sections import arguments, markers, publish
 
 import rcompile
 from rcompile.data import input_specs, open_data, parse_preprocessing
@@ -150,8 +149,7 @@ def section(rows: list[dict]) -> str:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--write", action="store_true", help="replace the section in BENCHMARKS.md")
+    parser = arguments(__doc__)
     parser.add_argument("--only", choices=("lenet", "efficientnet"))
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as folder:
@@ -160,9 +158,7 @@ def main() -> int:
         if args.only != "lenet":
             rows += efficientnet(work)
     text = section(rows)
-    print(text)
-    if args.write:
-        replace_section("finetune.py", text)
+    publish("finetune.py", text, args.write)
     return 0
 
 

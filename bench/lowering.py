@@ -13,7 +13,6 @@ verify runs again on an emulated AVX2-only CPU (QEMU's Haswell: no AVX-512, no V
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
@@ -28,7 +27,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 from compile import Case, cases, latency_ratio
-from sections import markers, replace_section
+from sections import arguments, markers, publish
 
 import rcompile
 from rcompile.api import load_source
@@ -145,16 +144,13 @@ def section(results: dict) -> str:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--write", action="store_true", help="replace the section in BENCHMARKS.md")
+    parser = arguments(__doc__)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as folder:
         work = Path(folder)
         results = {case.name: run_case(case, work) for case in cases(work)}
     text = section(results)
-    print(text)
-    if args.write:
-        replace_section("lowering.py", text)
+    publish("lowering.py", text, args.write)
     return 0
 
 

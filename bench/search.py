@@ -11,7 +11,6 @@ relative to one FP32 evaluation of the search set.
 
 from __future__ import annotations
 
-import argparse
 import os
 import platform
 import sys
@@ -25,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import onnxruntime as ort
-from sections import markers, replace_section
+from sections import arguments, markers, publish
 
 import rcompile
 from rcompile.data import input_specs, open_data, parse_preprocessing
@@ -202,8 +201,7 @@ def section(results: dict[str, tuple[Case, list[dict]]]) -> str:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--write", action="store_true", help="replace the section in BENCHMARKS.md")
+    parser = arguments(__doc__)
     parser.add_argument("--only", choices=("lenet", "efficientnet"), help="run one model")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as folder:
@@ -213,9 +211,7 @@ def main() -> int:
             cases.append(efficientnet(work))
         results = {c.name: (c, run(c)) for c in cases if c is not None}
     text = section(results)
-    print(text)
-    if args.write:
-        replace_section("search.py", text)
+    publish("search.py", text, args.write)
     return 0
 
 
