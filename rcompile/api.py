@@ -3,6 +3,7 @@ export) and returns the quantized model with its report. The CLI is a thin layer
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,11 +60,13 @@ def compile(
     batch_size: int = DEFAULT_BATCH_SIZE,
     show_progress: bool = False,
     target: str = "sim",
+    held: Mapping[str, object] | None = None,
 ) -> CompileResult:
     """Quantize `model` with `scheme`, calibrating on `calib` (a folder of images, .npz or
     .npy); with `val`, score the FP32 and the quantized model on it for the report.
     `target`: `sim`, bit-true under every onnxruntime optimisation level, or `qdq`, plain
-    QuantizeLinear/DequantizeLinear for deployment (see `rcompile.lowering`)."""
+    QuantizeLinear/DequantizeLinear for deployment (see `rcompile.lowering`). `held`: inputs
+    held constant, `{name: value}` (a sample rate, say), fed to every run."""
     options = options or PlanOptions()
     source, label = load_source(model)
     parsed = parse_scheme(scheme)
@@ -77,14 +80,14 @@ def compile(
             "them under unquantized ops)"
         )
     statistics, calibration = collect_statistics(
-        source, layers, parsed, calib, calib_count, preprocessing, batch_size, show_progress
+        source, layers, parsed, calib, calib_count, preprocessing, batch_size, show_progress, held
     )
     plan = make_plan(layers, statistics, parsed, options, overrides)
     accuracy_of = None
     if val is not None:
 
         def accuracy_of(quantized: onnx.ModelProto) -> dict:
-            return _accuracy(source, quantized, val, preprocessing, batch_size, show_progress)
+            return _accuracy(source, quantized, val, preprocessing, batch_size, show_progress, held)
 
     return finish(
         source, label, plan, options, calibration, accuracy_of, target=target, statistics=statistics
@@ -154,10 +157,18 @@ def _without_folders(calibration: dict) -> dict:
 
 
 def collect_statistics(
-    model, layers, scheme: Scheme, calib, calib_count, preprocessing, batch_size, show_progress
+    model,
+    layers,
+    scheme: Scheme,
+    calib,
+    calib_count,
+    preprocessing,
+    batch_size,
+    show_progress,
+    held: Mapping[str, object] | None = None,
 ) -> tuple[Statistics, dict]:
     """Weight ranges, and activation ranges from the calibration data where the scheme needs
-    them; with a summary of the calibration for the report."""
+    them; with a summary of the calibration for the report. `held`: inputs held constant."""
     weights = weight_ranges(model, layers)
     if calib is None:
         if not (
@@ -168,22 +179,25 @@ def collect_statistics(
                 "give some with --calib (a folder of images, a .npz or a .npy)"
             )
         return Statistics({}, weights, 0), {"source": None, "samples": 0}
-    data = open_data(calib, input_specs(model), preprocessing)
+    data = open_data(calib, input_specs(model), preprocessing, held)
     total = min(data.count, calib_count) if calib_count else data.count
     with progress_bar("calibrating", total, show_progress) as advance:
         batches = _counted(model, data, batch_size, calib_count, advance)
-        ranges, samples = activation_ranges(model, activation_tensors(layers), batches)
+        tensors = activation_tensors(layers)
+        ranges, samples = activation_ranges(model, tensors, batches, held=data.held)
     return Statistics(ranges, weights, samples), {"source": str(calib), "samples": samples}
 
 
 def _counted(model, data: Dataset, batch_size: int, limit: int | None, advance):
+    """The batches' sample inputs (the held ones apart), counting them for the progress."""
     for batch in model_batches(model, data, batch_size, limit):
-        yield batch.inputs
-        advance(len(next(iter(batch.inputs.values()))))
+        samples = {k: v for k, v in batch.inputs.items() if k not in data.held}
+        yield samples
+        advance(len(next(iter(samples.values()))))
 
 
-def _accuracy(source, quantized, val, preprocessing, batch_size, show_progress) -> dict:
-    data = open_data(val, input_specs(source), preprocessing)
+def _accuracy(source, quantized, val, preprocessing, batch_size, show_progress, held) -> dict:
+    data = open_data(val, input_specs(source), preprocessing, held)
     reference = predictions(source, data, batch_size, "scoring FP32", show_progress)
     result = predictions(quantized, data, batch_size, "scoring quantized", show_progress)
     return {

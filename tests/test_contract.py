@@ -326,3 +326,67 @@ def test_layers_inside_if_bodies_stay_fp32_with_a_warning_and_are_listed(folder)
     x = np.random.default_rng(4).normal(size=(2, 3, 8, 8)).astype(np.float32)
     source = ort.InferenceSession(str(folder / "if.onnx"), providers=["CPUExecutionProvider"])
     np.testing.assert_array_equal(session.run(None, {"x": x})[0], source.run(None, {"x": x})[0])
+
+
+def sample_rate_network(path: Path) -> None:
+    """y = Relu(Conv(x) * sr): a second input, a scalar int64 every sample shares."""
+    weight = numpy_helper.from_array(
+        np.random.default_rng(5).normal(size=(4, 3, 3, 3)).astype(np.float32), "w"
+    )
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["c"], name="conv"),
+        helper.make_node("Cast", ["sr"], ["rate"], name="cast", to=TensorProto.FLOAT),
+        helper.make_node("Mul", ["c", "rate"], ["m"], name="scale"),
+        helper.make_node("Relu", ["m"], ["y"], name="relu"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8]),
+            helper.make_tensor_value_info("sr", TensorProto.INT64, []),
+        ],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4, 6, 6])],
+        [weight],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 9
+    onnx.save(model, path)
+
+
+def test_an_input_held_constant_calibrates_compiles_and_verifies(folder):
+    """`--input sr=16000` feeds the scalar to every run: compile, verify (bit-true at every
+    level) and vectors take it; the written model keeps `sr` as an input."""
+    sample_rate_network(folder / "rate.onnx")
+    compiled = rcompile_run(
+        "rate.onnx", "--calib", "x32.npz", "-o", "q.onnx", "--input", "sr=16000", cwd=folder
+    )
+    assert compiled.returncode == 0, compiled.stderr
+    assert [i.name for i in onnx.load(folder / "q.onnx").graph.input] == ["x", "sr"]
+    verified = rcompile_run(
+        "verify", "q.onnx", "--data", "x32.npz", "--input", "sr=16000", cwd=folder
+    )
+    assert verified.returncode == 0, verified.stderr
+    assert verified.stdout.strip().endswith("bit-true: yes")
+    missing = rcompile_run("rate.onnx", "--calib", "x32.npz", "-o", "r.onnx", cwd=folder)
+    assert_user_error(missing, "hold the others constant with --input NAME=VALUE")
+
+
+@pytest.mark.parametrize(
+    ("given", "named"),
+    [
+        ("sr=1,2", "2 values given, the input holds 1"),
+        ("rate=3", "the model has no input 'rate' (inputs: x, sr)"),
+        ("sr", "expected NAME=VALUE"),
+        ("sr=fast", "expected NAME=VALUE"),
+        ("x=1", "has dynamic dimensions"),
+    ],
+)
+def test_a_wrong_held_input_is_one_line(folder, given, named):
+    sample_rate_network(folder / "rate.onnx")
+    before = snapshot(folder)
+    result = rcompile_run(
+        "rate.onnx", "--calib", "x32.npz", "-o", "q.onnx", "--input", given, cwd=folder
+    )
+    assert_user_error(result, named)
+    assert snapshot(folder) == before

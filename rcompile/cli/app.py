@@ -13,7 +13,7 @@ import typer
 from typer.core import TyperGroup
 
 import rcompile
-from rcompile.data import input_specs, open_data, parse_preprocessing
+from rcompile.data import input_specs, open_data, parse_held, parse_preprocessing
 from rcompile.exporter import write_files
 from rcompile.importer import read_model
 from rcompile.report_markdown import render_markdown
@@ -64,6 +64,15 @@ Preprocess = Annotated[
     ),
 ]
 BatchSize = Annotated[int, typer.Option(min=1, help="Samples per onnxruntime run.")]
+HeldInputs = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--input",
+        metavar="NAME=VALUE",
+        help="NAME=VALUE[,VALUE...]: an input held constant for every sample (a sample rate, "
+        "say), instead of coming from the data; repeat for several.",
+    ),
+]
 CompiledModel = Annotated[Path, typer.Argument(help="A model rcompile wrote.")]
 InputData = Annotated[Path, typer.Option(help="Inputs: a folder of images, a .npz or a .npy.")]
 MaxDrop = Annotated[
@@ -142,10 +151,11 @@ def input_paths(*paths: Path | None) -> tuple[Path, ...]:
     return tuple(path for path in paths if path is not None)
 
 
-def compiled_and_data(model: Path, data: Path, preprocess: str):
-    """A compiled model as written, and its input data."""
+def compiled_and_data(model: Path, data: Path, preprocess: str, held: list[str] | None):
+    """A compiled model as written, and its input data (`held`: `--input` options)."""
     compiled = read_model(model)
-    return compiled, open_data(data, input_specs(compiled), parse_preprocessing(preprocess))
+    specs, preprocessing = input_specs(compiled), parse_preprocessing(preprocess)
+    return compiled, open_data(data, specs, preprocessing, parse_held(held or []))
 
 
 def emit(summary: dict, as_json: bool, lines) -> None:

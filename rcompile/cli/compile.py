@@ -15,6 +15,7 @@ from rcompile.cli.app import (
     AsJson,
     BatchSize,
     Debug,
+    HeldInputs,
     MaxDrop,
     Preprocess,
     app,
@@ -23,7 +24,7 @@ from rcompile.cli.app import (
     input_paths,
     write_outputs,
 )
-from rcompile.data import parse_preprocessing
+from rcompile.data import parse_held, parse_preprocessing
 from rcompile.errors import UserError
 from rcompile.exporter import check_targets
 from rcompile.lowering import TARGETS
@@ -48,6 +49,7 @@ def compile_command(
         Path | None, typer.Option(help="Labelled data to score the FP32 and quantized models on.")
     ] = None,
     preprocess: Preprocess = "imagenet",
+    held: HeldInputs = None,
     overrides: Annotated[
         Path | None, typer.Option(help="Per-layer overrides (JSON or YAML).")
     ] = None,
@@ -136,6 +138,7 @@ def compile_command(
         batch_size=batch_size,
         show_progress=sys.stderr.isatty(),
         target=target,
+        held=parse_held(held or []),
     )
     report_data = result.report.as_dict()
     summary = {

@@ -13,11 +13,12 @@ from rcompile.cli.app import (
     AsJson,
     BatchSize,
     Debug,
+    HeldInputs,
     Preprocess,
     app,
     emit,
 )
-from rcompile.data import input_specs, open_data, parse_preprocessing
+from rcompile.data import input_specs, open_data, parse_held, parse_preprocessing
 from rcompile.errors import UserError
 from rcompile.importer import load_model
 from rcompile.input_shapes import parse_input_shape, with_input_shapes
@@ -79,12 +80,14 @@ def eval_command(
         Path | None, typer.Option(help="An FP32 model to compare top-1 predictions with.")
     ] = None,
     preprocess: Preprocess = "imagenet",
+    held: HeldInputs = None,
     batch_size: BatchSize = DEFAULT_BATCH_SIZE,
     as_json: AsJson = False,
     debug: Debug = False,
 ) -> None:
     scored = load_model(model)
-    dataset = open_data(data, input_specs(scored), parse_preprocessing(preprocess))
+    specs, preprocessing = input_specs(scored), parse_preprocessing(preprocess)
+    dataset = open_data(data, specs, preprocessing, parse_held(held or []))
     if not dataset.has_labels and reference is None:
         raise UserError(f"{data}: no labels found; add labels or give --reference to compare with")
     show = sys.stderr.isatty()

@@ -15,6 +15,7 @@ from rcompile.cli.app import (
     AsJson,
     BatchSize,
     Debug,
+    HeldInputs,
     MaxDrop,
     Preprocess,
     app,
@@ -24,7 +25,7 @@ from rcompile.cli.app import (
     input_paths,
     write_outputs,
 )
-from rcompile.data import parse_preprocessing
+from rcompile.data import parse_held, parse_preprocessing
 from rcompile.exporter import check_targets
 from rcompile.search import search as run_search
 
@@ -76,6 +77,7 @@ def search_command(
     jobs: Annotated[int, typer.Option(min=1, help="Candidates scored in parallel processes.")] = 1,
     budget: Annotated[int, typer.Option(min=1, help="At most this many evaluations.")] = 200,
     preprocess: Preprocess = "imagenet",
+    held: HeldInputs = None,
     report: Annotated[Path | None, typer.Option(help="Report path (.json).")] = None,
     max_drop: MaxDrop = None,
     batch_size: BatchSize = DEFAULT_BATCH_SIZE,
@@ -102,6 +104,7 @@ def search_command(
             preprocessing=parse_preprocessing(preprocess),
             batch_size=batch_size,
             report_progress=progress,
+            held=parse_held(held or []),
         )
     report_data = found.result.report.as_dict()
     details = report_data["search"]

@@ -13,6 +13,7 @@ from rcompile.cli.app import (
     BatchSize,
     CompiledModel,
     Debug,
+    HeldInputs,
     InputData,
     Preprocess,
     app,
@@ -34,11 +35,12 @@ def vectors_command(
     output: Annotated[Path, typer.Option("-o", "--output", help="A new (or empty) folder.")],
     count: Annotated[int, typer.Option(min=1, help="Samples to write.")] = 1,
     preprocess: Preprocess = "imagenet",
+    held: HeldInputs = None,
     batch_size: BatchSize = 8,
     as_json: AsJson = False,
     debug: Debug = False,
 ) -> None:
-    compiled, dataset = compiled_and_data(model, data, preprocess)
+    compiled, dataset = compiled_and_data(model, data, preprocess, held)
     manifest = write_vectors(compiled, dataset, count, batch_size, output, sys.stderr.isatty())
     summary = {
         "output": str(output),

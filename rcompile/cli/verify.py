@@ -12,6 +12,7 @@ from rcompile.cli.app import (
     BatchSize,
     CompiledModel,
     Debug,
+    HeldInputs,
     InputData,
     Preprocess,
     app,
@@ -41,11 +42,12 @@ def verify_command(
         int, typer.Option(min=1, help="Verify on the first N samples.")
     ] = DEFAULT_COUNT,
     preprocess: Preprocess = "imagenet",
+    held: HeldInputs = None,
     batch_size: BatchSize = 8,
     as_json: AsJson = False,
     debug: Debug = False,
 ) -> None:
-    compiled, dataset = compiled_and_data(model, data, preprocess)
+    compiled, dataset = compiled_and_data(model, data, preprocess, held)
     result = verify(compiled, dataset, count, batch_size, str(model), sys.stderr.isatty())
     emit(result.as_dict(), as_json, _verify_lines)
     if result.target == "sim" and not result.exact:

@@ -13,11 +13,12 @@ image decoding and NaN/inf checks happen per batch, so only the samples used are
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from rcompile.data.arrays import open_npy, open_npz
-from rcompile.data.dataset import Batch, Dataset
+from rcompile.data.dataset import Batch, Dataset, with_held
+from rcompile.data.held import held_arrays, parse_held
 from rcompile.data.images import open_images
 from rcompile.data.preprocessing import PRESETS, Preprocessing, parse_preprocessing
 from rcompile.data.specs import InputSpec, input_specs
@@ -31,6 +32,7 @@ __all__ = [
     "Preprocessing",
     "input_specs",
     "open_data",
+    "parse_held",
     "parse_preprocessing",
 ]
 
@@ -41,13 +43,22 @@ def open_data(
     path: str | Path,
     inputs: Sequence[InputSpec],
     preprocessing: Preprocessing | None = None,
+    held: Mapping[str, object] | None = None,
 ) -> Dataset:
     """Open calibration or evaluation data for a model whose real inputs are `inputs`.
 
     `preprocessing` applies to image folders only (None means the `imagenet` preset); arrays
     are taken as already preprocessed, so one setting can serve `--calib images/` and
-    `--val data.npz` together."""
-    path = Path(path)
+    `--val data.npz` together. `held` gives inputs held constant (`NAME: value`, see
+    `rcompile.data.held`); the data feeds the others."""
+    arrays = held_arrays(inputs, held or {})
+    if inputs and len(arrays) == len(inputs):
+        raise CalibrationError("every input is held constant with --input; the data feeds none")
+    dataset = _open(Path(path), [spec for spec in inputs if spec.name not in arrays], preprocessing)
+    return with_held(dataset, arrays) if arrays else dataset
+
+
+def _open(path: Path, inputs: Sequence[InputSpec], preprocessing: Preprocessing | None):
     if not inputs:
         raise CalibrationError("the model has no inputs to feed data to")
     if not path.exists():

@@ -124,7 +124,8 @@ def _require_single_input(specs: Sequence[InputSpec], source: str) -> None:
         names = ", ".join(f"'{spec.name}'" for spec in specs)
         raise CalibrationError(
             f"{source}: holds a single array but the model has {len(specs)} inputs ({names}); "
-            "save a .npz with one array per input, keyed by the input's name"
+            "save a .npz with one array per input, keyed by the input's name, or hold the "
+            "others constant with --input NAME=VALUE"
         )
 
 

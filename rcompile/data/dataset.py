@@ -8,7 +8,7 @@ it, and only one batch is held at a time, so memory is bounded by the batch size
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -32,12 +32,14 @@ class Dataset:
 
     `source` names the data in messages; `read(start, stop)` returns samples `[start, stop)`
     already cast to the model's dtypes and checked; `labels`, when present, holds `count`
-    integer class indices."""
+    integer class indices; `held` the inputs held constant (`rcompile.data.held`), which
+    every batch carries whole, after the samples."""
 
     source: str
     count: int
     read: Reader
     labels: np.ndarray | None = None
+    held: dict[str, np.ndarray] = field(default_factory=dict)
 
     @property
     def has_labels(self) -> bool:
@@ -60,7 +62,12 @@ class Dataset:
         for start in range(0, total, batch_size):
             stop = min(start + batch_size, total)
             labels = None if self.labels is None else self.labels[start:stop]
-            yield Batch(self.read(start, stop), labels)
+            yield Batch({**self.read(start, stop), **self.held}, labels)
+
+
+def with_held(dataset: Dataset, held: dict[str, np.ndarray]) -> Dataset:
+    """`dataset` with `held` inputs added to every batch."""
+    return replace(dataset, held={**dataset.held, **held})
 
 
 def check_labels(labels: np.ndarray, count: int, source: str) -> np.ndarray:

@@ -43,7 +43,8 @@ def open_images(root: Path, specs: Sequence[InputSpec], prep: Preprocessing) -> 
         names = ", ".join(f"'{spec.name}'" for spec in specs)
         raise CalibrationError(
             f"{source}: a folder of images feeds one input, but the model has {len(specs)} "
-            f"({names}); save a .npz with one array per input, keyed by the input's name"
+            f"({names}); save a .npz with one array per input, keyed by the input's name, or "
+            "hold the others constant with --input NAME=VALUE"
         )
     spec = specs[0]
     geometry = image_geometry(spec, prep.layout, source)

@@ -90,6 +90,7 @@ def check_array(spec: InputSpec, shape: tuple[int, ...], dtype: np.dtype, source
         raise CalibrationError(
             f"{source}: input '{spec.name}' must have shape {spec.shape_text} "
             f"(samples first), but the data has shape {format_shape(shape)}"
+            + (f"; hold it constant with --input {spec.name}=VALUE" if not spec.shape else "")
         )
 
 

@@ -102,13 +102,15 @@ def activation_ranges(
     tensors: list[str],
     batches: Iterable[dict[str, np.ndarray]],
     budget: int = OBSERVED_BYTES,
+    held: dict[str, np.ndarray] | None = None,
 ) -> tuple[dict[str, Range], int]:
     """Run the model on every batch and return each tensor's range and the sample count.
 
     Every observed tensor of a run is held at once (onnxruntime returns them together), so
     batches run in parts: one sample first, to measure what a sample's tensors take, then
     as many samples as fit in `budget` bytes. Memory stays the session's plus the budget,
-    whatever the batch size and the number of samples; the ranges are the same."""
+    whatever the batch size and the number of samples; the ranges are the same. `held`
+    inputs (held constant) go whole into every run."""
     session = _observing_session(model, tensors)
     ranges: dict[str, Range] = {}
     dynamic = _batch_is_dynamic(model)
@@ -120,7 +122,7 @@ def activation_ranges(
             continue
         step, start = part if dynamic else count, 0
         while start < count:
-            outputs = session.run(tensors, _part(batch, count, start, step))
+            outputs = session.run(tensors, {**_part(batch, count, start, step), **(held or {})})
             done = min(step, count - start)
             start, samples = start + done, samples + done
             if dynamic:  # a fixed batch size runs whole

@@ -5,6 +5,7 @@ of the FP32 model's, and build that model with its report (see docs/search.md)."
 from __future__ import annotations
 
 import statistics as stats
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -64,13 +65,15 @@ def search(
     preprocessing: Preprocessing | None = None,
     batch_size: int = DEFAULT_BATCH_SIZE,
     report_progress=lambda label, best: None,
+    held: Mapping[str, object] | None = None,
 ) -> SearchResult:
-    """Search; an interrupt (Ctrl-C) ends it early with the best configuration found so far."""
+    """Search; an interrupt (Ctrl-C) ends it early with the best configuration found so far.
+    `held`: inputs held constant (see `rcompile.compile`)."""
     _check(families, mode, cost, margin)
     options = options or PlanOptions()
     source, label = load_source(model)
     evaluator, calibration = prepare_evaluator(
-        source, calib, val, metric, cost, options, preprocessing, batch_size, jobs
+        source, calib, val, metric, cost, options, preprocessing, batch_size, jobs, held
     )
     layers, statistics = list(evaluator.data.layers), evaluator.data.statistics
     threshold = evaluator.fp32_score - margin
@@ -147,14 +150,15 @@ def prepare_evaluator(
     preprocessing: Preprocessing | None = None,
     batch_size: int = DEFAULT_BATCH_SIZE,
     jobs: int = 1,
+    held: Mapping[str, object] | None = None,
 ):
     """The evaluator of an imported model on `val`, with the calibration it used: statistics
     collected once, validation data decoded once, the FP32 outputs and time measured."""
     layers = find_layers(source)
     statistics, calibration = collect_statistics(
-        source, layers, parse_scheme("dfp8"), calib, None, preprocessing, batch_size, False
+        source, layers, parse_scheme("dfp8"), calib, None, preprocessing, batch_size, False, held
     )
-    data = open_data(val, input_specs(source), preprocessing)
+    data = open_data(val, input_specs(source), preprocessing, held)
     batches = list(model_batches(source, data, batch_size))
     evaluator = Evaluator(
         EvaluationData(
