@@ -355,8 +355,9 @@ def sample_rate_network(path: Path) -> None:
 
 
 def test_an_input_held_constant_calibrates_compiles_and_verifies(folder):
-    """`--input sr=16000` feeds the scalar to every run: compile, verify (bit-true at every
-    level) and vectors take it; the written model keeps `sr` as an input."""
+    """`--input sr=16000` feeds the scalar to every run: compile and verify (bit-true at
+    every level) take it, and the written model keeps `sr` as an input. A 0-d `sr` in the
+    .npz is held the same way and gives the same model."""
     sample_rate_network(folder / "rate.onnx")
     compiled = rcompile_run(
         "rate.onnx", "--calib", "x32.npz", "-o", "q.onnx", "--input", "sr=16000", cwd=folder
@@ -370,6 +371,11 @@ def test_an_input_held_constant_calibrates_compiles_and_verifies(folder):
     assert verified.stdout.strip().endswith("bit-true: yes")
     missing = rcompile_run("rate.onnx", "--calib", "x32.npz", "-o", "r.onnx", cwd=folder)
     assert_user_error(missing, "hold the others constant with --input NAME=VALUE")
+    np.savez(folder / "with_rate.npz", x=np.load(folder / "x32.npz")["x"], sr=np.array(16000))
+    from_npz = rcompile_run("rate.onnx", "--calib", "with_rate.npz", "-o", "n.onnx", cwd=folder)
+    assert from_npz.returncode == 0, from_npz.stderr
+    same = ("q.onnx", "n.onnx")
+    assert onnx.load(folder / same[0]).graph == onnx.load(folder / same[1]).graph
 
 
 @pytest.mark.parametrize(

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rcompile.data.dataset import Dataset, check_labels
+from rcompile.data.dataset import Dataset, check_labels, with_held
 from rcompile.data.specs import InputSpec, cast_checked, check_array, first_line
 from rcompile.errors import CalibrationError
 
@@ -26,7 +26,8 @@ READ_ERRORS = (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error)
 
 def open_npz(path: Path, specs: Sequence[InputSpec]) -> Dataset:
     """Read the arrays the model needs from a `.npz` (keyed by input name, or the one array of
-    a single-input model whatever its key) and its `labels`, which is never an input."""
+    a single-input model whatever its key) and its `labels`, which is never an input. A 0-d
+    array for a scalar input (a sample rate) is held constant for every sample."""
     source = str(path)
     try:
         # Opened here, not by np.load, which leaves the file open when the zip is corrupt.
@@ -37,7 +38,15 @@ def open_npz(path: Path, specs: Sequence[InputSpec]) -> Dataset:
             f"{source}: cannot be read as a .npz without pickle ({first_line(error)}); "
             "save it with numpy.savez"
         ) from error
-    return array_dataset(arrays, specs, labels, source)
+    scalars = {
+        spec.name: arrays.pop(spec.name).astype(spec.dtype)
+        for spec in specs
+        if spec.shape == () and arrays[spec.name].ndim == 0
+    }
+    fed = [spec for spec in specs if spec.name not in scalars]
+    if not fed:
+        raise CalibrationError(f"{source}: holds only scalars; there are no samples to feed")
+    return with_held(array_dataset(arrays, fed, labels, source), scalars)
 
 
 def open_npy(path: Path, specs: Sequence[InputSpec]) -> Dataset:
