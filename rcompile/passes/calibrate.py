@@ -17,9 +17,9 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
+from rcompile.batching import fixed_batch_size
 from rcompile.errors import CalibrationError, ModelImportError
 from rcompile.graph import constant_value
-from rcompile.importer import graph_inputs
 from rcompile.passes.layers import Layer
 from rcompile.sessions import open_session
 
@@ -113,7 +113,7 @@ def activation_ranges(
     inputs (held constant) go whole into every run."""
     session = _observing_session(model, tensors)
     ranges: dict[str, Range] = {}
-    dynamic = _batch_is_dynamic(model)
+    dynamic = fixed_batch_size(model) is None
     samples, part = 0, 1
     for batch in batches:
         count = _count(batch)
@@ -135,16 +135,6 @@ def activation_ranges(
     if samples == 0:
         raise CalibrationError("the calibration data holds no samples")
     return ranges, samples
-
-
-def _batch_is_dynamic(model: onnx.ModelProto) -> bool:
-    """Whether every input takes any number of samples (a model exported with a fixed batch
-    dimension takes its batches whole)."""
-    for value in graph_inputs(model):
-        dims = value.type.tensor_type.shape.dim
-        if dims and dims[0].HasField("dim_value"):
-            return False
-    return True
 
 
 def _count(batch: dict[str, np.ndarray]) -> int:
