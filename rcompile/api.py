@@ -13,7 +13,7 @@ from rcompile.batching import model_batches
 from rcompile.data import Dataset, Preprocessing, input_specs, open_data
 from rcompile.errors import CalibrationError, warn
 from rcompile.exporter import finish_model
-from rcompile.importer import load_model, prepare_model
+from rcompile.importer import prepare_model, read_model
 from rcompile.lowering import lower
 from rcompile.passes.calibrate import (
     Statistics,
@@ -21,6 +21,7 @@ from rcompile.passes.calibrate import (
     activation_tensors,
     weight_ranges,
 )
+from rcompile.passes.declared_shapes import declared_names, keep_declared_shapes
 from rcompile.passes.layers import QUANTIZABLE, find_layers
 from rcompile.plan import (
     PLAN_KEY,
@@ -68,7 +69,8 @@ def compile(
     QuantizeLinear/DequantizeLinear for deployment (see `rcompile.lowering`). `held`: inputs
     held constant, `{name: value}` (a sample rate, say), fed to every run."""
     options = options or PlanOptions()
-    source, label = load_source(model)
+    imported = load_source(model)
+    source = imported.model
     parsed = parse_scheme(scheme)
     if not isinstance(overrides, tuple):
         overrides = load_overrides(overrides)
@@ -90,21 +92,29 @@ def compile(
             return _accuracy(source, quantized, val, preprocessing, batch_size, show_progress, held)
 
     return finish(
-        source, label, plan, options, calibration, accuracy_of, target=target, statistics=statistics
+        imported, plan, options, calibration, accuracy_of, target=target, statistics=statistics
     )
 
 
-def load_source(model: str | Path | onnx.ModelProto) -> tuple[onnx.ModelProto, str]:
-    """The imported model and a label for reports."""
+@dataclass(frozen=True)
+class Source:
+    """An imported model, its label for reports, and the values whose shapes its file
+    declared (the only shapes the written model keeps)."""
+
+    model: onnx.ModelProto
+    label: str
+    declared_shapes: frozenset[str]
+
+
+def load_source(model: str | Path | onnx.ModelProto) -> Source:
     if isinstance(model, onnx.ModelProto):
-        source = prepare_model(model)
-        return source, source.graph.name or "model"
-    return load_model(model), str(model)
+        return Source(prepare_model(model), model.graph.name or "model", declared_names(model))
+    raw = read_model(model)
+    return Source(prepare_model(raw, str(model)), str(model), declared_names(raw))
 
 
 def finish(
-    source: onnx.ModelProto,
-    label: str,
+    imported: Source,
     plan: Plan,
     options: PlanOptions,
     calibration: dict,
@@ -116,7 +126,9 @@ def finish(
     """Lower `plan` on `source` for `target`, record the provenance in the model, and build
     the report (`accuracy_of(quantized_model)` fills its accuracy; `extra` adds report
     sections)."""
-    quantized = lower(source, plan, target).model
+    source = imported.model
+    lowered = lower(source, plan, target).model
+    quantized = keep_declared_shapes(lowered, imported.declared_shapes).model
     option_values = {
         "per_channel": options.per_channel,
         "unsigned": options.unsigned,
@@ -135,7 +147,7 @@ def finish(
         },
     )
     report = Report(
-        model=label,
+        model=imported.label,
         scheme=plan.scheme,
         target=target,
         options=option_values,
@@ -193,7 +205,7 @@ def _counted(model, data: Dataset, batch_size: int, limit: int | None, advance):
     for batch in model_batches(model, data, batch_size, limit):
         samples = {k: v for k, v in batch.inputs.items() if k not in data.held}
         yield samples
-        advance(len(next(iter(samples.values()))))
+        advance(batch.size)
 
 
 def _accuracy(source, quantized, val, preprocessing, batch_size, show_progress, held) -> dict:

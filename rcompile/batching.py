@@ -12,7 +12,7 @@ from rcompile.data import Batch, Dataset, input_specs
 
 def fixed_batch_size(model: onnx.ModelProto) -> int | None:
     """The batch dimension the model's inputs fix, or None when it is dynamic."""
-    sizes = {spec.shape[0] for spec in input_specs(model) if spec.shape}
+    sizes = {spec.shape[spec.batch_axis] for spec in input_specs(model) if spec.shape}
     fixed = [size for size in sizes if isinstance(size, int) and size > 0]
     return fixed[0] if len(fixed) == 1 and len(sizes) == 1 else None
 
@@ -24,6 +24,6 @@ def model_batches(
     size above 1, a last partial batch is left out (the model cannot take it)."""
     fixed = fixed_batch_size(model)
     for batch in data.batches(fixed or batch_size, limit):
-        if fixed is not None and len(next(iter(batch.inputs.values()))) != fixed:
+        if fixed is not None and batch.size != fixed:
             return
         yield batch

@@ -7,9 +7,11 @@ formats, the way a Ristretto user edits the prototxt.
 
 from __future__ import annotations
 
+import base64
 import fnmatch
 import json
 import math
+import zlib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -161,21 +163,25 @@ _PACKED = ("weights", "bias")
 
 
 def plan_record(plan: Plan) -> str:
-    """`plan.as_dict()` as the JSON a model carries under `PLAN_KEY`: compact, with each
-    per-channel format list packed (`_pack`), so a large network's plan is a small part of
-    its file."""
+    """`plan.as_dict()` as a model carries it under `PLAN_KEY`: compact JSON with each
+    per-channel format list packed (`_pack`), zlib-compressed, in base64, so that even a
+    small network's plan is a small part of its file (the report holds it readable)."""
     entry = plan.as_dict()
     for layer in entry["layers"]:
         for key in _PACKED:
             layer[key] = _pack(layer[key])
-    return json.dumps(entry, sort_keys=True, separators=(",", ":"))
+    text = json.dumps(entry, sort_keys=True, separators=(",", ":"))
+    return base64.b64encode(zlib.compress(text.encode(), 9)).decode("ascii")
 
 
 def recorded_plan(model) -> dict | None:
-    """The plan (`Plan.as_dict`) that a model rcompile wrote carries in its metadata."""
+    """The plan (`Plan.as_dict`) that a model rcompile wrote carries in its metadata (as plain
+    JSON in files that earlier rcompile builds wrote)."""
     entry = next((p.value for p in model.metadata_props if p.key == PLAN_KEY), None)
     if entry is None:
         return None
+    if not entry.startswith("{"):
+        entry = zlib.decompress(base64.b64decode(entry)).decode()
     plan = json.loads(entry)
     for layer in plan["layers"]:
         for key in _PACKED:

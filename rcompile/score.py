@@ -39,7 +39,7 @@ def predictions(
     with progress_bar(label, data.count, show_progress) as advance:
         for batch in model_batches(model, data, batch_size):
             scores = session.run(None, batch.inputs)[0]
-            if scores.ndim != 2 or scores.shape[0] != len(next(iter(batch.inputs.values()))):
+            if scores.ndim != 2 or scores.shape[0] != batch.size:
                 raise CalibrationError(
                     f"the model's first output has shape {list(scores.shape)}; scoring needs "
                     "(samples, classes)"

@@ -72,7 +72,7 @@ def _write(reference, model, data, count, batch_size, staging: Path, show_progre
     with progress_bar("golden vectors", total, show_progress) as advance:
         for batch in model_batches(model, data, batch_size, count):
             reference.run(batch.inputs)
-            size = len(next(iter(batch.inputs.values())))
+            size = batch.size
             for index, (name, spec) in enumerate(reference.specs.items()):
                 codes = reference.codes.get(name)
                 if codes is None:

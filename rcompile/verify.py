@@ -80,7 +80,7 @@ def verify(
                     names, expected, session.run(None, batch.inputs), strict=True
                 ):
                     totals[(run, name)].add(want, got, steps.get(name))
-            size = len(next(iter(batch.inputs.values())))
+            size = batch.size
             samples += size
             advance(size)
     deviations = tuple(

@@ -146,7 +146,7 @@ def optimized_ops(model: onnx.ModelProto, folder: Path) -> Counter:
 
 
 def test_efficientnet_dfp8_qdq_fuses_into_at_least_45_integer_convolutions(efficientnet):
-    qdq = lower(load_source(EFFICIENTNET)[0], efficientnet["result"].plan, "qdq").model
+    qdq = lower(load_source(EFFICIENTNET).model, efficientnet["result"].plan, "qdq").model
     ops = optimized_ops(qdq, efficientnet["root"])
     assert ops["QLinearConv"] >= 45, f"optimized graph ops: {dict(ops)}"
 

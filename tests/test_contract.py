@@ -378,6 +378,85 @@ def test_an_input_held_constant_calibrates_compiles_and_verifies(folder):
     assert onnx.load(folder / same[0]).graph == onnx.load(folder / same[1]).graph
 
 
+def stateful_network(path: Path) -> None:
+    """y = MatMul(Relu(MatMul(x, W1) + ReduceSum(h, axis 0)), W2), with a recurrent-style
+    state h of shape (2, N, 4): its samples on axis 1."""
+    rng = np.random.default_rng(6)
+    parameters = [
+        numpy_helper.from_array(rng.normal(size=(8, 4)).astype(np.float32), "w1"),
+        numpy_helper.from_array(rng.normal(size=(4, 3)).astype(np.float32), "w2"),
+        numpy_helper.from_array(np.array([0], np.int64), "layers"),
+    ]
+    nodes = [
+        helper.make_node("MatMul", ["x", "w1"], ["a"], name="first"),
+        helper.make_node("ReduceSum", ["h", "layers"], ["s"], name="sum", keepdims=0),
+        helper.make_node("Add", ["a", "s"], ["b"], name="add"),
+        helper.make_node("Relu", ["b"], ["r"], name="relu"),
+        helper.make_node("MatMul", ["r", "w2"], ["y"], name="second"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 8]),
+            helper.make_tensor_value_info("h", TensorProto.FLOAT, [2, "N", 4]),
+        ],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])],
+        parameters,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 9
+    onnx.save(model, path)
+
+
+def test_an_input_batched_on_axis_1_takes_samples_first_data_and_verifies(folder):
+    """The data holds h samples first, (N, 2, 4); compile, eval and verify feed it on the
+    model's axis 1 in batches that do not divide the count, bit-true at every level.
+    Fine-tuning, which feeds axis 0, says so in one line."""
+    stateful_network(folder / "state.onnx")
+    rng = np.random.default_rng(7)
+    x = rng.normal(size=(20, 8)).astype(np.float32)
+    h = rng.normal(size=(20, 2, 4)).astype(np.float32)
+    np.savez(folder / "state.npz", x=x, h=h, labels=rng.integers(0, 3, 20))
+    compiled = rcompile_run(
+        "state.onnx",
+        "--calib",
+        "state.npz",
+        "--val",
+        "state.npz",
+        "-o",
+        "q.onnx",
+        "--batch-size",
+        "7",
+        cwd=folder,
+    )
+    assert compiled.returncode == 0, compiled.stderr
+    verified = rcompile_run(
+        "verify", "q.onnx", "--data", "state.npz", "--batch-size", "6", cwd=folder
+    )
+    assert verified.returncode == 0, verified.stderr
+    assert "20 samples" in verified.stdout and verified.stdout.strip().endswith("bit-true: yes")
+    quantized = ort.InferenceSession(str(folder / "q.onnx"), providers=["CPUExecutionProvider"])
+    fp32 = ort.InferenceSession(str(folder / "state.onnx"), providers=["CPUExecutionProvider"])
+    feeds = {"x": x, "h": h.transpose(1, 0, 2).copy()}
+    got, want = quantized.run(None, feeds)[0], fp32.run(None, feeds)[0]
+    assert np.corrcoef(got.ravel(), want.ravel())[0, 1] > 0.99
+    before = snapshot(folder)
+    tuned = rcompile_run(
+        "finetune",
+        "q.onnx",
+        "--train",
+        "state.npz",
+        "--val",
+        "state.npz",
+        "-o",
+        "t.onnx",
+        cwd=folder,
+    )
+    assert_user_error(tuned, "input 'h' of shape (2, N, 4) takes them on axis 1")
+    assert snapshot(folder) == before
+
+
 @pytest.mark.parametrize(
     ("given", "named"),
     [

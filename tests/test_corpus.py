@@ -22,8 +22,8 @@ CORPUS = Path(__file__).resolve().parents[2] / "shared" / "models" / "corpus"
 # model: (input shape of one sample, largest dfp8 file as a share of FP32's)
 MODELS = {
     "ppocrv4_rec.onnx": ((3, 48, 320), 0.30),
-    "ppocrv4_det.onnx": ((3, 160, 160), 0.33),
-    "ppocr_mobile_cls.onnx": ((3, 48, 192), 0.60),
+    "ppocrv4_det.onnx": ((3, 160, 160), 0.30),
+    "ppocr_mobile_cls.onnx": ((3, 48, 192), 0.48),
     "yolov8n_320.onnx": ((3, 320, 320), 0.29),
 }
 LEVELS = (

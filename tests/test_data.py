@@ -80,6 +80,52 @@ def test_input_specs_skip_initializers_and_keep_dynamic_dims():
     assert input_specs(model) == [InputSpec("x", ("batch", 3, None), np.dtype(F32))]
 
 
+def stateful_inputs(state_shape: list) -> list[InputSpec]:
+    graph = helper.make_graph(
+        [helper.make_node("Add", ["x", "h"], ["y"])],
+        "g",
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4]),
+            helper.make_tensor_value_info("h", TensorProto.FLOAT, state_shape),
+        ],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+    )
+    return input_specs(helper.make_model(graph))
+
+
+@pytest.mark.parametrize(
+    ("state_shape", "axis", "text"),
+    [
+        ([2, "batch", 4], 1, "(N, 2, 4)"),
+        (["batch", 2, 4], 0, "(N, 2, 4)"),
+        ([1, 3, "width"], 0, "(N, 3, N)"),  # a fixed batch of 1, a dynamic width
+        ([2, 3, 4], 0, "(N, 3, 4)"),
+    ],
+)
+def test_an_input_counts_samples_on_the_axis_named_as_another_inputs_first(state_shape, axis, text):
+    """A recurrent state (2, batch, 4) beside x (batch, 4) counts samples on axis 1; its
+    data is samples first. A fixed axis 0 beside an unrelated dynamic axis stays the batch."""
+    state = stateful_inputs(state_shape)[1]
+    assert state.batch_axis == axis
+    assert state.shape_text == text
+
+
+def test_samples_first_data_reaches_an_input_batched_on_axis_1_in_its_layout(tmp_path):
+    x = np.arange(5 * 3, dtype=F32).reshape(5, 3)
+    state = np.arange(5 * 2 * 4, dtype=F32).reshape(5, 2, 4)
+    np.savez(tmp_path / "d.npz", x=x, h=state)
+    specs = [spec((None, 3), "x"), InputSpec("h", (2, None, 4), np.dtype(F32), batch_axis=1)]
+    data = open_data(tmp_path / "d.npz", specs)
+    batches = all_batches(data, 2)
+    assert [batch.size for batch in batches] == [2, 2, 1]
+    assert batches[1].inputs["h"].shape == (2, 2, 4)
+    np.testing.assert_array_equal(batches[1].inputs["h"], state[2:4].transpose(1, 0, 2))
+    np.testing.assert_array_equal(batches[1].inputs["x"], x[2:4])
+    with raises(r"input 'h' must have shape \(N, 2, 4\) \(samples first\)"):
+        np.savez(tmp_path / "t.npz", x=x, h=state.transpose(1, 0, 2))
+        open_data(tmp_path / "t.npz", specs)
+
+
 def test_calibration_error_is_a_user_error():
     assert issubclass(CalibrationError, UserError)
 

@@ -40,7 +40,7 @@ FP32_ACTIVATIONS = (Override("*", input=parse_rule("fp32"), output=parse_rule("f
 
 def lenet_planner():
     """LeNet-5, its layers and a planner calibrated on the committed MNIST images."""
-    source, _ = load_source(ROOT / "lenet5.onnx")
+    source = load_source(ROOT / "lenet5.onnx").model
     layers = find_layers(source)
     statistics, _ = collect_statistics(
         source, layers, parse_scheme("dfp8"), ROOT / "mnist_calib.npz", None, None, 64, False

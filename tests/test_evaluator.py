@@ -24,7 +24,7 @@ def evaluator(tmp_path_factory):
     test = np.load(ROOT / "mnist_test.npz")
     val = tmp_path_factory.mktemp("val") / "val.npz"
     np.savez(val, input=test["input"][:200], labels=test["labels"][:200])
-    source, _ = load_source(ROOT / "lenet5.onnx")
+    source = load_source(ROOT / "lenet5.onnx").model
     return prepare_evaluator(source, ROOT / "mnist_calib.npz", val)[0]
 
 

@@ -69,7 +69,7 @@ def test_lenet_sim_is_the_reference_at_every_optimisation_level(scheme, mnist):
 def imagenet() -> dict:
     if not EFFICIENTNET.is_file() or not IMAGENET.is_dir():
         pytest.skip(f"shared EfficientNet-Lite0 or ImageNet sample not found under {SHARED}")
-    source = load_source(EFFICIENTNET)[0]
+    source = load_source(EFFICIENTNET).model
     preprocessing = parse_preprocessing("inception")
     data = open_data(IMAGENET, input_specs(source), preprocessing)
     return {"source": source, "feeds": data.read(0, 4)}
@@ -83,7 +83,7 @@ def test_efficientnet_sim_is_the_reference_at_every_optimisation_level(scheme, i
 
 def test_qdq_is_standard_ops_only_and_runs_the_same_plan(mnist):
     result = rcompile.compile(LENET, "dfp8", MNIST_CALIB, calib_count=100)
-    qdq = lower(load_source(LENET)[0], result.plan, "qdq").model
+    qdq = lower(load_source(LENET).model, result.plan, "qdq").model
     onnx.checker.check_model(qdq, full_check=True)
     assert not qdq.functions
     assert all(node.domain == "" for node in qdq.graph.node)

@@ -3,7 +3,9 @@ the bias on the accumulator grid, the fitting policies, and per-layer overrides.
 
 from __future__ import annotations
 
+import base64
 import json
+import zlib
 
 import numpy as np
 import onnx
@@ -408,10 +410,12 @@ def test_a_recorded_plan_gives_back_every_per_channel_format(names):
     assert recorded_plan(model) == plan
 
 
-def test_the_recorded_plan_packs_per_channel_formats():
+def test_the_recorded_plan_packs_per_channel_formats_and_compresses_them():
     plan = planner().plan(parse_scheme("dfp8"))
-    record = json.loads(plan_record(plan))
+    text = zlib.decompress(base64.b64decode(plan_record(plan))).decode()
+    record = json.loads(text)
     assert all(isinstance(layer["weights"], str) for layer in record["layers"])
+    assert len(plan_record(plan)) < len(text)
     model = onnx.ModelProto()
     model.metadata_props.add(key=PLAN_KEY, value=plan_record(plan))
     assert recorded_plan(model) == plan.as_dict()

@@ -107,7 +107,7 @@ def test_a_bias_float32_cannot_hold_is_added_in_float64_to_float32_products(data
     bias = (DFP(32, conv.inputs[0].fl + fine), *conv.bias[1:])
     plan = replace(plan, layers=(replace(conv, weights=weights, bias=bias), *plan.layers[1:]))
     lowered = finish_model(
-        lower(load_source(model)[0], plan).model, {"rcompile.plan": plan.as_dict()}
+        lower(load_source(model).model, plan).model, {"rcompile.plan": plan.as_dict()}
     )
     calls = [node for node in lowered.graph.node if node.op_type.startswith("WideConv_")]
     assert len(calls) == 1

@@ -17,7 +17,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from rcompile.data.arrays import open_npy, open_npz
-from rcompile.data.dataset import Batch, Dataset, with_held
+from rcompile.data.dataset import Batch, Dataset, in_model_layout, with_held
 from rcompile.data.held import held_arrays, parse_held
 from rcompile.data.images import open_images
 from rcompile.data.preprocessing import PRESETS, Preprocessing, parse_preprocessing
@@ -54,7 +54,8 @@ def open_data(
     arrays = held_arrays(inputs, held or {})
     if inputs and len(arrays) == len(inputs):
         raise CalibrationError("every input is held constant with --input; the data feeds none")
-    dataset = _open(Path(path), [spec for spec in inputs if spec.name not in arrays], preprocessing)
+    fed = [spec for spec in inputs if spec.name not in arrays]
+    dataset = in_model_layout(_open(Path(path), fed, preprocessing), fed)
     return with_held(dataset, arrays) if arrays else dataset
 
 

@@ -19,11 +19,12 @@ Reader = Callable[[int, int], dict[str, np.ndarray]]
 
 @dataclass(frozen=True, eq=False)
 class Batch:
-    """Consecutive samples: one array per model input (samples first), and their class
-    indices when the data has labels."""
+    """`size` consecutive samples: one array per model input, in the model's layout (samples
+    on its batch axis), and their class indices when the data has labels."""
 
     inputs: dict[str, np.ndarray]
     labels: np.ndarray | None
+    size: int
 
 
 @dataclass(frozen=True, eq=False)
@@ -62,7 +63,25 @@ class Dataset:
         for start in range(0, total, batch_size):
             stop = min(start + batch_size, total)
             labels = None if self.labels is None else self.labels[start:stop]
-            yield Batch({**self.read(start, stop), **self.held}, labels)
+            yield Batch({**self.read(start, stop), **self.held}, labels, stop - start)
+
+
+def in_model_layout(dataset: Dataset, inputs) -> Dataset:
+    """`dataset` (samples first) with each input's samples moved to its batch axis
+    (`InputSpec.batch_axis`), as the model takes them."""
+    axes = {spec.name: spec.batch_axis for spec in inputs if spec.batch_axis}
+    if not axes:
+        return dataset
+    read = dataset.read
+
+    def moved(start: int, stop: int) -> dict[str, np.ndarray]:
+        samples = read(start, stop)
+        return {
+            k: np.ascontiguousarray(np.moveaxis(v, 0, axes[k])) if k in axes else v
+            for k, v in samples.items()
+        }
+
+    return replace(dataset, read=moved)
 
 
 def with_held(dataset: Dataset, held: dict[str, np.ndarray]) -> Dataset:

@@ -8,7 +8,7 @@ given mistake gets the same message whichever way the data arrives.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import onnx
@@ -22,30 +22,56 @@ NUMERIC_KINDS = "biuf"  # bool, signed and unsigned integers, floats: what a mod
 
 @dataclass(frozen=True)
 class InputSpec:
-    """One real model input: its name, its shape (None or a name for a dynamic dimension) and
-    the NumPy dtype its data is cast to."""
+    """One real model input: its name, its shape (None or a name for a dynamic dimension),
+    the NumPy dtype its data is cast to, and the axis that counts samples (see
+    `input_specs`)."""
 
     name: str
     shape: tuple[Dim, ...]
     dtype: np.dtype
+    batch_axis: int = 0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "shape", tuple(self.shape))
         object.__setattr__(self, "dtype", np.dtype(self.dtype))
 
     @property
-    def shape_text(self) -> str:
-        """The shape as users should write it: `N` for the sample axis and dynamic dims.
+    def sample_shape(self) -> tuple[Dim, ...]:
+        """The shape of one sample: the input's shape without its batch axis."""
+        axis = self.batch_axis
+        return self.shape[:axis] + self.shape[axis + 1 :]
 
-        Axis 0 is always `N`: the data's first axis counts samples, whatever batch size the
-        model declares, so it is never compared."""
-        dims = ["N"] + [d if isinstance(d, int) else "N" for d in self.shape[1:]]
+    @property
+    def shape_text(self) -> str:
+        """The shape the data must have, as users should write it: samples first (`N`,
+        whatever batch size the model declares, and on whichever axis), `N` for dynamic dims."""
+        dims = ["N"] + [d if isinstance(d, int) else "N" for d in self.sample_shape]
         return format_shape(dims)
 
 
 def input_specs(model: onnx.ModelProto) -> list[InputSpec]:
-    """The model's real inputs (graph inputs that are not initializers), in graph order."""
-    return [_spec(value) for value in graph_inputs(model)]
+    """The model's real inputs (graph inputs that are not initializers), in graph order.
+
+    An input counts samples on axis 0, unless the model fixes its axis 0 and names another
+    axis as the first axis of another input or output is named: a recurrent state
+    (2, N, 128) beside an input (N, T, 40) counts them on axis 1."""
+    specs = [_spec(value) for value in graph_inputs(model)]
+    firsts = [spec.shape[0] for spec in specs if spec.shape]
+    firsts += [_dim(out.type.tensor_type.shape.dim[0]) for out in model.graph.output if _rank(out)]
+    batch_names = {dim for dim in firsts if isinstance(dim, str)}
+    return [replace(spec, batch_axis=_batch_axis(spec, batch_names)) for spec in specs]
+
+
+def _batch_axis(spec: InputSpec, batch_names: set[str]) -> int:
+    if not spec.shape or not isinstance(spec.shape[0], int):
+        return 0
+    named = [axis for axis, dim in enumerate(spec.shape) if dim in batch_names]
+    return named[0] if named else 0
+
+
+def _rank(value: onnx.ValueInfoProto) -> int:
+    tensor = value.type.tensor_type
+    return len(tensor.shape.dim) if tensor.HasField("shape") else 0
 
 
 def _spec(value: onnx.ValueInfoProto) -> InputSpec:
@@ -84,7 +110,7 @@ def check_array(spec: InputSpec, shape: tuple[int, ...], dtype: np.dtype, source
         )
     fits = len(shape) == len(spec.shape) >= 1 and all(
         not isinstance(want, int) or want == got
-        for want, got in zip(spec.shape[1:], shape[1:], strict=True)
+        for want, got in zip(spec.sample_shape, shape[1:], strict=True)
     )
     if not fits:
         raise CalibrationError(

@@ -9,7 +9,8 @@ from pathlib import Path
 import onnx
 
 from rcompile.data import Preprocessing, input_specs, open_data
-from rcompile.errors import ModelImportError
+from rcompile.data.specs import format_shape
+from rcompile.errors import CalibrationError, ModelImportError
 from rcompile.exporter import finish_model
 from rcompile.finetune.export import write_weights
 from rcompile.finetune.graph import read_plan
@@ -65,6 +66,12 @@ def finetune(
     options = options or TrainOptions()
     quantized = read_quantized(model)
     specs = input_specs(quantized)
+    for spec in specs:
+        if spec.batch_axis:
+            raise CalibrationError(
+                f"fine-tuning feeds samples on axis 0, but input '{spec.name}' of shape "
+                f"{format_shape(spec.shape)} takes them on axis {spec.batch_axis}"
+            )
     train_set = open_data(train_data, specs, preprocessing)
     val_set = open_data(val_data, specs, preprocessing)
     training, validation = in_memory(train_set, "training"), in_memory(val_set, "validation")

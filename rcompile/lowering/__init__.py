@@ -18,6 +18,7 @@ from rcompile.lowering.rewrite import QDQ, SIM, rewrite
 from rcompile.lowering.sim import arithmetic_quantizers, dequantize_by_arithmetic
 from rcompile.lowering.wide_layers import wide_layers
 from rcompile.passes import PassResult
+from rcompile.passes.repeated_constants import repeated_constants
 from rcompile.passes.share_constants import share_constants
 from rcompile.plan import Plan
 
@@ -35,4 +36,7 @@ def lower(model: onnx.ModelProto, plan: Plan, target: str = "sim") -> PassResult
     else:
         arithmetic = dequantize_by_arithmetic(arithmetic_quantizers(result.model).model).model
         lowered = fusion_barriers(wide_layers(arithmetic, plan).model).model
-    return PassResult(share_constants(lowered).model, result.modified)
+    shared = share_constants(lowered).model
+    if target == "sim":
+        shared = repeated_constants(shared).model
+    return PassResult(shared, result.modified)

@@ -18,6 +18,7 @@ import onnx
 import onnxruntime as ort
 
 from rcompile.batching import fixed_batch_size
+from rcompile.data import input_specs
 from rcompile.errors import CalibrationError, ModelImportError
 from rcompile.graph import constant_value
 from rcompile.passes.layers import Layer
@@ -112,17 +113,19 @@ def activation_ranges(
     whatever the batch size and the number of samples; the ranges are the same. `held`
     inputs (held constant) go whole into every run."""
     session = _observing_session(model, tensors)
+    axes = {spec.name: spec.batch_axis for spec in input_specs(model)}
     ranges: dict[str, Range] = {}
     dynamic = fixed_batch_size(model) is None
     samples, part = 0, 1
     for batch in batches:
-        count = _count(batch)
+        count = _count(batch, axes)
         if not tensors:  # nothing to observe (no layer in the main graph)
             samples += count
             continue
         step, start = part if dynamic else count, 0
         while start < count:
-            outputs = session.run(tensors, {**_part(batch, count, start, step), **(held or {})})
+            feeds = {**_part(batch, axes, count, start, step), **(held or {})}
+            outputs = session.run(tensors, feeds)
             done = min(step, count - start)
             start, samples = start + done, samples + done
             if dynamic:  # a fixed batch size runs whole
@@ -137,17 +140,22 @@ def activation_ranges(
     return ranges, samples
 
 
-def _count(batch: dict[str, np.ndarray]) -> int:
-    return max((len(value) for value in batch.values() if value.ndim), default=1)
+def _count(batch: dict[str, np.ndarray], axes: dict[str, int]) -> int:
+    sizes = [value.shape[axes.get(name, 0)] for name, value in batch.items() if value.ndim]
+    return max(sizes, default=1)
 
 
-def _part(batch: dict[str, np.ndarray], count: int, start: int, size: int) -> dict:
-    """Samples `start` to `start + size` of the batch (views, no copies); an input without
-    a batch axis of the batch's length (held constant) goes whole into every part."""
-    return {
-        name: value[start : start + size] if value.ndim and len(value) == count else value
-        for name, value in batch.items()
-    }
+def _part(batch: dict[str, np.ndarray], axes: dict[str, int], count: int, start: int, size: int):
+    """Samples `start` to `start + size` of the batch, on each input's batch axis (views, no
+    copies); an input without a batch axis of the batch's length (held constant) goes whole
+    into every part."""
+    part = {}
+    for name, value in batch.items():
+        axis = axes.get(name, 0)
+        if value.ndim and value.shape[axis] == count:
+            value = value[(slice(None),) * axis + (slice(start, start + size),)]
+        part[name] = value
+    return part
 
 
 def _range_of(name: str, value: np.ndarray) -> Range:

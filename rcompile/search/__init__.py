@@ -71,7 +71,8 @@ def search(
     `held`: inputs held constant (see `rcompile.compile`)."""
     _check(families, mode, cost, margin)
     options = options or PlanOptions()
-    source, label = load_source(model)
+    imported = load_source(model)
+    source = imported.model
     evaluator, calibration = prepare_evaluator(
         source, calib, val, metric, cost, options, preprocessing, batch_size, jobs, held
     )
@@ -134,7 +135,7 @@ def search(
         }
 
     result = finish(
-        source, label, chosen.plan, options, calibration, accuracy, section, statistics=statistics
+        imported, chosen.plan, options, calibration, accuracy, section, statistics=statistics
     )
     plot = plot_svg(runner.history, threshold, chosen, cost, metric_name)
     return SearchResult(result, summary, plot, interrupted)
