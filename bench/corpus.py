@@ -19,8 +19,6 @@ EfficientNet-Lite0's peak memory when calibrated on 100 and on 400 images.
 
 from __future__ import annotations
 
-import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -34,7 +32,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 from PIL import Image, ImageDraw, ImageFont
-from sections import arguments, markers, publish
+from sections import arguments, machine, markers, publish
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
@@ -276,11 +274,12 @@ def section(results: dict[str, list[list[str]]], memory: list[list[str]]) -> str
         "## Third-party models (`bench/corpus.py`)",
         "",
         f"Command: `.venv/bin/python bench/corpus.py --write`. Measured {now} on "
-        f"{os.cpu_count()} cores ({platform.machine()}), onnxruntime {ort.__version__}. "
+        f"{machine()}, onnxruntime {ort.__version__}. "
         f"Calibrated on {CALIBRATION} inputs, scored on {EVALUATION} others (inputs made by "
         "the script: rendered text lines and pages for the OCR models, ImageNet dev images "
         "for YOLOv8n). Compile time and peak memory are the tool's whole process; fidelity "
-        "is to FP32 on the scored inputs.",
+        "is to FP32 on the scored inputs. The qdq and onnxruntime rows run onnxruntime's "
+        "fused int8 kernels, whose results depend on the CPU; the sim rows do not.",
     ]
     for title, rows in results.items():
         metric = next(m.metric for m in MODELS if m.name == title)

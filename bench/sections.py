@@ -4,6 +4,8 @@ script replaces its own section and leaves the others alone."""
 from __future__ import annotations
 
 import argparse
+import os
+import platform
 import re
 from pathlib import Path
 
@@ -37,3 +39,23 @@ def publish(script: str, text: str, write: bool) -> None:
     print(text)
     if write:
         replace_section(script, text)
+
+
+def machine() -> str:
+    """`2 cores (AMD EPYC, x86_64, AVX2 without VNNI)`: the CPU, and the vector extensions
+    that pick onnxruntime's integer kernels (on AVX2 without VNNI they saturate sums of
+    product pairs, so fused int8 models score differently there)."""
+    model, flags = platform.processor() or "unknown CPU", set()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        for line in cpuinfo.read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name":
+                model = value.strip()
+            elif key.strip() == "flags":
+                flags = set(value.split())
+    parts = [model, platform.machine()]
+    if "avx2" in flags:
+        vnni = {"avx512_vnni", "avx_vnni"} & flags
+        parts.append("AVX2 with VNNI" if vnni else "AVX2 without VNNI")
+    return f"{os.cpu_count()} cores ({', '.join(parts)})"
