@@ -25,7 +25,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 from onnxruntime.quantization import CalibrationDataReader, QuantFormat, quantize_static
-from sections import arguments, markers, publish
+from sections import arguments, machine, markers, publish
 
 import rcompile
 from rcompile.data import input_specs, open_data, parse_preprocessing
@@ -137,16 +137,25 @@ def timing_inputs(case: Case) -> dict:
 
 def run_case(case: Case, work: Path) -> list[Row]:
     outputs: list[tuple[str, Path, float | None]] = [("FP32", case.model, None)]
+    uncorrected = PlanOptions(bias_correction=False)
     variants = [
         ("rcompile dfp16", "dfp16", PlanOptions()),
         ("rcompile dfp8 per-channel", "dfp8", PlanOptions()),
+        ("rcompile dfp8 per-channel, no bias correction", "dfp8", uncorrected),
         ("rcompile dfp8 per-tensor", "dfp8", PlanOptions(per_channel=False)),
-        ("rcompile fp8e4m3", "fp8e4m3", PlanOptions()),
+        (
+            "rcompile dfp8 per-tensor, no bias correction",
+            "dfp8",
+            PlanOptions(per_channel=False, bias_correction=False),
+        ),
+        ("rcompile fp8e4m3 (scaled)", "fp8e4m3", PlanOptions()),
+        ("rcompile fp8e4m3 scaled, no bias correction", "fp8e4m3", uncorrected),
+        ("rcompile fp8e4m3:unscaled, no bias correction", "fp8e4m3:unscaled", uncorrected),
         ("rcompile pow2 (4-bit weights, dfp8 activations)", "pow2", PlanOptions()),
     ]
     preprocessing = parse_preprocessing(case.preprocess)
     for label, scheme, options in variants:
-        path = work / f"{case.name}-{scheme}-{options.per_channel}.onnx"
+        path = work / f"{case.name}-{len(outputs)}.onnx"
         start = time.perf_counter()
         result = rcompile.compile(
             case.model, scheme, case.calib, options=options, preprocessing=preprocessing
@@ -181,13 +190,12 @@ def run_case(case: Case, work: Path) -> list[Row]:
 
 
 def section(results: dict[str, list[Row]], counts: dict[str, str]) -> str:
-    cpu = platform.processor() or platform.machine()
     lines = [
         BEGIN,
         "## End to end (`bench/compile.py`)",
         "",
         "Command: `.venv/bin/python bench/compile.py --write`. Measured "
-        f"{datetime.now(timezone.utc):%Y-%m-%d} on {os.cpu_count()} cores ({cpu}), Python "
+        f"{datetime.now(timezone.utc):%Y-%m-%d} on {machine()}, Python "
         f"{platform.python_version()}, onnx {onnx.__version__}, onnxruntime {ort.__version__}.",
         "Compile time is the whole tool run from files (calibration, rewrite, export) relative to",
         "onnxruntime's `quantize_static` (per tensor) in the same run; latency is one batch in",

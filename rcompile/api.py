@@ -4,7 +4,7 @@ export) and returns the quantized model with its report. The CLI is a thin layer
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import onnx
@@ -15,6 +15,7 @@ from rcompile.errors import CalibrationError, warn
 from rcompile.exporter import finish_model
 from rcompile.importer import prepare_model, read_model
 from rcompile.lowering import lower
+from rcompile.passes.bias_correction import correct_biases, mean_axes
 from rcompile.passes.calibrate import (
     Statistics,
     activation_ranges,
@@ -35,7 +36,7 @@ from rcompile.plan import (
 from rcompile.progress import progress_bar
 from rcompile.report import Report
 from rcompile.report_build import layer_rows, nested_nodes, unquantized_ops
-from rcompile.scheme import FixedRule, Scheme, parse_scheme
+from rcompile.scheme import FixedRule, MiniFloatRule, Scheme, parse_scheme
 from rcompile.score import predictions, score
 
 DEFAULT_BATCH_SIZE = 32
@@ -85,6 +86,13 @@ def compile(
         source, layers, parsed, calib, calib_count, preprocessing, batch_size, show_progress, held
     )
     plan = make_plan(layers, statistics, parsed, options, overrides)
+    if options.bias_correction and statistics.means:
+        weight_formats = {layer_plan.layer.node: layer_plan.weights for layer_plan in plan.layers}
+        corrected = correct_biases(source, layers, weight_formats, statistics.means)
+        if corrected.modified:  # the FP32 model stays the reference for the accuracy
+            imported = replace(imported, model=corrected.model)
+            statistics = replace(statistics, weights=weight_ranges(corrected.model, layers))
+            plan = make_plan(layers, statistics, parsed, options, overrides)
     accuracy_of = None
     if val is not None:
 
@@ -135,6 +143,7 @@ def finish(
         "bias": options.bias,
         "fit": options.fit,
         "accumulator": options.accumulator.as_dict() if options.accumulator else "default",
+        "bias_correction": options.bias_correction,
     }
     quantized = finish_model(
         quantized,
@@ -186,9 +195,13 @@ def collect_statistics(
         if not (
             isinstance(scheme.activations, FixedRule) and isinstance(scheme.weights, FixedRule)
         ):
+            scaled = isinstance(scheme.activations, MiniFloatRule)
+            fitted = "exponent biases" if scaled else "fractional lengths"
+            base, at, rounding = scheme.name.partition("@")
+            instead = f", or use {base}:unscaled{at}{rounding}" if scaled else ""
             raise CalibrationError(
-                f"scheme {scheme.name} sets its fractional lengths from calibration data; "
-                "give some with --calib (a folder of images, a .npz or a .npy)"
+                f"scheme {scheme.name} sets its {fitted} from calibration data; give some "
+                f"with --calib (a folder of images, a .npz or a .npy){instead}"
             )
         return Statistics({}, weights, 0), {"source": None, "samples": 0}
     data = open_data(calib, input_specs(model), preprocessing, held)
@@ -196,8 +209,10 @@ def collect_statistics(
     with progress_bar("calibrating", total, show_progress) as advance:
         batches = _counted(model, data, batch_size, calib_count, advance)
         tensors = activation_tensors(layers)
-        ranges, samples = activation_ranges(model, tensors, batches, held=data.held)
-    return Statistics(ranges, weights, samples), {"source": str(calib), "samples": samples}
+        axes = mean_axes(model, layers)
+        observed = activation_ranges(model, tensors, batches, held=data.held, channel_axes=axes)
+    statistics = Statistics(observed.ranges, weights, observed.samples, observed.means)
+    return statistics, {"source": str(calib), "samples": observed.samples}
 
 
 def _counted(model, data: Dataset, batch_size: int, limit: int | None, advance):

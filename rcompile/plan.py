@@ -19,11 +19,21 @@ import numpy as np
 
 from rcompile.errors import SchemeError
 from rcompile.formats import DFP, Format, MiniFloat, Pow2
-from rcompile.formats.codes import largest_code
+from rcompile.formats.codes import largest_code, step_exponent, step_exponents
 from rcompile.passes.calibrate import Range, Statistics
 from rcompile.passes.layers import Layer
 from rcompile.passes.store_weights import families, weight_exponents
-from rcompile.scheme import FITS, FP32, DFPRule, FixedRule, Pow2Rule, Rule, Scheme, parse_rule
+from rcompile.scheme import (
+    FITS,
+    FP32,
+    DFPRule,
+    FixedRule,
+    MiniFloatRule,
+    Pow2Rule,
+    Rule,
+    Scheme,
+    parse_rule,
+)
 
 BIAS_MODES = ("weights", "accumulator")
 OVERFLOWS = ("saturate", "wrap")
@@ -83,6 +93,8 @@ class PlanOptions:
     unused sign bit on resolution. The bias is added at the accumulator's width and scale, as
     integer hardware does (`weights`: Ristretto's bias in the weight format). `fit` chooses
     fractional lengths by least quantization error (see `rcompile.scheme.FITS`).
+    `bias_correction` moves each layer's bias so that quantizing its weights leaves its
+    output channels' means where FP32 has them (`rcompile.passes.bias_correction`).
     """
 
     per_channel: bool = True
@@ -90,6 +102,7 @@ class PlanOptions:
     bias: str = "accumulator"
     fit: str = "mse"
     accumulator: Accumulator | None = None
+    bias_correction: bool = True
 
     def __post_init__(self) -> None:
         if self.bias not in BIAS_MODES:
@@ -332,7 +345,7 @@ def _weights(rule: Rule, statistics: Statistics, layer: Layer, options: PlanOpti
         return ()
     observed = statistics.weights[layer.weight]
     per_channel = options.per_channel and layer.weight_axis is not None
-    if per_channel and isinstance(rule, DFPRule):
+    if per_channel and isinstance(rule, DFPRule | MiniFloatRule):
         return rule.for_channels(observed.channel_max_abs, observed.channels, options.fit)
     if per_channel and isinstance(rule, Pow2Rule):
         return tuple(rule.for_weights(m, None, options.fit) for m in observed.channel_max_abs)
@@ -355,6 +368,10 @@ def _bias(rule, statistics, layer, input_format, weights, options: PlanOptions):
         return tuple(DFP.of(32, min(grid, fitted), True, rounding) for grid in grids.tolist())
     if options.bias == "accumulator" and families(weights) <= {DFP, Pow2}:
         return (DFP(32, fitted),)  # an FP32 input: no grid, but still the accumulator's width
+    products = product_fls(input_format, weights)
+    if options.bias == "accumulator" and products is not None:
+        # Mini-float products: the register is fixed point on their finest grid.
+        return tuple(DFP(32, min(grid, fitted)) for grid in products.tolist())
     return (rule.for_weights(observed.overall.max_abs, observed.channels.ravel(), options.fit),)
 
 
@@ -387,6 +404,15 @@ def accumulator_fls(input_format: Format, weights: tuple[Format, ...]) -> np.nda
     if not isinstance(input_format, DFP) or not families(weights) <= {DFP, Pow2}:
         return None
     return input_format.fl - weight_exponents(weights)
+
+
+def product_fls(input_format: Format | None, weights: tuple[Format, ...]) -> np.ndarray | None:
+    """The fractional lengths of the finest products of a quantized input and each of a
+    layer's weight formats, mini floats among them (their smallest quantum); None for an
+    FP32 input."""
+    if input_format is None or not weights:
+        return None
+    return -(step_exponent(input_format) + step_exponents(weights))
 
 
 def _check_overrides_match(layers: list[Layer], overrides: tuple[Override, ...]) -> None:

@@ -8,7 +8,7 @@ people. See docs/report.md for every field.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import metadata
 
 import numpy as np
@@ -43,6 +43,9 @@ def describe_format(fmt: Format | None) -> dict:
             "mant_bits": fmt.mant_bits,
             "variant": fmt.variant,
             "rounding": fmt.rounding,
+            "exponent_bias": fmt.bias,
+            # The effective exponents: of the smallest normal and of the largest value.
+            "exponent_range": [fmt.emin, fmt.emax],
         }
     return {
         "name": fmt.name,
@@ -76,6 +79,16 @@ def describe_formats(formats: tuple[Format, ...]) -> dict | None:
             signed=formats[0].signed,
             rounding=formats[0].rounding,
             name=f"dfp{summary['bits']}f{low}..{high}{rounding_suffix(formats[0].rounding)}",
+        )
+    elif len({replace(f, exponent_bias=None) for f in formats if isinstance(f, MiniFloat)}) == 1:
+        biases = [f.bias for f in formats]
+        standard = replace(formats[0], exponent_bias=None)
+        summary.update(
+            formats=[f.name for f in formats],
+            exponent_bias=biases,
+            exponent_range=[min(f.emin for f in formats), max(f.emax for f in formats)],
+            name=f"{standard.name.split('@')[0]}b{min(biases)}..{max(biases)}"
+            + rounding_suffix(standard.rounding),
         )
     else:
         summary.update(

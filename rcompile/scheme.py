@@ -6,7 +6,10 @@ Grammar (case-insensitive):
     dfp<N>             N-bit dynamic fixed point for weights and activations
     dfp:w<W>a<A>       W-bit weights, A-bit activations
     <minifloat>        a mini-float format for weights and activations: fp8e4m3 (OCP E4M3FN),
-                       fp8e5m2, fp16, bf16, fp8e4m3r (Ristretto's variant), any fp<N>e<E>m<M>[r|fn]
+                       fp8e5m2, fp16, bf16, fp8e4m3r (Ristretto's variant), any fp<N>e<E>m<M>[r|fn];
+                       each tensor (each output channel of weights) scaled by its own exponent
+                       bias, fitted to its range
+    <minifloat>:unscaled   the format's standard exponent bias everywhere (Ristretto's mini floats)
     pow2               4-bit power-of-two weights, 8-bit DFP activations
     pow2:w<W>a<A>      W-bit power-of-two weights, A-bit DFP activations
 
@@ -33,10 +36,11 @@ from rcompile.formats.rounding import ROUNDING_MODES, rounding_suffix
 # tensor holds its maximum. `ristretto`: Ristretto's rules (activations one bit less).
 FITS = ("mse", "max", "ristretto")
 
+UNSCALED = ":unscaled"
 SCHEME_GRAMMAR = (
     "dfp<N> (e.g. dfp8), dfp:w<W>a<A> (e.g. dfp:w4a8), a mini-float format (fp8e4m3, fp8e5m2, "
-    "fp16, bf16, fp8e4m3r, fp<N>e<E>m<M>[r|fn]), pow2, pow2:w<W>a<A>; each may end in "
-    "@away, @up or @floor (the rounding; default even)"
+    "fp16, bf16, fp8e4m3r, fp<N>e<E>m<M>[r|fn]) optionally followed by :unscaled, pow2, "
+    "pow2:w<W>a<A>; each may end in @away, @up or @floor (the rounding; default even)"
 )
 
 
@@ -112,6 +116,27 @@ class Pow2Rule:
 
 
 @dataclass(frozen=True)
+class MiniFloatRule:
+    """A mini-float format whose exponent bias every tensor (every output channel of
+    weights) fits to its range (`MiniFloat.covering`): a scaled mini float."""
+
+    format: MiniFloat
+
+    def for_weights(self, max_abs: float, values: np.ndarray, fit: str = "mse") -> MiniFloat:
+        return self.format.covering(max_abs)
+
+    def for_channels(self, maxima, rows: np.ndarray, fit: str = "mse") -> tuple[MiniFloat, ...]:
+        return tuple(self.format.covering(m) for m in maxima)
+
+    def for_activations(self, max_abs: float, signed: bool, fit: str = "mse") -> MiniFloat:
+        return self.format.covering(max_abs)
+
+    @property
+    def name(self) -> str:
+        return self.format.name
+
+
+@dataclass(frozen=True)
 class FixedRule:
     """One given format, whatever the range (mini floats, or a pinned format); `None` keeps
     the tensor FP32 (see `FP32`)."""
@@ -132,7 +157,7 @@ class FixedRule:
 FP32 = FixedRule(None)
 
 
-Rule = DFPRule | Pow2Rule | FixedRule
+Rule = DFPRule | Pow2Rule | MiniFloatRule | FixedRule
 
 
 @dataclass(frozen=True)
@@ -141,7 +166,7 @@ class Scheme:
 
     name: str
     weights: Rule
-    activations: DFPRule | FixedRule
+    activations: DFPRule | MiniFloatRule | FixedRule
 
 
 def parse_scheme(text: str) -> Scheme:
@@ -169,12 +194,14 @@ def _parse_base_scheme(name: str, text: str) -> Scheme:
         )
     if name == "pow2":
         return Scheme(name, Pow2Rule(4), DFPRule(8))
+    base, unscaled = name.removesuffix(UNSCALED), name.endswith(UNSCALED)
     try:
-        fmt = parse_format(name)
+        fmt = parse_format(base)
     except ValueError:
         fmt = None
-    if isinstance(fmt, MiniFloat):
-        return Scheme(name, FixedRule(fmt), FixedRule(fmt))
+    if isinstance(fmt, MiniFloat) and fmt.exponent_bias is None:
+        rule = FixedRule(fmt) if unscaled else MiniFloatRule(fmt)
+        return Scheme(name, rule, rule)
     raise SchemeError(f"unknown scheme {text!r}; valid schemes: {SCHEME_GRAMMAR}")
 
 
@@ -184,6 +211,8 @@ def _rounded(rule: Rule, rounding: str) -> Rule:
         return replace(rule, rounding=rounding)
     if isinstance(rule, FixedRule) and isinstance(rule.format, DFP | MiniFloat):
         return FixedRule(replace(rule.format, rounding=rounding))
+    if isinstance(rule, MiniFloatRule):
+        return MiniFloatRule(replace(rule.format, rounding=rounding))
     return rule
 
 

@@ -60,6 +60,21 @@ def sweep_inputs() -> np.ndarray:
     return np.concatenate([float16_patterns(), float32_specials()])
 
 
+# Mini floats of another exponent bias (scaled): finer and coarser than standard, native
+# types among them, at the ends of the biases float32 holds.
+SCALED_MINIFLOATS = [
+    MiniFloat(4, 3, "fn", exponent_bias=16),
+    MiniFloat(4, 3, "fn", exponent_bias=-3),
+    MiniFloat(4, 3, "fn", exponent_bias=147),
+    MiniFloat(5, 2, "ieee", exponent_bias=22),
+    MiniFloat(5, 10, "ieee", exponent_bias=25),
+    MiniFloat(5, 10, "ieee", exponent_bias=-96),
+    MiniFloat(8, 7, "ieee", exponent_bias=140),
+    MiniFloat(4, 3, exponent_bias=12),
+    MiniFloat(3, 2, "ieee", exponent_bias=-1),
+]
+
+
 def sweep_formats() -> list[Format]:
     """The parameter sweep of the agreement tests."""
     formats: list[Format] = [
@@ -77,6 +92,7 @@ def sweep_formats() -> list[Format]:
         if not (variant == "fn" and (mant_bits == 0 or exp_bits == 8))
     ]
     formats += [MiniFloat(8, 22), MiniFloat(8, 23, "ieee"), MiniFloat(7, 23, "fn")]
+    formats += SCALED_MINIFLOATS
     ranges = [(-8, -1), (-4, 3), (0, 0), (-20, -10), (-126, 126)]
     formats += [Pow2(low, high, zero) for low, high in ranges for zero in (True, False)]
     return formats

@@ -75,8 +75,10 @@ def test_dfp_without_calibration_data_raises():
         rcompile.compile(LENET, "dfp8")
 
 
-def test_fp16_needs_no_calibration_data():
-    result = rcompile.compile(LENET, "fp16")
+def test_unscaled_fp16_needs_no_calibration_data_and_scaled_says_so():
+    with pytest.raises(CalibrationError, match=r"exponent biases .* or use fp16:unscaled$"):
+        rcompile.compile(LENET, "fp16")
+    result = rcompile.compile(LENET, "fp16:unscaled")
     assert result.report.calibration == {"source": None, "samples": 0}
     assert top1(result.model) >= FP32_TOP1 - 0.002
 

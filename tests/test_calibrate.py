@@ -47,7 +47,7 @@ def batches(seed: int, sizes=(3, 5, 2)) -> list[dict[str, np.ndarray]]:
 
 def test_activation_ranges_are_min_and_max_over_every_batch():
     data = batches(seed=0)
-    ranges, _ = activation_ranges(scale_relu_model(), ["x", "h", "y"], data)
+    ranges = activation_ranges(scale_relu_model(), ["x", "h", "y"], data).ranges
     x = np.concatenate([batch["x"] for batch in data])
     h = x * SCALE
     expected = {name: Range(float(v.min()), float(v.max())) for name, v in (("x", x), ("h", h))}
@@ -56,7 +56,7 @@ def test_activation_ranges_are_min_and_max_over_every_batch():
 
 
 def test_activation_ranges_count_the_samples_of_every_batch():
-    _, samples = activation_ranges(scale_relu_model(), ["x", "y"], batches(seed=0))
+    samples = activation_ranges(scale_relu_model(), ["x", "y"], batches(seed=0)).samples
     assert samples == 10
 
 
@@ -66,7 +66,7 @@ def test_batches_run_in_parts_that_fit_the_budget_with_the_same_ranges(budget, m
     sample alone, 48 one at a time, and a large one whole batches; the ranges and the count
     do not change, and no run returns more than the budget (after the first sample)."""
     data = batches(seed=0, sizes=(7, 5))
-    whole, _ = activation_ranges(scale_relu_model(), ["x", "h", "y"], data, 10**9)
+    whole = activation_ranges(scale_relu_model(), ["x", "h", "y"], data, 10**9).ranges
     runs = []
     real = calibrate.open_session
 
@@ -81,10 +81,25 @@ def test_batches_run_in_parts_that_fit_the_budget_with_the_same_ranges(budget, m
         return Counted()
 
     monkeypatch.setattr(calibrate, "open_session", counting)
-    ranges, samples = activation_ranges(scale_relu_model(), ["x", "h", "y"], data, budget)
+    observed = activation_ranges(scale_relu_model(), ["x", "h", "y"], data, budget)
+    ranges, samples = observed.ranges, observed.samples
     assert (ranges, samples) == (whole, 12)
     assert runs[0] == 1 and sum(runs) == 12
     assert max(runs[1:]) == {1: 1, 48: 1, 10**9: 6}[budget]
+
+
+@pytest.mark.parametrize("budget", [1, 10**9], ids=["one-sample", "whole"])
+def test_channel_means_are_those_of_all_samples_however_batches_split(budget):
+    """The per-channel means bias correction reads: along the given axis, over every sample
+    of every batch, the same whether batches run whole or a sample at a time."""
+    data = batches(seed=2, sizes=(7, 5))
+    axes = {"x": 1, "h": -1}
+    observed = activation_ranges(scale_relu_model(), ["x", "h"], data, budget, channel_axes=axes)
+    x = np.concatenate([batch["x"] for batch in data]).astype(np.float64)
+    assert set(observed.means) == {"x", "h"}
+    np.testing.assert_allclose(observed.means["x"], x.mean(axis=0), rtol=1e-12)
+    h = (x.astype(F32) * SCALE).astype(np.float64)
+    np.testing.assert_allclose(observed.means["h"], h.mean(axis=0), rtol=1e-6)
 
 
 def test_a_model_with_a_fixed_batch_size_gets_its_batches_whole():
@@ -93,12 +108,14 @@ def test_a_model_with_a_fixed_batch_size_gets_its_batches_whole():
     nodes = [helper.make_node("Relu", ["x"], ["y"], name="relu")]
     model = make_model(nodes, [tensor("x", [4, 4])], [tensor("y", [4, 4])], [])
     data = [{"x": np.full((4, 4), value, F32)} for value in (-1.0, 2.0)]
-    ranges, samples = activation_ranges(model, ["x", "y"], data, budget=1)
+    observed = activation_ranges(model, ["x", "y"], data, budget=1)
+    ranges, samples = observed.ranges, observed.samples
     assert samples == 8 and ranges["y"] == Range(0.0, 2.0)
 
 
 def test_activation_ranges_accept_a_generator_of_batches():
-    ranges, samples = activation_ranges(scale_relu_model(), ["y"], iter(batches(seed=1)))
+    observed = activation_ranges(scale_relu_model(), ["y"], iter(batches(seed=1)))
+    ranges, samples = observed.ranges, observed.samples
     assert samples == 10
     assert ranges["y"].min == 0.0
 

@@ -193,7 +193,8 @@ def calibrated(model: onnx.ModelProto):
         {"x": np.random.default_rng(seed).normal(size=(4, 3, 8, 8)).astype(np.float32)}
         for seed in range(3)
     ]
-    ranges, samples = activation_ranges(model, activation_tensors(layers), feeds)
+    observed = activation_ranges(model, activation_tensors(layers), feeds)
+    ranges, samples = observed.ranges, observed.samples
     return layers, Planner(layers, Statistics(ranges, weight_ranges(model, layers), samples))
 
 

@@ -14,6 +14,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from rcompile.errors import SchemeError
 from rcompile.formats import DFP, MiniFloat
+from rcompile.formats.codes import step_exponent, step_exponents
 from rcompile.onnx_ops import IR_VERSION, OPSET
 from rcompile.passes.calibrate import Range, Statistics, weight_ranges
 from rcompile.passes.layers import find_layers
@@ -203,10 +204,27 @@ def test_max_fit_weights_hold_their_largest_value():
     assert all(fmt.max + fmt.step >= m for fmt, m in zip(plan.weights, maxima, strict=True))
 
 
-def test_minifloat_scheme_gives_every_tensor_its_format():
-    plan = layer(plan_for("fp8e4m3"), "conv")
+def test_unscaled_minifloat_scheme_gives_every_tensor_its_format():
+    plan = layer(plan_for("fp8e4m3:unscaled"), "conv")
     fp8 = MiniFloat(4, 3, "fn")
     assert (plan.inputs, plan.output, plan.weights) == ((fp8,), fp8, (fp8,))
+
+
+def test_scaled_minifloat_scheme_fits_every_tensor_and_weight_channel_its_bias():
+    """Each activation and each weight channel gets E4M3 with the finest bias that covers
+    its range; the bias lies in the accumulator, 32-bit fixed point on the grid of the finest
+    products (or coarser, as far as the bias needs)."""
+    plan = layer(plan_for("fp8e4m3"), "conv")
+    maxima = np.abs(conv_weight()).reshape(4, -1).max(axis=1)
+    fp8 = MiniFloat(4, 3, "fn")
+    assert plan.weights == tuple(fp8.covering(m) for m in maxima)
+    assert plan.inputs == (fp8.covering(ACTIVATIONS[plan.layer.inputs[0]].max_abs),)
+    assert all(w.max >= m > w.max / 2 for w, m in zip(plan.weights, maxima, strict=True))
+    grids = -(step_exponent(plan.inputs[0]) + step_exponents(plan.weights))
+    assert all(
+        isinstance(b, DFP) and b.bw == 32 and b.fl <= g
+        for b, g in zip(plan.bias, grids, strict=True)
+    )
 
 
 @pytest.mark.parametrize(

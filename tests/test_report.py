@@ -123,3 +123,21 @@ def test_markdown_has_the_accuracy_table(report):
 
 def test_markdown_lists_the_fp32_ops(report):
     assert "Flatten x1, MaxPool x2, Relu x4" in render_markdown(report)
+
+
+def test_a_scaled_mini_float_layer_reports_each_channels_exponent_bias_and_range():
+    """fp8e4m3 gives every weight channel its own exponent bias; the report names the span
+    of biases and the effective exponents (smallest normal to largest value), and the bias
+    sits in the 32-bit accumulator on the products' grid."""
+    result = rcompile.compile(LENET, "fp8e4m3", MNIST_CALIB)
+    formats = result.report.as_dict()["layers"][2]["formats"]  # fc1: 120 channels
+    weights = formats["weights"]
+    low, high = min(weights["exponent_bias"]), max(weights["exponent_bias"])
+    assert weights["name"] == f"fp8e4m3fnb{low}..{high}" and low > 7
+    assert weights["exponent_range"][1] < 8  # below the standard format's 2**8
+    activation = formats["inputs"][0]
+    assert activation["exponent_range"] == [
+        1 - activation["exponent_bias"],
+        8 + 7 - activation["exponent_bias"],
+    ]
+    assert formats["bias"]["family"] == "dfp" and formats["bias"]["bits"] == 32

@@ -68,10 +68,10 @@ def inputs(seed: int) -> np.ndarray:
 
 def plan_for(model: onnx.ModelProto, options=None, overrides=()) -> Plan:
     layers = find_layers(model)
-    ranges, samples = activation_ranges(
+    observed = activation_ranges(
         model, activation_tensors(layers), [{"x": inputs(seed=1)}, {"x": inputs(seed=2)}]
     )
-    statistics = Statistics(ranges, weight_ranges(model, layers), samples)
+    statistics = Statistics(observed.ranges, weight_ranges(model, layers), observed.samples)
     return make_plan(layers, statistics, parse_scheme("dfp8"), options, overrides)
 
 

@@ -3,6 +3,8 @@ the least-error fit of DFP weights."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -12,6 +14,7 @@ from rcompile.scheme import (
     SCHEME_GRAMMAR,
     DFPRule,
     FixedRule,
+    MiniFloatRule,
     Pow2Rule,
     Scheme,
     parse_rule,
@@ -19,6 +22,7 @@ from rcompile.scheme import (
 )
 
 F32 = np.float32
+E4M3, E5M2 = MiniFloat(4, 3, "fn"), MiniFloat(5, 2, "ieee")
 
 
 @pytest.mark.parametrize(
@@ -29,11 +33,23 @@ F32 = np.float32
         ("dfp:w4a8", DFPRule(4), DFPRule(8)),
         ("pow2", Pow2Rule(4), DFPRule(8)),
         ("pow2:w5a8", Pow2Rule(5), DFPRule(8)),
-        ("fp8e4m3", FixedRule(MiniFloat(4, 3, "fn")), FixedRule(MiniFloat(4, 3, "fn"))),
-        ("fp8e5m2", FixedRule(MiniFloat(5, 2, "ieee")), FixedRule(MiniFloat(5, 2, "ieee"))),
-        ("fp16", FixedRule(MiniFloat(5, 10, "ieee")), FixedRule(MiniFloat(5, 10, "ieee"))),
-        ("bf16", FixedRule(MiniFloat(8, 7, "ieee")), FixedRule(MiniFloat(8, 7, "ieee"))),
-        ("fp8e4m3r", FixedRule(MiniFloat(4, 3)), FixedRule(MiniFloat(4, 3))),
+        ("fp8e4m3", MiniFloatRule(E4M3), MiniFloatRule(E4M3)),
+        ("fp8e5m2", MiniFloatRule(E5M2), MiniFloatRule(E5M2)),
+        ("fp16", MiniFloatRule(MiniFloat(5, 10, "ieee")), MiniFloatRule(MiniFloat(5, 10, "ieee"))),
+        ("bf16", MiniFloatRule(MiniFloat(8, 7, "ieee")), MiniFloatRule(MiniFloat(8, 7, "ieee"))),
+        ("fp8e4m3r", MiniFloatRule(MiniFloat(4, 3)), MiniFloatRule(MiniFloat(4, 3))),
+        ("fp8e4m3:unscaled", FixedRule(E4M3), FixedRule(E4M3)),
+        ("fp8e4m3r:unscaled", FixedRule(MiniFloat(4, 3)), FixedRule(MiniFloat(4, 3))),
+        (
+            "fp8e4m3:unscaled@away",
+            FixedRule(replace(E4M3, rounding="away")),
+            FixedRule(replace(E4M3, rounding="away")),
+        ),
+        (
+            "fp8e4m3@away",
+            MiniFloatRule(replace(E4M3, rounding="away")),
+            MiniFloatRule(replace(E4M3, rounding="away")),
+        ),
     ],
 )
 def test_scheme_forms_parse_to_their_rules(text, weights, activations):
@@ -42,6 +58,19 @@ def test_scheme_forms_parse_to_their_rules(text, weights, activations):
 
 def test_fp8e4m3_means_ocp_e4m3fn():
     assert parse_scheme("fp8e4m3").weights.format == MiniFloat(4, 3, "fn")
+
+
+def test_a_scaled_mini_float_takes_the_finest_bias_that_covers_each_range():
+    """Weights of at most 0.5 get E4M3 with bias 16 (largest value 0.875, smallest
+    subnormal 2**-18) instead of 7, and at most 0.01 bias 22; zero keeps 7. Activations up to
+    1000 get bias 5 (largest 1792: bias 6 would end at 896)."""
+    rule = parse_scheme("fp8e4m3").weights
+    weights = rule.for_channels((0.5, 0.01, 0.0), np.zeros((3, 1)))
+    assert [w.bias for w in weights] == [16, 22, 7]
+    assert weights[0].max == 0.875 and weights[0].smallest_positive == 2.0**-18
+    activation = rule.for_activations(1000.0, True)
+    assert activation.bias == 5 and activation.max == 1792.0
+    assert parse_scheme("fp8e4m3:unscaled").activations.for_activations(1000.0, True) == E4M3
 
 
 def test_fp8e4m3r_is_ristrettos_variant():

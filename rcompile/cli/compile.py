@@ -75,6 +75,14 @@ def compile_command(
     fit: Annotated[
         str, typer.Option(help="How fractional lengths follow the data: mse, max or ristretto.")
     ] = "mse",
+    bias_correction: Annotated[
+        bool,
+        typer.Option(
+            "--bias-correction/--no-bias-correction",
+            help="Move each bias so that the quantized weights keep every output channel's "
+            "mean on the calibration data.",
+        ),
+    ] = True,
     report: Annotated[
         Path | None,
         typer.Option(
@@ -120,6 +128,7 @@ def compile_command(
         bias=bias,
         fit=fit,
         accumulator=register,
+        bias_correction=bias_correction,
     )
     inputs = input_paths(model, calib, val, overrides)
     check_targets([output], inputs)

@@ -9,15 +9,21 @@ finite value) and differ in how they spend the exponent codes:
 | `ieee`      | 1-bias .. bias       | yes        | yes | yes | (2 - 2**-m) * 2**bias              |
 | `fn`        | 1-bias .. bias+1     | yes        | no  | yes | (2 - 2**(1-m)) * 2**(bias+1)       |
 
-with bias = 2**(exp_bits-1) - 1. `ieee` (5, 10) is float16, (8, 7) bfloat16 and (5, 2) OCP
-FP8 E5M2; `fn` (4, 3) is OCP FP8 E4M3FN. The quantizers pass NaN through; +-inf stays
-infinite where the variant has inf and saturates otherwise (as ONNX's saturating Cast does).
+with bias = 2**(exp_bits-1) - 1 unless the format gives its own `exponent_bias`. `ieee`
+(5, 10) is float16, (8, 7) bfloat16 and (5, 2) OCP FP8 E5M2; `fn` (4, 3) is OCP FP8 E4M3FN.
+The quantizers pass NaN through; +-inf stays infinite where the variant has inf and
+saturates otherwise (as ONNX's saturating Cast does).
+
+A scaled mini float is one with another exponent bias: every value times one power of two,
+2**(standard bias - exponent_bias). Hardware gets it for free (the bias is a constant of the
+datapath), and a tensor of small weights keeps its precision instead of falling below the
+smallest normal. `covering` picks the bias from a tensor's range.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -41,6 +47,8 @@ class MiniFloat:
     mant_bits: int
     variant: str = "ristretto"
     rounding: str = "even"
+    # None: the standard bias, 2**(exp_bits-1) - 1 (a given standard bias is stored as None).
+    exponent_bias: int | None = None
 
     def __post_init__(self) -> None:
         check_rounding(self.rounding)
@@ -61,26 +69,56 @@ class MiniFloat:
                 "MiniFloat variant 'fn' needs mant_bits >= 1 (its top code is NaN) and "
                 f"exp_bits <= {MAX_EXP_BITS - 1} (its top binade must fit in float32)"
             )
-        if self.emin - self.mant_bits < MIN_POW2_EXP:
+        if self.exponent_bias == self.standard_bias:
+            object.__setattr__(self, "exponent_bias", None)
+        label = f"MiniFloat {self.exp_bits}/{self.mant_bits} ({self.variant})"
+        if self.exponent_bias is None and self.emin - self.mant_bits < MIN_POW2_EXP:
             raise ValueError(
-                f"MiniFloat {self.exp_bits}/{self.mant_bits} ({self.variant}) has values below "
-                f"the float32 subnormal range; use mant_bits <= {self.emin - MIN_POW2_EXP}"
+                f"{label} has values below the float32 subnormal range; "
+                f"use mant_bits <= {self.emin - MIN_POW2_EXP}"
+            )
+        low, high = self.bias_range
+        if self.exponent_bias is not None and not low <= self.exponent_bias <= high:
+            raise ValueError(
+                f"{label} with exponent bias {self.bias} has values float32 does not hold; "
+                f"use a bias in [{low}, {high}]"
             )
 
     @property
-    def bias(self) -> int:
+    def standard_bias(self) -> int:
         return 2 ** (self.exp_bits - 1) - 1
+
+    @property
+    def bias(self) -> int:
+        return self.standard_bias if self.exponent_bias is None else self.exponent_bias
+
+    @property
+    def scale_exponent(self) -> int:
+        """Every value is the standard-bias format's times 2**scale_exponent."""
+        return self.standard_bias - self.bias
 
     @property
     def emin(self) -> int:
         """The exponent of the smallest normal value."""
-        return -self.bias if self.variant == "ristretto" else 1 - self.bias
+        return self._standard_emin + self.scale_exponent
+
+    @property
+    def _standard_emin(self) -> int:
+        return -self.standard_bias if self.variant == "ristretto" else 1 - self.standard_bias
 
     @property
     def emax(self) -> int:
-        """The exponent of the largest finite value, capped at float32's own (127)."""
-        top = self.bias if self.variant == "ieee" else self.bias + 1
-        return min(top, MAX_POW2_EXP)
+        """The exponent of the largest finite value, capped at float32's own (127: Ristretto's
+        8-bit exponent would reach 128)."""
+        return min(self._top_exponent, MAX_POW2_EXP)
+
+    @property
+    def _top_exponent(self) -> int:
+        return self._standard_top + self.scale_exponent
+
+    @property
+    def _standard_top(self) -> int:
+        return self.standard_bias if self.variant == "ieee" else self.standard_bias + 1
 
     @property
     def has_subnormals(self) -> bool:
@@ -97,11 +135,12 @@ class MiniFloat:
     @property
     def name(self) -> str:
         """Canonical name: `fp16`, `bf16`, `fp8e5m2`, `fp8e4m3fn`, `fp8e4m3r` (Ristretto),
-        `fp8e4m3fn@floor` (another rounding).
+        `fp8e4m3fnb16` (exponent bias 16), `fp8e4m3fn@floor` (another rounding).
 
         `fp8e4m3` alone means OCP's E4M3FN, so the IEEE-like E4M3 is `fp8e4m3ieee`.
         """
-        return self._base_name + rounding_suffix(self.rounding)
+        biased = "" if self.exponent_bias is None else f"b{self.exponent_bias}"
+        return self._base_name + biased + rounding_suffix(self.rounding)
 
     @property
     def _base_name(self) -> str:
@@ -154,6 +193,31 @@ class MiniFloat:
             if self.has_inf:
                 result = np.where(np.isinf(x), x, result)
             return np.where(np.isnan(x), x, result).astype(F32)
+
+    def covering(self, max_abs: float) -> MiniFloat:
+        """This format with the largest exponent bias (the finest values) whose largest value
+        still covers `max_abs`, within the biases float32 can represent; itself for 0."""
+        if not math.isfinite(max_abs) or max_abs < 0:
+            raise ValueError(f"max_abs must be finite and >= 0, got {max_abs}")
+        if max_abs == 0:
+            return self
+        standard = replace(self, exponent_bias=None)
+        shift = math.ceil(math.log2(max_abs / standard.max))
+        while math.ldexp(standard.max, shift) < max_abs:
+            shift += 1
+        while math.ldexp(standard.max, shift - 1) >= max_abs:
+            shift -= 1
+        low, high = self.bias_range
+        return replace(self, exponent_bias=min(max(self.standard_bias - shift, low), high))
+
+    @property
+    def bias_range(self) -> tuple[int, int]:
+        """The exponent biases whose values float32 holds: all of them above its smallest
+        subnormal, the largest finite within its range."""
+        standard = self.standard_bias
+        low = self._standard_top + standard - MAX_POW2_EXP
+        high = self._standard_emin + standard - self.mant_bits - MIN_POW2_EXP
+        return min(low, standard), high
 
     @classmethod
     def for_range(cls, bit_width: int, max_abs: float, variant: str = "ristretto") -> MiniFloat:

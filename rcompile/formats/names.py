@@ -14,6 +14,7 @@ Format = DFP | MiniFloat | Pow2
 
 _DFP = re.compile(r"(u?)dfp([0-9]+)f(-?[0-9]+)")
 _MINIFLOAT = re.compile(r"fp([0-9]+)e([0-9]+)m([0-9]+)(r|fn|ieee)?")
+_BIASED = re.compile(r"((?:fp|bf).+)b(-?[0-9]+)")
 _POW2 = re.compile(r"pow2e(-?[0-9]+)\.\.(-?[0-9]+)(r?)")
 _ALIASES = {
     "fp16": MiniFloat(5, 10, "ieee"),
@@ -24,8 +25,9 @@ _VARIANT_SUFFIX = {"r": "ristretto", None: "ieee", "ieee": "ieee", "fn": "fn"}
 
 FORMAT_GRAMMAR = (
     "dfp<bw>f<fl> or udfp<bw>f<fl> (e.g. dfp8f5), fp<N>e<E>m<M>[r|fn|ieee] (e.g. fp8e4m3, "
-    "fp8e5m2, fp8e4m3r), fp16, bf16, pow2e<min>..<max>[r] (e.g. pow2e-8..-1); DFP and mini "
-    f"floats may end in @<rounding> ({', '.join(ROUNDING_MODES[1:])}; default even)"
+    "fp8e5m2, fp8e4m3r), fp16, bf16, pow2e<min>..<max>[r] (e.g. pow2e-8..-1); a mini float "
+    "may name its exponent bias (fp8e4m3fnb16); DFP and mini floats may end in @<rounding> "
+    f"({', '.join(ROUNDING_MODES[1:])}; default even)"
 )
 
 
@@ -50,6 +52,11 @@ def split_rounding(text: str) -> tuple[str, str]:
 
 
 def _parse_base(text: str, name: str) -> Format:
+    if match := _BIASED.fullmatch(text):
+        fmt = _parse_base(match.group(1), name)
+        if not isinstance(fmt, MiniFloat):
+            raise ValueError(f"unknown format {name!r}; expected {FORMAT_GRAMMAR}")
+        return replace(fmt, exponent_bias=int(match.group(2)))
     if text in _ALIASES:
         return _ALIASES[text]
     if match := _DFP.fullmatch(text):

@@ -60,7 +60,13 @@ def format_of(node: onnx.NodeProto) -> Format:
     if node.op_type == dfp.NAME:
         return DFP.of(values["bw"], values["fl"], bool(values["signed"]), rounding)
     if node.op_type == minifloat.NAME:
-        return MiniFloat(values["exp_bits"], values["mant_bits"], values["variant"], rounding)
+        return MiniFloat(
+            values["exp_bits"],
+            values["mant_bits"],
+            values["variant"],
+            rounding,
+            values.get("exponent_bias"),  # absent in files of earlier builds: the standard
+        )
     return Pow2(values["exp_min"], values["exp_max"], bool(values["zero"]))
 
 

@@ -1,13 +1,15 @@
-"""`QuantizeMiniFloat(exp_bits, mant_bits, variant)` as an ONNX function.
+"""`QuantizeMiniFloat(exp_bits, mant_bits, variant, exponent_bias)` as an ONNX function.
 
 The body mirrors the reference: clamp to +-max, find the exponent exactly (`floor_log2`),
 round the value divided by its quantum half to even and scale back (both exact: powers of
-two), then flush (Ristretto), keep inf (IEEE) and pass NaN. The format's constants (bias,
-exponent range, max) are computed from the attributes, so editing them in a saved model
+two), then flush (Ristretto), keep inf (IEEE) and pass NaN. The format's constants
+(exponent range, max) are computed from the attributes, so editing them in a saved model
 works; onnxruntime folds them to constants.
 """
 
 from __future__ import annotations
+
+from dataclasses import replace
 
 import onnx
 
@@ -16,12 +18,14 @@ from rcompile.formats.exact import MAX_POW2_EXP
 from rcompile.onnx_ops.builder import FunctionBody
 
 NAME = "QuantizeMiniFloat"
-ATTRIBUTES = ["exp_bits", "mant_bits", "variant"]
+ATTRIBUTES = ["exp_bits", "mant_bits", "variant", "exponent_bias"]
 
 
 # Formats onnxruntime casts to natively: overload name -> (MiniFloat, cast target). A Cast
 # (saturating for FP8, after a clip for the 16-bit types, which keep inf) is the reference
-# bit for bit and far faster than the generic body.
+# bit for bit and far faster than the generic body. With another exponent bias, the
+# `SCALED` overload scales into the standard format's range and back (exact: powers of two;
+# only values far below its smallest subnormal meet float32's, and they round to zero).
 NATIVE = {
     "float8e4m3fn": (MiniFloat(4, 3, "fn"), onnx.TensorProto.FLOAT8E4M3FN),
     "float8e5m2": (MiniFloat(5, 2, "ieee"), onnx.TensorProto.FLOAT8E5M2),
@@ -31,6 +35,9 @@ NATIVE = {
 
 
 ROUNDED = "round_"
+SCALED = "_scaled"
+# The scale and its inverse are normal float32 numbers; further out, the generic body.
+MAX_SCALE_EXPONENT = 126
 
 
 def overload(fmt: MiniFloat) -> str:
@@ -39,11 +46,15 @@ def overload(fmt: MiniFloat) -> str:
     than half to even."""
     if fmt.rounding != "even":
         return ROUNDED + fmt.rounding
-    return next((name for name, (native, _) in NATIVE.items() if native == fmt), "")
+    standard = replace(fmt, exponent_bias=None)
+    name = next((name for name, (native, _) in NATIVE.items() if native == standard), "")
+    if not name or fmt.exponent_bias is None:
+        return name
+    return name + SCALED if abs(fmt.scale_exponent) <= MAX_SCALE_EXPONENT else ""
 
 
 def build(overload: str = "", bound: dict[str, int | bytes] | None = None) -> onnx.FunctionProto:
-    if overload in NATIVE:
+    if overload.removesuffix(SCALED) in NATIVE:
         return _native(overload, bound)
     mode = overload.removeprefix(ROUNDED) or "even"
     body = FunctionBody(bound)
@@ -53,11 +64,14 @@ def build(overload: str = "", bound: dict[str, int | bytes] | None = None) -> on
     is_ieee = body.op("Equal", variant, body.const("ieee"))
     is_fn = body.op("Equal", variant, body.const("fn"))
 
+    # The standard bias's exponent range, shifted by standard - exponent_bias.
     half_range = body.pow2(body.op("Sub", body.attribute("exp_bits", "int"), body.const(1)))
     bias = body.op("Sub", body.to_int(half_range), body.const(1))
+    shift = body.op("Sub", bias, body.attribute("exponent_bias", "int"))
     emin = body.op("Where", is_ristretto, body.op("Neg", bias), body.op("Sub", body.const(1), bias))
+    emin = body.op("Add", emin, shift)
     emax = body.op("Where", is_ieee, bias, body.op("Add", bias, body.const(1)))
-    emax = body.op("Min", emax, body.const(MAX_POW2_EXP))
+    emax = body.op("Min", body.op("Add", emax, shift), body.const(MAX_POW2_EXP))
     top_step = body.op("Add", body.op("Sub", emax, mant_bits), body.to_int(is_fn))
     top_power = body.pow2(emax)
     largest = body.op("Add", top_power, body.op("Sub", top_power, body.pow2(top_step)))
@@ -81,24 +95,36 @@ def build(overload: str = "", bound: dict[str, int | bytes] | None = None) -> on
 
 def _native(overload: str, bound: dict[str, int | bytes] | None) -> onnx.FunctionProto:
     """Cast there and back: FP8 casts saturate themselves; the 16-bit types are clipped first.
-    Where the format keeps inf (IEEE-like), inf is put back after the saturation."""
-    fmt, target = NATIVE[overload]
+    Where the format keeps inf (IEEE-like), inf is put back after the saturation. A scaled
+    overload divides by the scale first and multiplies by it after."""
+    fmt, target = NATIVE[overload.removesuffix(SCALED)]
     body = FunctionBody(bound)
-    source = "X"
+    source, scale = "X", None
+    if overload.endswith(SCALED):
+        shift = body.op("Sub", body.const(fmt.bias), body.attribute("exponent_bias", "int"))
+        scale = body.pow2(shift)
+        source = body.op("Mul", source, body.pow2(body.op("Neg", shift)))
     if target in (onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16):
         largest = body.const(float(fmt.max))
-        source = body.op("Clip", "X", body.op("Neg", largest), largest)
+        source = body.op("Clip", source, body.op("Neg", largest), largest)
         narrow = body.op("Cast", source, to=target)
     else:
         narrow = body.op("Cast", source, to=target, saturate=1)
     result = body.op("Cast", narrow, to=onnx.TensorProto.FLOAT)
+    if scale is not None:
+        result = body.op("Mul", result, scale)
     if fmt.has_inf:
         result = body.op("Where", body.op("IsInf", "X"), "X", result)
     return body.function(NAME, ATTRIBUTES, result, overload)
 
 
 def attributes(fmt: MiniFloat) -> dict[str, int | str]:
-    values = {"exp_bits": fmt.exp_bits, "mant_bits": fmt.mant_bits, "variant": fmt.variant}
+    values = {
+        "exp_bits": fmt.exp_bits,
+        "mant_bits": fmt.mant_bits,
+        "variant": fmt.variant,
+        "exponent_bias": fmt.bias,
+    }
     if fmt.rounding != "even":
         values["rounding"] = fmt.rounding
     return values

@@ -11,7 +11,7 @@ anywhere is an error naming the tensor.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
@@ -55,12 +55,23 @@ class WeightRange:
 
 @dataclass(frozen=True)
 class Statistics:
-    """Everything the plan needs: activation and weight ranges, and how many samples the
-    activation ranges come from."""
+    """Everything the plan needs: activation and weight ranges, how many samples the
+    activation ranges come from, and the per-channel means of the tensors bias correction
+    reads (`rcompile.passes.bias_correction`)."""
 
     activations: dict[str, Range]
     weights: dict[str, WeightRange]
     samples: int
+    means: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Observed:
+    """What calibration runs give: ranges, the sample count and per-channel means."""
+
+    ranges: dict[str, Range]
+    samples: int
+    means: dict[str, np.ndarray]
 
 
 def activation_tensors(layers: list[Layer]) -> list[str]:
@@ -104,8 +115,11 @@ def activation_ranges(
     batches: Iterable[dict[str, np.ndarray]],
     budget: int = OBSERVED_BYTES,
     held: dict[str, np.ndarray] | None = None,
-) -> tuple[dict[str, Range], int]:
-    """Run the model on every batch and return each tensor's range and the sample count.
+    channel_axes: dict[str, int] | None = None,
+) -> Observed:
+    """Run the model on every batch: each tensor's range, the sample count, and for each
+    tensor of `channel_axes` the mean of every channel along its axis (over samples and
+    positions, summed in float64).
 
     Every observed tensor of a run is held at once (onnxruntime returns them together), so
     batches run in parts: one sample first, to measure what a sample's tensors take, then
@@ -115,6 +129,8 @@ def activation_ranges(
     session = _observing_session(model, tensors)
     axes = {spec.name: spec.batch_axis for spec in input_specs(model)}
     ranges: dict[str, Range] = {}
+    sums: dict[str, tuple[np.ndarray, int]] = {}
+    channel_axes = channel_axes or {}
     dynamic = fixed_batch_size(model) is None
     samples, part = 0, 1
     for batch in batches:
@@ -134,10 +150,22 @@ def activation_ranges(
             for name, value in zip(tensors, outputs, strict=True):
                 observed = _range_of(name, value)
                 ranges[name] = ranges[name].merged(observed) if name in ranges else observed
+                if name in channel_axes:
+                    sums[name] = _channel_sums(value, channel_axes[name], sums.get(name))
             del outputs
     if samples == 0:
         raise CalibrationError("the calibration data holds no samples")
-    return ranges, samples
+    means = {name: total / max(count, 1) for name, (total, count) in sums.items()}
+    return Observed(ranges, samples, means)
+
+
+def _channel_sums(value: np.ndarray, axis: int, before) -> tuple[np.ndarray, int]:
+    """Running per-channel sums of `value` along `axis`, and how many values each holds."""
+    moved = np.moveaxis(value, axis, 0).reshape(value.shape[axis], -1)
+    total, count = moved.sum(axis=1, dtype=np.float64), moved.shape[1]
+    if before is None:
+        return total, count
+    return before[0] + total, before[1] + count
 
 
 def _count(batch: dict[str, np.ndarray], axes: dict[str, int]) -> int:

@@ -18,6 +18,9 @@ from rcompile.plan import Accumulator
 from rcompile.reference import sums
 from rcompile.reference.requantize import requantize
 
+# Codes shifted past this many bits leave int64 (its sign bit apart): Python integers then.
+INT64_BITS = 62
+
 # op type -> axis of the output that indexes its channels
 OUTPUT_CHANNEL_AXIS = {"Conv": 1, "ConvTranspose": 1, "Gemm": -1, "MatMul": -1}
 
@@ -141,6 +144,10 @@ def overflow(accumulator: np.ndarray, register: Accumulator) -> np.ndarray:
     return np.where(remainder > high, remainder - span, remainder)
 
 
+def _bits(codes: np.ndarray) -> int:
+    return int(np.abs(codes).max(initial=0)).bit_length()
+
+
 def _bias_values(bias: np.ndarray, formats: tuple[Format, ...]) -> np.ndarray:
     """The bias quantized to its formats. A wide layer reads its bias in float64, from codes
     float32 may not hold: DFP biases are quantized there in float64, exactly."""
@@ -165,7 +172,10 @@ def _output(spec: LayerSpec, total, product_exponents, bias, axis, inputs, weigh
         channels = max(codes.size, product_exponents.size)
         product_exponents = np.broadcast_to(product_exponents, channels)
         exponent = np.minimum(product_exponents, np.broadcast_to(bias_exponents, channels))
-        bias_codes = codes << (bias_exponents - exponent)
+        shifts = bias_exponents - exponent
+        if codes.dtype != object and _bits(codes) + int(shifts.max(initial=0)) > INT64_BITS:
+            codes = sums.python_ints(codes)  # a bias far above a mini float's finest products
+        bias_codes = codes << shifts
     shape = [1] * total.ndim
     if exponent.size > 1:
         shape[axis] = exponent.size

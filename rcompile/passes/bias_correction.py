@@ -1,0 +1,93 @@
+"""Bias correction (Nagel et al., "Data-Free Quantization Through Weight Equalization and
+Bias Correction", 2019, in its empirical form): quantizing a layer's weights shifts the mean
+of every output channel by (W_q - W) E[x], with E[x] the mean of each input channel on the
+calibration data. Subtracting that shift from the FP32 bias before the bias is quantized
+gives the quantized layer the FP32 layer's mean output. It matters most where a channel has
+few weights (depthwise convolutions), whose rounding errors do not average out, and for
+coarse weight formats (mini floats' 3-bit mantissas, power-of-two weights).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import helper
+
+from rcompile.graph import consumers, initializers, replace_initializer
+from rcompile.passes import PassResult
+from rcompile.passes.layers import Layer
+from rcompile.passes.store_weights import quantize_values
+
+# The op types corrected (the layers with a bias), with the axis of their first input that
+# holds its channels.
+INPUT_CHANNEL_AXIS = {"Conv": 1, "Gemm": 1}
+
+
+def mean_axes(model: onnx.ModelProto, layers: list[Layer]) -> dict[str, int]:
+    """The layer inputs whose per-channel means bias correction needs, with their channel
+    axis: the first input of every correctable layer (see `correctable`)."""
+    nodes = {node.name: node for node in model.graph.node}
+    users = consumers(model.graph)
+    return {
+        layer.inputs[0]: INPUT_CHANNEL_AXIS[nodes[layer.node].op_type]
+        for layer in layers
+        if correctable(layer, nodes[layer.node], users)
+    }
+
+
+def correctable(layer: Layer, node: onnx.NodeProto, users: dict) -> bool:
+    """A Conv or Gemm with constant weights and a bias that no other node reads."""
+    if node.op_type not in INPUT_CHANNEL_AXIS or layer.weight is None or layer.bias is None:
+        return False
+    attributes = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    if node.op_type == "Gemm" and (attributes.get("beta", 1.0) == 0 or attributes.get("transA")):
+        return False
+    return len(users.get(layer.bias, [])) == 1
+
+
+def correct_biases(
+    model: onnx.ModelProto,
+    layers: list[Layer],
+    weight_formats: dict[str, tuple],
+    means: dict[str, np.ndarray],
+) -> PassResult:
+    """`model` with the bias of every correctable layer whose weights have formats
+    (`weight_formats[node]`) and whose input has a mean (`means`) corrected."""
+    result = onnx.ModelProto()
+    result.CopyFrom(model)
+    graph = result.graph
+    values = initializers(graph)
+    nodes = {node.name: node for node in graph.node}
+    users = consumers(graph)
+    changed = False
+    for layer in layers:
+        node = nodes[layer.node]
+        formats = weight_formats.get(layer.node)
+        mean = means.get(layer.inputs[0])
+        if not formats or mean is None or not correctable(layer, node, users):
+            continue
+        weights = values[layer.weight]
+        axis = layer.weight_axis if len(formats) > 1 else None
+        quantized = quantize_values(weights, formats, axis)
+        shift = _output_shift(node, quantized.astype(np.float64) - weights, mean)
+        bias = values[layer.bias]
+        corrected = (bias.astype(np.float64) - shift.reshape(bias.shape)).astype(np.float32)
+        replace_initializer(graph, layer.bias, corrected)
+        changed = True
+    return PassResult(result if changed else model, changed)
+
+
+def _output_shift(node: onnx.NodeProto, error: np.ndarray, mean: np.ndarray) -> np.ndarray:
+    """The mean change of each output channel that the weight error `error` causes on
+    inputs of per-channel mean `mean`."""
+    attributes = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    if node.op_type == "Conv":
+        group = attributes.get("group", 1)
+        per_group = error.shape[1]
+        summed = error.reshape(error.shape[0], per_group, -1).sum(axis=2)  # [O, C/group]
+        outputs_per_group = error.shape[0] // group
+        channels = np.arange(error.shape[0]) // outputs_per_group * per_group
+        inputs = channels[:, None] + np.arange(per_group)[None, :]
+        return (summed * mean[inputs]).sum(axis=1)
+    by_output = error if attributes.get("transB") else error.T  # Gemm: [N, K]
+    return attributes.get("alpha", 1.0) / attributes.get("beta", 1.0) * (by_output @ mean)
