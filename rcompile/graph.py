@@ -23,6 +23,11 @@ def consumers(graph: onnx.GraphProto) -> dict[str, list[onnx.NodeProto]]:
     return result
 
 
+def node_attributes(node: onnx.NodeProto) -> dict[str, object]:
+    """A node's attributes by name, as Python values."""
+    return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+
+
 def bodies(node: onnx.NodeProto) -> list[onnx.GraphProto]:
     """The graphs a node's attributes hold (an If's branches, a Loop's body)."""
     graphs = []

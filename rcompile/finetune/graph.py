@@ -15,12 +15,13 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 import torch
-from onnx import helper, numpy_helper
+from onnx import numpy_helper
 
 from rcompile.errors import UserError
 from rcompile.finetune.ops import handler
 from rcompile.finetune.quantizers import fake_quantize, per_channel
 from rcompile.formats import Format, parse_format
+from rcompile.graph import node_attributes
 from rcompile.lowering.wide_layers import wide_op
 from rcompile.onnx_ops import DOMAIN, format_of
 from rcompile.plan import recorded_plan
@@ -86,7 +87,7 @@ class QuantizedGraph(torch.nn.Module):
         for node in map(_plain_layer, self.model.graph.node):
             if node.domain != DOMAIN and all(not n or n in self.constants for n in node.input):
                 inputs = [self.constants[n] if n else None for n in node.input]
-                attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+                attrs = node_attributes(node)
                 for name, value in zip(
                     node.output, handler(node)(node, inputs, attrs), strict=False
                 ):
@@ -132,7 +133,7 @@ class QuantizedGraph(torch.nn.Module):
             if node.domain == DOMAIN:
                 outputs = [fake_quantize(inputs_[0], self._formats[id(node)])]
             else:
-                attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+                attrs = node_attributes(node)
                 outputs = handler(node)(node, inputs_, attrs)
             values.update(zip(node.output, outputs, strict=False))
         return values[self.output_name]

@@ -24,7 +24,14 @@ from onnx import TensorProto, helper, numpy_helper
 
 from rcompile.formats import DFP, Format, MiniFloat
 from rcompile.formats.codes import largest_code, step_exponents
-from rcompile.graph import consumers, initializers, per_axis, producers, remove_unread
+from rcompile.graph import (
+    consumers,
+    initializers,
+    node_attributes,
+    per_axis,
+    producers,
+    remove_unread,
+)
 from rcompile.onnx_ops import DOMAIN, DOMAIN_VERSION, OPSET
 from rcompile.onnx_ops.builder import FunctionBody
 from rcompile.passes import PassResult
@@ -100,7 +107,7 @@ def _integer(layer_plan: LayerPlan, node: onnx.NodeProto) -> bool:
     """Whether the layer computes on integer codes: every part has a format."""
     if node.op_type not in WIDE or None in layer_plan.inputs:
         return False
-    attributes = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    attributes = node_attributes(node)
     if attributes.get("alpha", 1.0) != 1.0 or attributes.get("beta", 1.0) != 1.0:
         return False
     has_bias = layer_plan.layer.bias is not None
@@ -215,7 +222,7 @@ def _wide(
     the sum may pass the accumulator, its overflow (on the grid 2**grid, or the product
     grid of two activations)."""
     body = FunctionBody({})
-    attributes = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    attributes = node_attributes(node)
     if products_exact:
         layer = helper.make_node(node.op_type, ["X", "W"], ["t0_sum"])
         layer.attribute.extend(node.attribute)

@@ -11,9 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-from onnx import helper
 
-from rcompile.graph import consumers, initializers, replace_initializer
+from rcompile.graph import consumers, initializers, node_attributes, replace_initializer
 from rcompile.passes import PassResult
 from rcompile.passes.layers import Layer
 from rcompile.passes.store_weights import quantize_values
@@ -39,7 +38,7 @@ def correctable(layer: Layer, node: onnx.NodeProto, users: dict) -> bool:
     """A Conv or Gemm with constant weights and a bias that no other node reads."""
     if node.op_type not in INPUT_CHANNEL_AXIS or layer.weight is None or layer.bias is None:
         return False
-    attributes = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    attributes = node_attributes(node)
     if node.op_type == "Gemm" and (attributes.get("beta", 1.0) == 0 or attributes.get("transA")):
         return False
     return len(users.get(layer.bias, [])) == 1
@@ -80,7 +79,7 @@ def correct_biases(
 def _output_shift(node: onnx.NodeProto, error: np.ndarray, mean: np.ndarray) -> np.ndarray:
     """The mean change of each output channel that the weight error `error` causes on
     inputs of per-channel mean `mean`."""
-    attributes = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    attributes = node_attributes(node)
     if node.op_type == "Conv":
         group = attributes.get("group", 1)
         per_group = error.shape[1]

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-from onnx import helper
 
 from rcompile.graph import (
     consumers,
     initializers,
+    node_attributes,
     output_names,
     producers,
     remove_initializers,
@@ -96,7 +96,7 @@ def _fold(graph: onnx.GraphProto, bn: onnx.NodeProto) -> bool:
 
 def _gemm_effective(layer: onnx.NodeProto, weight: np.ndarray, bias) -> tuple[np.ndarray, object]:
     """Gemm's B as a (K, N) matrix with alpha applied, and C with beta applied."""
-    attributes = {a.name: helper.get_attribute_value(a) for a in layer.attribute}
+    attributes = node_attributes(layer)
     if attributes.get("transB", 0):
         weight = weight.T
     return weight * attributes.get("alpha", 1.0), np.asarray(bias) * attributes.get("beta", 1.0)

@@ -13,6 +13,7 @@ import onnx
 from rcompile.formats import DFP, Format
 from rcompile.formats.codes import step_exponent, step_exponents, to_codes
 from rcompile.formats.exact import F32
+from rcompile.graph import node_attributes
 from rcompile.passes.store_weights import quantize_values
 from rcompile.plan import Accumulator
 from rcompile.reference import sums
@@ -41,7 +42,7 @@ class LayerSpec:
 
     @property
     def attributes(self) -> dict:
-        return {a.name: onnx.helper.get_attribute_value(a) for a in self.node.attribute}
+        return node_attributes(self.node)
 
 
 @dataclass(frozen=True)
