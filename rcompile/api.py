@@ -83,7 +83,16 @@ def compile(
             "them under unquantized ops)"
         )
     statistics, calibration = collect_statistics(
-        source, layers, parsed, calib, calib_count, preprocessing, batch_size, show_progress, held
+        source,
+        layers,
+        parsed,
+        calib,
+        calib_count,
+        preprocessing,
+        batch_size,
+        show_progress,
+        held,
+        means=options.bias_correction,
     )
     plan = make_plan(layers, statistics, parsed, options, overrides)
     if options.bias_correction and statistics.means:
@@ -187,9 +196,11 @@ def collect_statistics(
     batch_size,
     show_progress,
     held: Mapping[str, object] | None = None,
+    means: bool = False,
 ) -> tuple[Statistics, dict]:
     """Weight ranges, and activation ranges from the calibration data where the scheme needs
-    them; with a summary of the calibration for the report. `held`: inputs held constant."""
+    them; with a summary of the calibration for the report. `held`: inputs held constant.
+    `means`: also the per-channel means of the layer inputs that bias correction reads."""
     weights = weight_ranges(model, layers)
     if calib is None:
         if not (
@@ -209,7 +220,7 @@ def collect_statistics(
     with progress_bar("calibrating", total, show_progress) as advance:
         batches = _counted(model, data, batch_size, calib_count, advance)
         tensors = activation_tensors(layers)
-        axes = mean_axes(model, layers)
+        axes = mean_axes(model, layers) if means else None
         observed = activation_ranges(model, tensors, batches, held=data.held, channel_axes=axes)
     statistics = Statistics(observed.ranges, weights, observed.samples, observed.means)
     return statistics, {"source": str(calib), "samples": observed.samples}
