@@ -82,13 +82,12 @@ def describe_formats(formats: tuple[Format, ...]) -> dict | None:
         )
     elif len({replace(f, exponent_bias=None) for f in formats if isinstance(f, MiniFloat)}) == 1:
         biases = [f.bias for f in formats]
-        standard = replace(formats[0], exponent_bias=None)
+        base = replace(formats[0], exponent_bias=None, rounding="even").name
         summary.update(
             formats=[f.name for f in formats],
             exponent_bias=biases,
             exponent_range=[min(f.emin for f in formats), max(f.emax for f in formats)],
-            name=f"{standard.name.split('@')[0]}b{min(biases)}..{max(biases)}"
-            + rounding_suffix(standard.rounding),
+            name=f"{base}b{min(biases)}..{max(biases)}{rounding_suffix(formats[0].rounding)}",
         )
     else:
         summary.update(
