@@ -15,6 +15,7 @@ from rcompile.api import load_source
 from rcompile.data import input_specs, open_data, parse_preprocessing
 from rcompile.exporter import finish_model
 from rcompile.lowering import lower
+from rcompile.lowering.plain_pools import plain_pools
 from rcompile.lowering.qdq import inline_quantizers
 from rcompile.lowering.rewrite import rewrite
 from rcompile.onnx_ops import DOMAIN
@@ -243,3 +244,63 @@ def test_a_residual_layer_norm_keeps_every_level_the_same(tmp_path):
     assert "SkipLayerNormalization" in optimized_ops(residual_layer_norm_network(), tmp_path)
     assert "SkipLayerNormalization" not in optimized_ops(result.model, tmp_path)
     assert_bit_true(result.model, {"x": rng.normal(size=(64, 8, 64)).astype(np.float32)})
+
+
+def squeeze_excite_network() -> onnx.ModelProto:
+    """x (N, 8, 7, 7) -> Conv to 64 channels -> hard-swish -> GlobalAveragePool -> Flatten
+    -> y: a MobileNetV3 squeeze, whose pool averages values off the codes' grid."""
+    rng = np.random.default_rng(15)
+    h = onnx.helper
+    nodes = [
+        h.make_node("Conv", ["x", "w1"], ["c"], name="conv1", pads=[1, 1, 1, 1]),
+        h.make_node("HardSigmoid", ["c"], ["gate"], name="gate", alpha=1 / 6),
+        h.make_node("Mul", ["c", "gate"], ["s"], name="hardswish"),
+        h.make_node("GlobalAveragePool", ["s"], ["p"], name="pool"),
+        h.make_node("Flatten", ["p"], ["y"], name="flatten"),
+    ]
+    weights = {"w1": rng.normal(size=(64, 8, 3, 3)) / 4}
+    graph = h.make_graph(
+        nodes,
+        "head",
+        [h.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", 8, 7, 7])],
+        [h.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["N", 64])],
+        [onnx.numpy_helper.from_array(v.astype(np.float32), k) for k, v in weights.items()],
+    )
+    model = h.make_model(graph, opset_imports=[h.make_opsetid("", 17)])
+    model.ir_version = 9  # what onnxruntime 1.20 reads
+    return model
+
+
+def blocked_pools(model: onnx.ModelProto, folder: Path) -> int:
+    """How many pools onnxruntime runs in its NCHWc layout at ORT_ENABLE_ALL."""
+    graph = optimized_graph(model, folder)
+    return sum(n.op_type == "GlobalAveragePool" and "nchwc" in n.domain for n in graph.node)
+
+
+def test_a_global_average_pool_keeps_every_level_the_same(tmp_path):
+    """onnxruntime's NCHWc layout (ENABLE_ALL, on CPUs with AVX2) sums a pool's channels in
+    another order; the sim model's pools stay out of it and give the reference's bits."""
+    rng = np.random.default_rng(16)
+    np.savez(tmp_path / "calib.npz", x=rng.normal(size=(32, 8, 7, 7)).astype(np.float32))
+    result = rcompile.compile(squeeze_excite_network(), "dfp8", tmp_path / "calib.npz")
+    if blocked_pools(squeeze_excite_network(), tmp_path) == 0:
+        pytest.skip("onnxruntime has no NCHWc layout on this CPU (it needs AVX2)")
+    assert blocked_pools(result.model, tmp_path) == 0
+    assert_bit_true(result.model, {"x": rng.normal(size=(64, 8, 7, 7)).astype(np.float32)})
+
+
+def test_a_pool_over_the_flattened_input_is_the_plain_pool_bit_for_bit():
+    """The rewrite rests on onnxruntime's plain kernel giving a 3-D pool the 4-D one's bits."""
+    model = squeeze_excite_network()
+    rewritten = plain_pools(model)
+    assert rewritten.modified and not plain_pools(lenet_without_pools()).modified
+    x = {"x": np.random.default_rng(17).normal(size=(16, 8, 7, 7)).astype(np.float32)}
+    level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    want = run_at(model, x, level).view(np.uint32)
+    assert np.array_equal(run_at(rewritten.model, x, level).view(np.uint32), want)
+
+
+def lenet_without_pools() -> onnx.ModelProto:
+    model = onnx.load(LENET)
+    assert all(node.op_type != "GlobalAveragePool" for node in model.graph.node)
+    return model

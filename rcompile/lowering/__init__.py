@@ -13,6 +13,7 @@ from __future__ import annotations
 import onnx
 
 from rcompile.lowering.fusion_barriers import fusion_barriers
+from rcompile.lowering.plain_pools import plain_pools
 from rcompile.lowering.qdq import inline_quantizers, integer_clamps
 from rcompile.lowering.rewrite import QDQ, SIM, rewrite
 from rcompile.lowering.sim import arithmetic_quantizers, dequantize_by_arithmetic
@@ -35,7 +36,8 @@ def lower(model: onnx.ModelProto, plan: Plan, target: str = "sim") -> PassResult
         lowered = integer_clamps(inlined).model
     else:
         arithmetic = dequantize_by_arithmetic(arithmetic_quantizers(result.model).model).model
-        lowered = fusion_barriers(wide_layers(arithmetic, plan).model).model
+        wide = wide_layers(arithmetic, plan).model
+        lowered = plain_pools(fusion_barriers(wide).model).model
     shared = share_constants(lowered).model
     if target == "sim":
         shared = repeated_constants(shared).model
