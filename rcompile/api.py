@@ -151,6 +151,7 @@ def finish(
         "unsigned": options.unsigned,
         "bias": options.bias,
         "fit": options.fit,
+        "activation_fit": options.activation_fit,
         "accumulator": options.accumulator.as_dict() if options.accumulator else "default",
         "bias_correction": options.bias_correction,
     }
@@ -222,7 +223,9 @@ def collect_statistics(
         tensors = activation_tensors(layers)
         axes = mean_axes(model, layers) if means else None
         observed = activation_ranges(model, tensors, batches, held=data.held, channel_axes=axes)
-    statistics = Statistics(observed.ranges, weights, observed.samples, observed.means)
+    statistics = Statistics(
+        observed.ranges, weights, observed.samples, observed.means, observed.histograms
+    )
     return statistics, {"source": str(calib), "samples": observed.samples}
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from rcompile.activation_fit import fit_activation, parse_activation_fit
 from rcompile.errors import SchemeError
 from rcompile.formats import DFP, Format, MiniFloat, Pow2
 from rcompile.formats.codes import largest_code, step_exponent, step_exponents
@@ -92,7 +93,9 @@ class PlanOptions:
     Per-channel weight fl costs one shift per channel. An unsigned activation spends the
     unused sign bit on resolution. The bias is added at the accumulator's width and scale, as
     integer hardware does (`weights`: Ristretto's bias in the weight format). `fit` chooses
-    fractional lengths by least quantization error (see `rcompile.scheme.FITS`).
+    weights' fractional lengths by least quantization error (see `rcompile.scheme.FITS`;
+    `ristretto` also gives activations Ristretto's rule); `activation_fit` chooses the
+    activations' formats from their calibrated distribution (`rcompile.activation_fit`).
     `bias_correction` moves each layer's bias so that quantizing its weights leaves its
     output channels' means where FP32 has them (`rcompile.passes.bias_correction`).
     """
@@ -101,6 +104,7 @@ class PlanOptions:
     unsigned: bool = True
     bias: str = "accumulator"
     fit: str = "mse"
+    activation_fit: str = "max"
     accumulator: Accumulator | None = None
     bias_correction: bool = True
 
@@ -109,6 +113,7 @@ class PlanOptions:
             raise SchemeError(f"bias mode must be one of {BIAS_MODES}, got {self.bias!r}")
         if self.fit not in FITS:
             raise SchemeError(f"fit must be one of {FITS}, got {self.fit!r}")
+        parse_activation_fit(self.activation_fit)
 
 
 @dataclass(frozen=True)
@@ -333,11 +338,16 @@ def _activation(rule, statistics: Statistics, name: str, options: PlanOptions, l
     if isinstance(rule, FixedRule):
         return rule.format
     observed = statistics.activations[name]
-    if name == layer.output and layer.output_bounds is not None:
-        low, high = layer.output_bounds
+    bounds = layer.output_bounds if name == layer.output else None
+    if bounds is not None:
+        low, high = bounds
         observed = Range(min(max(observed.min, low), high), max(min(observed.max, high), low))
     signed = not (options.unsigned and observed.min >= 0)
-    return rule.for_activations(observed.max_abs, signed, options.fit)
+    covering = rule.for_activations(observed.max_abs, signed, options.fit)
+    histogram = statistics.histograms.get(name)
+    if histogram is None or options.fit == "ristretto" or isinstance(rule, FixedRule):
+        return covering
+    return fit_activation(covering, histogram, options.activation_fit, bounds)
 
 
 def _weights(rule: Rule, statistics: Statistics, layer: Layer, options: PlanOptions):
@@ -345,10 +355,8 @@ def _weights(rule: Rule, statistics: Statistics, layer: Layer, options: PlanOpti
         return ()
     observed = statistics.weights[layer.weight]
     per_channel = options.per_channel and layer.weight_axis is not None
-    if per_channel and isinstance(rule, DFPRule | MiniFloatRule):
+    if per_channel and isinstance(rule, DFPRule | MiniFloatRule | Pow2Rule):
         return rule.for_channels(observed.channel_max_abs, observed.channels, options.fit)
-    if per_channel and isinstance(rule, Pow2Rule):
-        return tuple(rule.for_weights(m, None, options.fit) for m in observed.channel_max_abs)
     values = observed.channels.ravel()
     return (rule.for_weights(observed.overall.max_abs, values, options.fit),)
 

@@ -28,13 +28,17 @@ from rcompile.errors import SchemeError
 from rcompile.formats import DFP, Format, MiniFloat, Pow2, parse_format
 from rcompile.formats.dfp import code_range, quantize_fixed_point, weight_fls
 from rcompile.formats.names import split_rounding
+from rcompile.formats.pow2 import MIN_EXP, quantize_power_of_two
 from rcompile.formats.rounding import ROUNDING_MODES, rounding_suffix
 
-# How DFP fractional lengths follow from the data. `mse`: weights take the least squared
-# quantization error among the format that holds the largest weight and up to two finer ones
-# (computed on all the weights), activations hold their calibrated maximum. `max`: every
-# tensor holds its maximum. `ristretto`: Ristretto's rules (activations one bit less).
+# How weight formats follow from the data. `mse`: weights take the least squared quantization
+# error among the format that holds the largest weight and up to two finer ones (DFP) or
+# lower exponent windows (power of two), computed on all the weights. `max`: every
+# weight format holds its maximum. `ristretto`: Ristretto's rules, for activations too (one
+# bit less than their maximum needs). Activations follow `rcompile.activation_fit`.
 FITS = ("mse", "max", "ristretto")
+# How many exponents below the largest weight's a power-of-two window may be tried at.
+POW2_LOWER_WINDOWS = 2
 
 UNSCALED = ":unscaled"
 SCHEME_GRAMMAR = (
@@ -108,11 +112,38 @@ class Pow2Rule:
     bits: int
 
     def for_weights(self, max_abs: float, values: np.ndarray, fit: str = "mse") -> Pow2:
-        return Pow2.for_weights(self.bits, max_abs) if max_abs > 0 else Pow2()
+        return self.for_channels((max_abs,), values.reshape(1, -1), fit)[0]
+
+    def for_channels(self, maxima, rows: np.ndarray, fit: str = "mse") -> tuple[Pow2, ...]:
+        """One exponent window per row of `rows` (a channel's weights): the one whose top is
+        the rounded exponent of the row's largest magnitude (`Pow2.for_weights`), then with
+        `mse` the window among it and the two below it (which saturate the largest weights
+        and keep smaller ones from flushing to zero) with the least squared error."""
+        windows = [Pow2.for_weights(self.bits, m) if m > 0 else Pow2() for m in maxima]
+        if fit != "mse" or not rows.size:
+            return tuple(windows)
+        tops = np.array([w.exp_max for w in windows])
+        widths = np.array([w.exp_max - w.exp_min for w in windows])
+        errors = []
+        for shift in range(POW2_LOWER_WINDOWS + 1):
+            top = np.maximum(tops - shift, MIN_EXP + widths)
+            got = quantize_power_of_two(rows, (top - widths)[:, None], top[:, None], True)
+            errors.append(np.sum(np.square(got - rows, dtype=np.float64), axis=1))
+        best = np.argmin(np.stack(errors), axis=0)
+        return tuple(
+            window if shift == 0 else _lowered(window, int(shift))
+            for window, shift in zip(windows, best, strict=True)
+        )
 
     @property
     def name(self) -> str:
         return f"pow2:{self.bits}"
+
+
+def _lowered(window: Pow2, shift: int) -> Pow2:
+    """`window` moved `shift` exponents down, as far as float32 allows."""
+    top = max(window.exp_max - shift, MIN_EXP + window.exp_max - window.exp_min)
+    return Pow2(top - (window.exp_max - window.exp_min), top, window.zero)
 
 
 @dataclass(frozen=True)

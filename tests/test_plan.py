@@ -445,3 +445,32 @@ def test_products_no_64_bit_register_holds_get_an_exact_accumulator():
     bf16 = layer(planner().plan(parse_scheme("bf16")), "conv")
     assert bf16.accumulator == Accumulator(None) and bf16.accumulator.largest == float("inf")
     assert layer(planner().plan(parse_scheme("fp8e4m3")), "conv").accumulator.bits == 64
+
+
+def test_activation_fit_reads_the_histograms_and_leaves_pinned_formats_alone():
+    """`activation_fit="mse"` narrows a heavy-tailed input's range; the default (`max`), an
+    unscaled mini float and `fit="ristretto"` do not read the histogram."""
+    from rcompile.histogram import MagnitudeHistogram
+
+    rng = np.random.default_rng(4)
+    values = rng.laplace(scale=0.5, size=100_000).astype(np.float32)
+    values[0] = 16.0
+    histogram = MagnitudeHistogram()
+    histogram.add(values)
+    model = network()
+    layers = find_layers(model)
+    ranges = {**ACTIVATIONS, "x": Range(float(values.min()), float(values.max()))}
+    statistics = Statistics(ranges, weight_ranges(model, layers), 10, histograms={"x": histogram})
+
+    def input_format(scheme: str, **options) -> object:
+        plan = make_plan(layers, statistics, parse_scheme(scheme), PlanOptions(**options))
+        return layer(plan, "conv").inputs[0]
+
+    covering = input_format("dfp8")
+    assert covering == DFP.for_range(8, 16.0, signed=True)
+    assert input_format("dfp8", activation_fit="mse").fl > covering.fl
+    assert input_format("dfp8", activation_fit="mse", fit="ristretto") == input_format(
+        "dfp8", fit="ristretto"
+    )
+    unscaled = input_format("fp8e4m3:unscaled")
+    assert input_format("fp8e4m3:unscaled", activation_fit="mse") == unscaled

@@ -68,3 +68,32 @@ def test_range_from_weights_tops_out_at_the_rounded_largest_weight():
 def test_invalid_ranges_are_named(args, message):
     with pytest.raises(ValueError, match=message):
         Pow2(*args)
+
+
+def test_fitted_windows_lose_no_accuracy_per_channel_and_drop_below_an_outlier():
+    """Per channel, `mse` takes the window with the least squared error among the largest
+    weight's and the two below it: never worse than `max`; a channel whose largest weight
+    is a lone outlier gives the outlier up for the rest."""
+    from rcompile.scheme import Pow2Rule
+
+    rng = np.random.default_rng(3)
+    rows = (rng.laplace(scale=0.01, size=(16, 64)) * rng.uniform(0.2, 5, size=(16, 1))).astype(F32)
+    rows[0] = np.where(rows[0] < 0, -0.125, 0.125)
+    rows[0, 0] = 1.0  # three exponents above the rest, which the top window flushes to zero
+    maxima = np.abs(rows).max(axis=1)
+    rule = Pow2Rule(3)  # three exponents and zero: a narrow window
+
+    def errors(windows):
+        return np.array(
+            [
+                np.sum(np.square(w.quantize(r) - r, dtype=np.float64))
+                for w, r in zip(windows, rows, strict=True)
+            ]
+        )
+
+    by_max, fitted = rule.for_channels(maxima, rows, "max"), rule.for_channels(maxima, rows, "mse")
+    assert np.all(errors(fitted) <= errors(by_max))
+    assert fitted[0].exp_max < by_max[0].exp_max
+    assert all(
+        f.exp_max - f.exp_min == m.exp_max - m.exp_min for f, m in zip(fitted, by_max, strict=True)
+    )

@@ -73,8 +73,20 @@ def compile_command(
         ),
     ] = "accumulator",
     fit: Annotated[
-        str, typer.Option(help="How fractional lengths follow the data: mse, max or ristretto.")
+        str,
+        typer.Option(
+            help="How weights' fractional lengths follow the data: mse, max or ristretto "
+            "(Ristretto's rules, for activations too)."
+        ),
     ] = "mse",
+    activation_fit: Annotated[
+        str,
+        typer.Option(
+            help="How activation formats follow the calibration data: max (hold the "
+            "largest value), mse (least squared error) or percentile[:P] (hold the P-th "
+            "percentile of the magnitudes, 99.99)."
+        ),
+    ] = "max",
     bias_correction: Annotated[
         bool,
         typer.Option(
@@ -127,6 +139,7 @@ def compile_command(
         unsigned=not signed_activations,
         bias=bias,
         fit=fit,
+        activation_fit=activation_fit,
         accumulator=register,
         bias_correction=bias_correction,
     )

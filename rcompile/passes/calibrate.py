@@ -2,7 +2,8 @@
 
 Activation ranges come from one onnxruntime run per calibration batch over a copy of the
 model whose outputs are exactly the tensors to be quantized; running minima and maxima are
-all that is kept, so memory does not grow with the data, and batches run in parts whose
+and magnitude histograms (`rcompile.histogram`, 4096 counts a tensor) are all that is kept,
+so memory does not grow with the data, and batches run in parts whose
 observed tensors fit a fixed budget, so it does not grow with the batch size either.
 Weight ranges (per output channel) come straight from the initializers. NaN or inf
 anywhere is an error naming the tensor.
@@ -21,6 +22,7 @@ from rcompile.batching import fixed_batch_size
 from rcompile.data import input_specs
 from rcompile.errors import CalibrationError, ModelImportError
 from rcompile.graph import constant_value
+from rcompile.histogram import MagnitudeHistogram
 from rcompile.passes.layers import Layer
 from rcompile.sessions import open_session
 
@@ -56,22 +58,25 @@ class WeightRange:
 @dataclass(frozen=True)
 class Statistics:
     """Everything the plan needs: activation and weight ranges, how many samples the
-    activation ranges come from, and the per-channel means of the tensors bias correction
-    reads (`rcompile.passes.bias_correction`)."""
+    activation ranges come from, the activations' magnitude histograms, and the per-channel
+    means of the tensors bias correction reads (`rcompile.passes.bias_correction`)."""
 
     activations: dict[str, Range]
     weights: dict[str, WeightRange]
     samples: int
     means: dict[str, np.ndarray] = field(default_factory=dict)
+    histograms: dict[str, MagnitudeHistogram] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
 class Observed:
-    """What calibration runs give: ranges, the sample count and per-channel means."""
+    """What calibration runs give: ranges, the sample count, per-channel means and
+    magnitude histograms."""
 
     ranges: dict[str, Range]
     samples: int
     means: dict[str, np.ndarray]
+    histograms: dict[str, MagnitudeHistogram]
 
 
 def activation_tensors(layers: list[Layer]) -> list[str]:
@@ -117,9 +122,9 @@ def activation_ranges(
     held: dict[str, np.ndarray] | None = None,
     channel_axes: dict[str, int] | None = None,
 ) -> Observed:
-    """Run the model on every batch: each tensor's range, the sample count, and for each
-    tensor of `channel_axes` the mean of every channel along its axis (over samples and
-    positions, summed in float64).
+    """Run the model on every batch: each tensor's range and magnitude histogram, the sample
+    count, and for each tensor of `channel_axes` the mean of every channel along its axis
+    (over samples and positions, summed in float64).
 
     Every observed tensor of a run is held at once (onnxruntime returns them together), so
     batches run in parts: one sample first, to measure what a sample's tensors take, then
@@ -129,6 +134,7 @@ def activation_ranges(
     session = _observing_session(model, tensors)
     axes = {spec.name: spec.batch_axis for spec in input_specs(model)}
     ranges: dict[str, Range] = {}
+    histograms = {name: MagnitudeHistogram() for name in tensors}
     sums: dict[str, tuple[np.ndarray, int]] = {}
     channel_axes = channel_axes or {}
     dynamic = fixed_batch_size(model) is None
@@ -150,13 +156,14 @@ def activation_ranges(
             for name, value in zip(tensors, outputs, strict=True):
                 observed = _range_of(name, value)
                 ranges[name] = ranges[name].merged(observed) if name in ranges else observed
+                histograms[name].add(value)
                 if name in channel_axes:
                     sums[name] = _channel_sums(value, channel_axes[name], sums.get(name))
             del outputs
     if samples == 0:
         raise CalibrationError("the calibration data holds no samples")
     means = {name: total / max(count, 1) for name, (total, count) in sums.items()}
-    return Observed(ranges, samples, means)
+    return Observed(ranges, samples, means, histograms)
 
 
 def _channel_sums(value: np.ndarray, axis: int, before) -> tuple[np.ndarray, int]:
