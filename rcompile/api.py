@@ -93,6 +93,7 @@ def compile(
         show_progress,
         held,
         means=options.bias_correction,
+        histograms=options.fits_activations,
     )
     plan = make_plan(layers, statistics, parsed, options, overrides)
     if options.bias_correction and statistics.means:
@@ -198,10 +199,12 @@ def collect_statistics(
     show_progress,
     held: Mapping[str, object] | None = None,
     means: bool = False,
+    histograms: bool = False,
 ) -> tuple[Statistics, dict]:
     """Weight ranges, and activation ranges from the calibration data where the scheme needs
     them; with a summary of the calibration for the report. `held`: inputs held constant.
-    `means`: also the per-channel means of the layer inputs that bias correction reads."""
+    `means`: also the per-channel means of the layer inputs that bias correction reads;
+    `histograms`: also the activations' magnitude histograms that activation fitting reads."""
     weights = weight_ranges(model, layers)
     if calib is None:
         if not (
@@ -222,7 +225,9 @@ def collect_statistics(
         batches = _counted(model, data, batch_size, calib_count, advance)
         tensors = activation_tensors(layers)
         axes = mean_axes(model, layers) if means else None
-        observed = activation_ranges(model, tensors, batches, held=data.held, channel_axes=axes)
+        observed = activation_ranges(
+            model, tensors, batches, held=data.held, channel_axes=axes, histograms=histograms
+        )
     statistics = Statistics(
         observed.ranges, weights, observed.samples, observed.means, observed.histograms
     )

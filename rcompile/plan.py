@@ -115,6 +115,12 @@ class PlanOptions:
             raise SchemeError(f"fit must be one of {FITS}, got {self.fit!r}")
         parse_activation_fit(self.activation_fit)
 
+    @property
+    def fits_activations(self) -> bool:
+        """Whether activation formats read the calibration histograms (not `max`, and not
+        Ristretto's rules)."""
+        return self.activation_fit != "max" and self.fit != "ristretto"
+
 
 @dataclass(frozen=True)
 class Override:
@@ -345,7 +351,7 @@ def _activation(rule, statistics: Statistics, name: str, options: PlanOptions, l
     signed = not (options.unsigned and observed.min >= 0)
     covering = rule.for_activations(observed.max_abs, signed, options.fit)
     histogram = statistics.histograms.get(name)
-    if histogram is None or options.fit == "ristretto" or isinstance(rule, FixedRule):
+    if histogram is None or not options.fits_activations:
         return covering
     return fit_activation(covering, histogram, options.activation_fit, bounds)
 

@@ -122,28 +122,23 @@ class Pow2Rule:
         windows = [Pow2.for_weights(self.bits, m) if m > 0 else Pow2() for m in maxima]
         if fit != "mse" or not rows.size:
             return tuple(windows)
-        tops = np.array([w.exp_max for w in windows])
+        highest = np.array([w.exp_max for w in windows])
         widths = np.array([w.exp_max - w.exp_min for w in windows])
-        errors = []
+        tops, errors = [], []
         for shift in range(POW2_LOWER_WINDOWS + 1):
-            top = np.maximum(tops - shift, MIN_EXP + widths)
+            top = np.maximum(highest - shift, MIN_EXP + widths)  # as far down as float32 goes
             got = quantize_power_of_two(rows, (top - widths)[:, None], top[:, None], True)
+            tops.append(top)
             errors.append(np.sum(np.square(got - rows, dtype=np.float64), axis=1))
-        best = np.argmin(np.stack(errors), axis=0)
+        best = np.stack(tops)[np.argmin(np.stack(errors), axis=0), np.arange(len(windows))]
         return tuple(
-            window if shift == 0 else _lowered(window, int(shift))
-            for window, shift in zip(windows, best, strict=True)
+            Pow2(int(top) - int(width), int(top), window.zero)
+            for window, top, width in zip(windows, best, widths, strict=True)
         )
 
     @property
     def name(self) -> str:
         return f"pow2:{self.bits}"
-
-
-def _lowered(window: Pow2, shift: int) -> Pow2:
-    """`window` moved `shift` exponents down, as far as float32 allows."""
-    top = max(window.exp_max - shift, MIN_EXP + window.exp_max - window.exp_min)
-    return Pow2(top - (window.exp_max - window.exp_min), top, window.zero)
 
 
 @dataclass(frozen=True)

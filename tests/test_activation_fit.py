@@ -111,3 +111,24 @@ def test_a_bad_fit_name_is_one_line(bad):
     with pytest.raises(SchemeError, match=r"activation fit|percentile must be"):
         parse_activation_fit(bad)
     assert parse_activation_fit("percentile") == ("percentile", 99.99)
+
+
+def test_compile_collects_histograms_only_for_a_fit_that_reads_them():
+    """LeNet-5 end to end: `percentile:50` narrows activation formats that `max` (the
+    default, which calibrates without histograms) sizes to the largest value."""
+    from pathlib import Path
+
+    import rcompile
+    from rcompile.plan import PlanOptions
+
+    models = Path(__file__).resolve().parents[1] / "models"
+    lenet, calib = models / "lenet5.onnx", models / "mnist_calib.npz"
+
+    def input_fls(**options) -> list[int]:
+        result = rcompile.compile(
+            lenet, "dfp8", calib, calib_count=50, options=PlanOptions(**options)
+        )
+        return [layer.inputs[0].fl for layer in result.plan.layers]
+
+    by_max, by_median = input_fls(), input_fls(activation_fit="percentile:50")
+    assert all(m >= b for m, b in zip(by_median, by_max, strict=True)) and by_median != by_max

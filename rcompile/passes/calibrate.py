@@ -1,10 +1,11 @@
 """Analysis: the value ranges that the plan chooses formats from.
 
 Activation ranges come from one onnxruntime run per calibration batch over a copy of the
-model whose outputs are exactly the tensors to be quantized; running minima and maxima are
-and magnitude histograms (`rcompile.histogram`, 4096 counts a tensor) are all that is kept,
-so memory does not grow with the data, and batches run in parts whose
-observed tensors fit a fixed budget, so it does not grow with the batch size either.
+model whose outputs are exactly the tensors to be quantized; running minima and maxima (and,
+where activation fitting reads them, magnitude histograms of 4096 counts a tensor,
+`rcompile.histogram`) are all that is kept, so memory does not grow with the data, and
+batches run in parts whose observed tensors fit a fixed budget, so it does not grow with the
+batch size either.
 Weight ranges (per output channel) come straight from the initializers. NaN or inf
 anywhere is an error naming the tensor.
 """
@@ -121,10 +122,11 @@ def activation_ranges(
     budget: int = OBSERVED_BYTES,
     held: dict[str, np.ndarray] | None = None,
     channel_axes: dict[str, int] | None = None,
+    histograms: bool = False,
 ) -> Observed:
-    """Run the model on every batch: each tensor's range and magnitude histogram, the sample
-    count, and for each tensor of `channel_axes` the mean of every channel along its axis
-    (over samples and positions, summed in float64).
+    """Run the model on every batch: each tensor's range (and with `histograms` its
+    magnitude histogram), the sample count, and for each tensor of `channel_axes` the mean of
+    every channel along its axis (over samples and positions, summed in float64).
 
     Every observed tensor of a run is held at once (onnxruntime returns them together), so
     batches run in parts: one sample first, to measure what a sample's tensors take, then
@@ -134,7 +136,7 @@ def activation_ranges(
     session = _observing_session(model, tensors)
     axes = {spec.name: spec.batch_axis for spec in input_specs(model)}
     ranges: dict[str, Range] = {}
-    histograms = {name: MagnitudeHistogram() for name in tensors}
+    counted = {name: MagnitudeHistogram() for name in tensors} if histograms else {}
     sums: dict[str, tuple[np.ndarray, int]] = {}
     channel_axes = channel_axes or {}
     dynamic = fixed_batch_size(model) is None
@@ -156,14 +158,15 @@ def activation_ranges(
             for name, value in zip(tensors, outputs, strict=True):
                 observed = _range_of(name, value)
                 ranges[name] = ranges[name].merged(observed) if name in ranges else observed
-                histograms[name].add(value)
+                if name in counted:
+                    counted[name].add(value)
                 if name in channel_axes:
                     sums[name] = _channel_sums(value, channel_axes[name], sums.get(name))
             del outputs
     if samples == 0:
         raise CalibrationError("the calibration data holds no samples")
     means = {name: total / max(count, 1) for name, (total, count) in sums.items()}
-    return Observed(ranges, samples, means, histograms)
+    return Observed(ranges, samples, means, counted)
 
 
 def _channel_sums(value: np.ndarray, axis: int, before) -> tuple[np.ndarray, int]:

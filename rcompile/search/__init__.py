@@ -156,8 +156,18 @@ def prepare_evaluator(
     """The evaluator of an imported model on `val`, with the calibration it used: statistics
     collected once, validation data decoded once, the FP32 outputs and time measured."""
     layers = find_layers(source)
+    options = options or PlanOptions()
     statistics, calibration = collect_statistics(
-        source, layers, parse_scheme("dfp8"), calib, None, preprocessing, batch_size, False, held
+        source,
+        layers,
+        parse_scheme("dfp8"),
+        calib,
+        None,
+        preprocessing,
+        batch_size,
+        False,
+        held,
+        histograms=options.fits_activations,
     )
     data = open_data(val, input_specs(source), preprocessing, held)
     batches = list(model_batches(source, data, batch_size))
@@ -170,7 +180,7 @@ def prepare_evaluator(
             batches=tuple(batch.inputs for batch in batches),
             labels=data.labels,
             metric=load_metric(metric, data.has_labels),
-            options=options or PlanOptions(),
+            options=options,
             cost=cost,
             threads=0 if jobs <= 1 else 1,
         )
