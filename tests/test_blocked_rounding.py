@@ -34,7 +34,7 @@ def model_of(channels: int, step: float, low: float, high: float, convolution: b
         graph.node.append(helper.make_node("Conv", ["x", "w"], ["c"], name="conv"))
         source = "c"
     rounding = BlockedRounding(graph, names)
-    graph.node.extend(rounding.nodes(step, low, high, source, "y", "q", channels, convolution))
+    graph.node.extend(rounding.nodes(step, low, high, source, "y", "q", (channels, 2), convolution))
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
     model.ir_version = IR_VERSION
     return model
@@ -73,7 +73,7 @@ def test_after_a_convolution_blocked_rounding_is_the_reference_quantizer(
     fmt, channels, clamp, fused
 ):
     """Both forms after a convolution: the one-pass form (a HardSigmoid, then a
-    BatchNormalization with a Relu) for outputs clamped at 0 and at an even code, the general
+    1x1 depthwise convolution with a Relu) for outputs clamped at 0 and at an even code, the general
     one otherwise; onnxruntime fuses the first node into the convolution unless the
     convolution's output is also read elsewhere (here: a graph output). A clamp to codes in
     the range is the reference quantizer followed by the clamp."""

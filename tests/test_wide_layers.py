@@ -83,7 +83,9 @@ def test_wide_layers_are_the_reference_at_every_optimisation_level(scheme, data)
 def test_layers_float32_sums_exactly_stay_float32_convolutions(data):
     result = rcompile.compile(strided_network(), "dfp8", data["path"])
     ops = [node.op_type for node in result.model.graph.node]
-    assert ops.count("Conv") == 2 and "Gemm" in ops and not any(op.startswith("Wide") for op in ops)
+    layers = [n for n in result.model.graph.node if not n.input[-1].startswith("rounding_constant")]
+    assert [n.op_type for n in layers].count("Conv") == 2 and "Gemm" in ops
+    assert not any(op.startswith("Wide") for op in ops)
     assert_bit_true(result.model, data["feeds"])
 
 

@@ -31,7 +31,7 @@ from rcompile.graph import (
     producers,
     remove_unread,
 )
-from rcompile.lowering.blocked_rounding import BlockedRounding, fits, from_zero
+from rcompile.lowering.blocked_rounding import BlockedRounding, Channels, fits, from_zero
 from rcompile.lowering.grids import Grids
 from rcompile.lowering.values import QuantizedValues
 from rcompile.onnx_ops import DOMAIN, DOMAIN_VERSION, functions_for, quantizer_node
@@ -154,16 +154,18 @@ class _Rewriter:
             self.quantized[(plan.layer.output, plan.output, "default")] = plan.layer.output
         return emitted
 
-    def _channels(self, node: onnx.NodeProto, plan: LayerPlan) -> tuple[int, int] | None:
-        """A convolution's input and output channels (axis 1 of its input and output)."""
+    def _channels(self, node: onnx.NodeProto, plan: LayerPlan) -> tuple[Channels, Channels] | None:
+        """A convolution's input and output channels (axis 1 of its input and output), each
+        with the number of spatial axes."""
         dims = self.weight_dims.get(plan.layer.weight or "")
         if node.op_type != "Conv" or not dims or len(dims) < 3:
             return None
         group = next((a.i for a in node.attribute if a.name == "group"), 1)
-        return dims[1] * group, dims[0]
+        spatial = len(dims) - 2
+        return (dims[1] * group, spatial), (dims[0], spatial)
 
     def _blocked_output(
-        self, plan: LayerPlan, result: str, name: str, channels: int
+        self, plan: LayerPlan, result: str, name: str, channels: Channels
     ) -> list[onnx.NodeProto] | None:
         """The output quantizer of a layer that does not fuse, in the blocked
         form (`blocked_rounding`), taking over the Relu or constant Clip that alone reads the
@@ -193,7 +195,7 @@ class _Rewriter:
         emitted: list,
         arithmetic: bool = False,
         fuses: bool = True,
-        channels: int | None = None,
+        channels: Channels | None = None,
     ) -> str:
         """The name of `source` quantized to `fmt` for the layer `owner`, emitting what that
         needs. In an elided form, a source already on the format's grid and within its

@@ -1,8 +1,9 @@
-"""BatchNormalization parameters that repeat one value, made at load time. ONNX gives
-BatchNormalization no broadcasting, so the blocked rounding of a sim model stores each of
-its constants (1, a shift, 0) once per channel: a fifth of a small network's file. A
-`ConstantOfShape` node holds the value once; onnxruntime folds it back into the same
-initializer at every optimisation level above none, where its blocked kernels want one."""
+"""Convolution and BatchNormalization parameters that repeat one value, made at load time.
+The blocked rounding of a sim model adds its constants (a shift of 1.5 * 2**23 steps) with
+1x1 depthwise convolutions, whose weights (1) and biases are stored once per channel: a
+fifth of a small network's file. A `ConstantOfShape` node holds the value once; onnxruntime
+folds it back into the same initializer at every optimisation level above none, where its
+blocked kernels want one."""
 
 from __future__ import annotations
 
@@ -15,13 +16,13 @@ from rcompile.passes import PassResult
 
 # Below this many values a vector costs fewer bytes than the node and its shape.
 MIN_VALUES = 32
-PARAMETER_INPUTS = range(1, 5)
+PARAMETER_INPUTS = {"BatchNormalization": range(1, 5), "Conv": range(1, 3)}
 
 
 def repeated_constants(model: onnx.ModelProto) -> PassResult:
-    """`model` with each main-graph vector initializer of at least MIN_VALUES equal values,
-    read only as BatchNormalization parameters, made by a ConstantOfShape node of the same
-    output name, placed first; one int64 shape per length."""
+    """`model` with each main-graph initializer of at least MIN_VALUES equal values, read
+    only as Conv or BatchNormalization parameters, made by a ConstantOfShape node of the
+    same output name, placed first; one int64 shape per shape."""
     graph = model.graph
     repeated = _repeated(graph)
     if not repeated:
@@ -32,17 +33,17 @@ def repeated_constants(model: onnx.ModelProto) -> PassResult:
     kept = [tensor for tensor in graph.initializer if tensor.name not in repeated]
     del graph.initializer[:]
     graph.initializer.extend(kept)
-    shapes: dict[int, str] = {}
+    shapes: dict[tuple[int, ...], str] = {}
     nodes = []
-    for name, (length, value) in repeated.items():
-        if length not in shapes:
-            shapes[length] = f"{name}_shape"
+    for name, (dims, value) in repeated.items():
+        if dims not in shapes:
+            shapes[dims] = f"{name}_shape"
             graph.initializer.append(
-                numpy_helper.from_array(np.array([length], np.int64), shapes[length])
+                numpy_helper.from_array(np.array(dims, np.int64), shapes[dims])
             )
         nodes.append(
             helper.make_node(
-                "ConstantOfShape", [shapes[length]], [name], name=f"{name}_fill", value=value
+                "ConstantOfShape", [shapes[dims]], [name], name=f"{name}_fill", value=value
             )
         )
     later = list(graph.node)
@@ -51,13 +52,13 @@ def repeated_constants(model: onnx.ModelProto) -> PassResult:
     return PassResult(result, True)
 
 
-def _repeated(graph: onnx.GraphProto) -> dict[str, tuple[int, onnx.TensorProto]]:
-    """Name -> (length, one-value tensor) of the initializers this pass replaces."""
+def _repeated(graph: onnx.GraphProto) -> dict[str, tuple[tuple[int, ...], onnx.TensorProto]]:
+    """Name -> (dims, one-value tensor) of the initializers this pass replaces."""
     exposed = output_names(graph) | {value.name for value in graph.input}
     parameters, other_reads = set(), set()
     for node in graph.node:
         for position, name in enumerate(node.input):
-            is_parameter = node.op_type == "BatchNormalization" and position in PARAMETER_INPUTS
+            is_parameter = position in PARAMETER_INPUTS.get(node.op_type, ())
             (parameters if is_parameter else other_reads).add(name)
         for body in bodies(node):
             other_reads.update(name for inner in body.node for name in values_read(inner))
@@ -66,9 +67,9 @@ def _repeated(graph: onnx.GraphProto) -> dict[str, tuple[int, onnx.TensorProto]]
         name = tensor.name
         if name in exposed or name in other_reads or name not in parameters:
             continue
-        if len(tensor.dims) != 1 or tensor.dims[0] < MIN_VALUES:
+        values = numpy_helper.to_array(tensor).reshape(-1)
+        if not tensor.dims or values.size < MIN_VALUES:
             continue
-        values = numpy_helper.to_array(tensor)
-        if (values.view(np.uint8).reshape(len(values), -1) == values[:1].view(np.uint8)).all():
-            found[name] = (len(values), numpy_helper.from_array(values[:1], "value"))
+        if (values.view(np.uint8).reshape(values.size, -1) == values[:1].view(np.uint8)).all():
+            found[name] = (tuple(tensor.dims), numpy_helper.from_array(values[:1], "value"))
     return found
