@@ -97,6 +97,18 @@ def test_qdq_is_standard_ops_only_and_runs_the_same_plan(mnist):
     assert np.array_equal(got, expected)
 
 
+def test_fp8_quantizers_leave_float_layers_between_them_alone(mnist):
+    """An FP8 quantizer is a QuantizeLinear/DequantizeLinear pair; onnxruntime must not take
+    a float Conv between two of them for a QDQ node and round its weights to int8 (its
+    WeightBiasQuantization, at BASIC and above). In `qdq` every fp8 layer is such a Conv.
+    Every level gives the bits DISABLE_ALL gives."""
+    result = rcompile.compile(LENET, "fp8e4m3", MNIST_CALIB, calib_count=100, target="qdq")
+    exact = run_at(result.model, mnist, ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
+    for level in LEVELS[1:]:
+        got = run_at(result.model, mnist, level)
+        assert np.array_equal(got.view(np.uint32), exact.view(np.uint32)), level
+
+
 def optimized_graph(model: onnx.ModelProto, folder: Path) -> onnx.GraphProto:
     """The graph onnxruntime runs at ORT_ENABLE_ALL."""
     options = ort.SessionOptions()

@@ -120,15 +120,16 @@ def _native(overload: str, bound: dict[str, int | bytes] | None) -> onnx.Functio
         if scale is not None:
             result = body.op("Mul", result, scale)
     else:
-        # QuantizeLinear reads 2X with twice the scale: onnxruntime's ClipQuantFusion fails
-        # the session on a Clip or Relu before a float8 QuantizeLinear (1.32: "Unexpected
-        # data type for QuantizeLinear input y_zero_point of 17"), and a Mul by 1 would be
-        # removed. Exact: only |X| > 2**127 doubles to inf, which saturates as X would.
+        # QuantizeLinear reads Max(X, X), which is X, so that no op onnxruntime matches
+        # sits right before it: ClipQuantFusion fails the session on a Clip or Relu before
+        # a float8 QuantizeLinear (1.32: "Unexpected data type for QuantizeLinear input
+        # y_zero_point of 17"), and WeightBiasQuantization rounds the float weights and bias
+        # of a Conv between a DequantizeLinear and a QuantizeLinear to int8 and int32 (a Mul
+        # there would be fused into the Conv).
         scale = scale or body.const(1.0)
-        two = body.const(2.0)
         zero = body.const(np.zeros((), helper.tensor_dtype_to_np_dtype(target)))
-        doubled = body.op("Mul", "X", two)
-        codes = body.op("QuantizeLinear", doubled, body.op("Mul", scale, two), zero, saturate=1)
+        kept_apart = body.op("Max", "X", "X")
+        codes = body.op("QuantizeLinear", kept_apart, scale, zero, saturate=1)
         result = body.op("DequantizeLinear", codes, scale, zero)
     if fmt.has_inf:
         result = body.op("Where", body.op("IsInf", "X"), "X", result)
