@@ -23,6 +23,7 @@ from rcompile.passes.calibrate import (
     weight_ranges,
 )
 from rcompile.passes.declared_shapes import declared_names, keep_declared_shapes
+from rcompile.passes.equalize import equalize_layers
 from rcompile.passes.layers import QUANTIZABLE, find_layers
 from rcompile.plan import (
     PLAN_KEY,
@@ -71,11 +72,13 @@ def compile(
     held constant, `{name: value}` (a sample rate, say), fed to every run."""
     options = options or PlanOptions()
     imported = load_source(model)
-    source = imported.model
+    source = imported.model  # the FP32 reference for the accuracy
+    if options.equalization:
+        imported = replace(imported, model=equalize_layers(source).model)
     parsed = parse_scheme(scheme)
     if not isinstance(overrides, tuple):
         overrides = load_overrides(overrides)
-    layers = find_layers(source)
+    layers = find_layers(imported.model)
     nested = [node for _, node in nested_nodes(source.graph) if node.op_type in QUANTIZABLE]
     if nested:
         warn(
@@ -83,7 +86,7 @@ def compile(
             "them under unquantized ops)"
         )
     statistics, calibration = collect_statistics(
-        source,
+        imported.model,
         layers,
         parsed,
         calib,
@@ -98,8 +101,8 @@ def compile(
     plan = make_plan(layers, statistics, parsed, options, overrides)
     if options.bias_correction and statistics.means:
         weight_formats = {layer_plan.layer.node: layer_plan.weights for layer_plan in plan.layers}
-        corrected = correct_biases(source, layers, weight_formats, statistics.means)
-        if corrected.modified:  # the FP32 model stays the reference for the accuracy
+        corrected = correct_biases(imported.model, layers, weight_formats, statistics.means)
+        if corrected.modified:
             imported = replace(imported, model=corrected.model)
             statistics = replace(statistics, weights=weight_ranges(corrected.model, layers))
             plan = make_plan(layers, statistics, parsed, options, overrides)
@@ -155,6 +158,7 @@ def finish(
         "activation_fit": options.activation_fit,
         "accumulator": options.accumulator.as_dict() if options.accumulator else "default",
         "bias_correction": options.bias_correction,
+        "equalization": options.equalization,
     }
     quantized = finish_model(
         quantized,

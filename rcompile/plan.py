@@ -98,6 +98,8 @@ class PlanOptions:
     activations' formats from their calibrated distribution (`rcompile.activation_fit`).
     `bias_correction` moves each layer's bias so that quantizing its weights leaves its
     output channels' means where FP32 has them (`rcompile.passes.bias_correction`).
+    `equalization` rescales consecutive convolutions' channels to equal weight ranges first
+    (`rcompile.passes.equalize`).
     """
 
     per_channel: bool = True
@@ -107,6 +109,7 @@ class PlanOptions:
     activation_fit: str = "max"
     accumulator: Accumulator | None = None
     bias_correction: bool = True
+    equalization: bool = False
 
     def __post_init__(self) -> None:
         if self.bias not in BIAS_MODES:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -175,3 +176,40 @@ def rcompile_run(*args: object, cwd: Path = ROOT) -> subprocess.CompletedProcess
         timeout=180,
         check=False,
     )
+
+
+@dataclass(frozen=True)
+class LenetRun:
+    """LeNet-5 compiled through the CLI and scored on its test images."""
+
+    model: onnx.ModelProto
+    fp32_top1: float
+    top1: float
+    options: dict
+
+
+def lenet_runs(tmp_path: Path, flags: tuple[str, ...], *args: object) -> dict[str, LenetRun]:
+    """Compile LeNet-5 once per flag in `flags` (with `args` for every run), each checked
+    to succeed: {flag: LenetRun}."""
+    runs = {}
+    for flag in flags:
+        path = tmp_path / f"{flag.strip('-')}.onnx"
+        result = rcompile_run(
+            "models/lenet5.onnx",
+            "-o",
+            path,
+            "--calib",
+            "models/mnist_calib.npz",
+            "--val",
+            "models/mnist_test.npz",
+            *args,
+            flag,
+        )
+        assert result.returncode == 0, result.stderr
+        model = onnx.load(path)
+        accuracy = json.loads(path.with_suffix(".report.json").read_text())["accuracy"]
+        options = next(p.value for p in model.metadata_props if p.key == "rcompile.options")
+        runs[flag] = LenetRun(
+            model, accuracy["fp32"]["top1"], accuracy["quantized"]["top1"], json.loads(options)
+        )
+    return runs

@@ -5,13 +5,11 @@ the model."""
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from conftest import rcompile_run
+from conftest import lenet_runs
 from onnx import TensorProto, helper, numpy_helper
 
 from rcompile.formats import DFP
@@ -123,33 +121,13 @@ def test_the_cli_switch_corrects_lenets_biases_and_records_itself(tmp_path):
     """`--bias-correction` changes the quantized biases and says so in the model's options;
     it lifts LeNet-5 with power-of-two weights (96.5 % to 96.9 % top-1, FP32 97.9 %), and
     the FP32 score it is measured against is the uncorrected model's."""
-    written, top1 = {}, {}
-    for flag in ("--no-bias-correction", "--bias-correction"):
-        path = tmp_path / f"{flag.strip('-')}.onnx"
-        result = rcompile_run(
-            "models/lenet5.onnx",
-            "-o",
-            path,
-            "--scheme",
-            "pow2",
-            "--calib",
-            "models/mnist_calib.npz",
-            "--val",
-            "models/mnist_test.npz",
-            flag,
-        )
-        assert result.returncode == 0, result.stderr
-        written[flag] = onnx.load(path)
-        accuracy = json.loads(path.with_suffix(".report.json").read_text())["accuracy"]
-        top1[flag] = accuracy["fp32"]["top1"], accuracy["quantized"]["top1"]
-    assert top1["--bias-correction"][0] == top1["--no-bias-correction"][0]
-    assert top1["--bias-correction"][1] > top1["--no-bias-correction"][1]
-    options = {
-        flag: json.loads(next(p.value for p in model.metadata_props if p.key == "rcompile.options"))
-        for flag, model in written.items()
-    }
-    assert options["--bias-correction"]["bias_correction"] is True
-    assert options["--no-bias-correction"]["bias_correction"] is False
+    runs = lenet_runs(tmp_path, ("--no-bias-correction", "--bias-correction"), "--scheme", "pow2")
+    on, off = runs["--bias-correction"], runs["--no-bias-correction"]
+    assert on.fp32_top1 == off.fp32_top1
+    assert on.top1 > off.top1
+    assert on.options["bias_correction"] is True
+    assert off.options["bias_correction"] is False
+    written = {flag: run.model for flag, run in runs.items()}
     biases = [
         {k: v for k, v in initializers(model.graph).items() if "bias" in k}
         for model in written.values()

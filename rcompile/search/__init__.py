@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import statistics as stats
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -70,7 +70,8 @@ def search(
     """Search; an interrupt (Ctrl-C) ends it early with the best configuration found so far.
     `held`: inputs held constant (see `rcompile.compile`)."""
     _check(families, mode, cost, margin)
-    options = options or PlanOptions()
+    # The search neither corrects biases nor equalises yet; its report must not say it does.
+    options = replace(options or PlanOptions(), bias_correction=False, equalization=False)
     imported = load_source(model)
     source = imported.model
     evaluator, calibration = prepare_evaluator(
