@@ -17,7 +17,7 @@ import statistics
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -138,27 +138,47 @@ def timing_inputs(case: Case) -> dict:
 def run_case(case: Case, work: Path) -> list[Row]:
     outputs: list[tuple[str, Path, float | None]] = [("FP32", case.model, None)]
     uncorrected = PlanOptions(bias_correction=False)
-    variants = [
-        ("rcompile dfp16", "dfp16", PlanOptions()),
-        ("rcompile dfp8 per-channel", "dfp8", PlanOptions()),
-        ("rcompile dfp8 per-channel, no bias correction", "dfp8", uncorrected),
-        ("rcompile dfp8 per-tensor", "dfp8", PlanOptions(per_channel=False)),
+    per_tensor = PlanOptions(per_channel=False)
+    variants = [  # label, scheme, options, target
+        ("rcompile dfp16", "dfp16", PlanOptions(), "sim"),
+        ("rcompile dfp8 per-channel", "dfp8", PlanOptions(), "sim"),
+        ("rcompile dfp8 per-channel, no bias correction", "dfp8", uncorrected, "sim"),
+        ("rcompile dfp8 per-tensor", "dfp8", per_tensor, "sim"),
         (
             "rcompile dfp8 per-tensor, no bias correction",
             "dfp8",
-            PlanOptions(per_channel=False, bias_correction=False),
+            replace(per_tensor, bias_correction=False),
+            "sim",
         ),
-        ("rcompile fp8e4m3 (scaled)", "fp8e4m3", PlanOptions()),
-        ("rcompile fp8e4m3 scaled, no bias correction", "fp8e4m3", uncorrected),
-        ("rcompile fp8e4m3:unscaled, no bias correction", "fp8e4m3:unscaled", uncorrected),
-        ("rcompile pow2 (4-bit weights, dfp8 activations)", "pow2", PlanOptions()),
+        (
+            "rcompile dfp8 per-tensor, equalized",
+            "dfp8",
+            replace(per_tensor, equalization=True),
+            "sim",
+        ),
+        ("rcompile fp8e4m3 (scaled)", "fp8e4m3", PlanOptions(), "sim"),
+        ("rcompile fp8e4m3 (scaled), target qdq", "fp8e4m3", PlanOptions(), "qdq"),
+        ("rcompile fp8e4m3 scaled, no bias correction", "fp8e4m3", uncorrected, "sim"),
+        ("rcompile fp8e4m3:unscaled, no bias correction", "fp8e4m3:unscaled", uncorrected, "sim"),
+        ("rcompile pow2 (4-bit weights, dfp8 activations)", "pow2", PlanOptions(), "sim"),
+        (
+            "rcompile apot (6-bit two-term power-of-two weights, dfp8 activations)",
+            "apot",
+            PlanOptions(),
+            "sim",
+        ),
     ]
     preprocessing = parse_preprocessing(case.preprocess)
-    for label, scheme, options in variants:
+    for label, scheme, options, target in variants:
         path = work / f"{case.name}-{len(outputs)}.onnx"
         start = time.perf_counter()
         result = rcompile.compile(
-            case.model, scheme, case.calib, options=options, preprocessing=preprocessing
+            case.model,
+            scheme,
+            case.calib,
+            options=options,
+            preprocessing=preprocessing,
+            target=target,
         )
         write_model(result.model, path)
         outputs.append((label, path, time.perf_counter() - start))

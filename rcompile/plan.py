@@ -19,7 +19,7 @@ import numpy as np
 
 from rcompile.activation_fit import fit_activation, parse_activation_fit
 from rcompile.errors import SchemeError
-from rcompile.formats import DFP, Format, MiniFloat, Pow2
+from rcompile.formats import DFP, APoT, Format, MiniFloat, Pow2
 from rcompile.formats.codes import largest_code, step_exponent, step_exponents
 from rcompile.passes.calibrate import Range, Statistics
 from rcompile.passes.layers import Layer
@@ -27,6 +27,7 @@ from rcompile.passes.store_weights import families, weight_exponents
 from rcompile.scheme import (
     FITS,
     FP32,
+    APoTRule,
     DFPRule,
     FixedRule,
     MiniFloatRule,
@@ -344,6 +345,10 @@ def _default_width(inputs, weights) -> int | None:
 def _activation(rule, statistics: Statistics, name: str, options: PlanOptions, layer: Layer):
     if isinstance(rule, Pow2Rule):
         raise SchemeError(f"layer '{layer.node}': power-of-two is for weights, not activations")
+    if isinstance(rule, APoTRule) or isinstance(getattr(rule, "format", None), APoT):
+        raise SchemeError(
+            f"layer '{layer.node}': two-term power-of-two is for weights, not activations"
+        )
     if isinstance(rule, FixedRule):
         return rule.format
     observed = statistics.activations[name]
@@ -364,7 +369,7 @@ def _weights(rule: Rule, statistics: Statistics, layer: Layer, options: PlanOpti
         return ()
     observed = statistics.weights[layer.weight]
     per_channel = options.per_channel and layer.weight_axis is not None
-    if per_channel and isinstance(rule, DFPRule | MiniFloatRule | Pow2Rule):
+    if per_channel and isinstance(rule, DFPRule | MiniFloatRule | Pow2Rule | APoTRule):
         return rule.for_channels(observed.channel_max_abs, observed.channels, options.fit)
     values = observed.channels.ravel()
     return (rule.for_weights(observed.overall.max_abs, values, options.fit),)
@@ -383,7 +388,7 @@ def _bias(rule, statistics, layer, input_format, weights, options: PlanOptions):
     if options.bias == "accumulator" and grids is not None:
         rounding = weights[0].rounding if isinstance(weights[0], DFP) else "even"
         return tuple(DFP.of(32, min(grid, fitted), True, rounding) for grid in grids.tolist())
-    if options.bias == "accumulator" and families(weights) <= {DFP, Pow2}:
+    if options.bias == "accumulator" and families(weights) <= {DFP, Pow2, APoT}:
         return (DFP(32, fitted),)  # an FP32 input: no grid, but still the accumulator's width
     products = product_fls(input_format, weights)
     if options.bias == "accumulator" and products is not None:
@@ -409,6 +414,9 @@ def _within_accumulator(input_format, weights: tuple[Format, ...], bias_max: flo
         elif isinstance(weight, DFP):
             coarser = weight.fl - (grid - finest)
             adjusted.append(DFP.of(weight.bw, coarser, weight.signed, weight.rounding))
+        elif isinstance(weight, APoT):
+            low = weight.exp_min + (grid - finest)
+            adjusted.append(APoT(min(low, weight.exp_max), weight.exp_max))
         else:
             low = weight.exp_min + (grid - finest)
             adjusted.append(Pow2(min(low, weight.exp_max), weight.exp_max, weight.zero))
@@ -417,8 +425,8 @@ def _within_accumulator(input_format, weights: tuple[Format, ...], bias_max: flo
 
 def accumulator_fls(input_format: Format, weights: tuple[Format, ...]) -> np.ndarray | None:
     """The fractional lengths of the products of a DFP input and each of a layer's DFP or
-    power-of-two weight formats (one per channel); None for other formats."""
-    if not isinstance(input_format, DFP) or not families(weights) <= {DFP, Pow2}:
+    (two-term) power-of-two weight formats (one per channel); None for other formats."""
+    if not isinstance(input_format, DFP) or not families(weights) <= {DFP, Pow2, APoT}:
         return None
     return input_format.fl - weight_exponents(weights)
 

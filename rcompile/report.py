@@ -14,11 +14,13 @@ from importlib import metadata
 import numpy as np
 
 import rcompile
-from rcompile.formats import DFP, Format, MiniFloat
+from rcompile.formats import DFP, APoT, Format, MiniFloat
 from rcompile.formats.rounding import rounding_suffix
 
 SCHEMA_VERSION = 1
 FP32_BITS = 32
+# Weight family -> (shifts, adders) that one product costs instead of a multiplier.
+SHIFT_ADD_COST = {"pow2": (1, 0), "apot": (2, 1)}
 
 
 def describe_format(fmt: Format | None) -> dict:
@@ -26,35 +28,30 @@ def describe_format(fmt: Format | None) -> dict:
     if fmt is None:
         return {"name": "fp32", "family": "fp32", "bits": FP32_BITS}
     if isinstance(fmt, DFP):
-        return {
-            "name": fmt.name,
-            "family": "dfp",
-            "bits": fmt.bw,
-            "fl": fmt.fl,
-            "signed": fmt.signed,
-            "rounding": fmt.rounding,
-        }
-    if isinstance(fmt, MiniFloat):
-        return {
-            "name": fmt.name,
-            "family": "minifloat",
-            "bits": fmt.bit_width,
+        family, parameters = "dfp", {"fl": fmt.fl, "signed": fmt.signed}
+    elif isinstance(fmt, MiniFloat):
+        family = "minifloat"
+        parameters = {
             "exp_bits": fmt.exp_bits,
             "mant_bits": fmt.mant_bits,
             "variant": fmt.variant,
-            "rounding": fmt.rounding,
             "exponent_bias": fmt.bias,
             # The effective exponents: of the smallest normal and of the largest value.
             "exponent_range": [fmt.emin, fmt.emax],
         }
+    elif isinstance(fmt, APoT):
+        family = "apot"
+        parameters = {"exp_min": fmt.exp_min, "exp_max": fmt.exp_max, "levels": len(fmt.levels)}
+    else:
+        family = "pow2"
+        parameters = {"exp_min": fmt.exp_min, "exp_max": fmt.exp_max, "zero": fmt.zero}
+    rounding = getattr(fmt, "rounding", "nearest" if family == "apot" else "log-nearest")
     return {
         "name": fmt.name,
-        "family": "pow2",
+        "family": family,
         "bits": fmt.bit_width,
-        "exp_min": fmt.exp_min,
-        "exp_max": fmt.exp_max,
-        "zero": fmt.zero,
-        "rounding": "log-nearest",
+        **parameters,
+        "rounding": rounding,
     }
 
 
@@ -118,14 +115,19 @@ class LayerRow:
 
     @property
     def multiplier(self) -> dict:
-        """Operand widths of the layer's multipliers; a power-of-two weight is a shift."""
+        """Operand widths of the layer's multipliers, and what a product costs: a
+        power-of-two weight is a shift, a two-term one two shifts and an adder."""
         weight_bits = self.weights["bits"] if self.weights else FP32_BITS
         if self.weight_shape is None:  # a product of two activations
             weight_bits = self.inputs[-1]["bits"]
+        family = self.weights["family"] if self.weights else None
+        shifts, adders = SHIFT_ADD_COST.get(family, (0, 0))
         return {
             "weight_bits": weight_bits,
             "activation_bits": self.inputs[0]["bits"],
-            "kind": "shift" if self.weights and self.weights["family"] == "pow2" else "multiply",
+            "kind": "shift-add" if family == "apot" else "shift" if shifts else "multiply",
+            "shifts": shifts,
+            "adders": adders,
         }
 
     def as_dict(self) -> dict:

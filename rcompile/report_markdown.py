@@ -90,13 +90,20 @@ def _layers(layers: list[dict]) -> list[str]:
                 _fmt(formats["weights"]),
                 _fmt(formats["bias"]),
                 _fmt(formats["output"]),
-                f"{multiplier['weight_bits']}x{multiplier['activation_bits']} {multiplier['kind']}",
+                f"{multiplier['weight_bits']}x{multiplier['activation_bits']} {_cost(multiplier)}",
                 _accumulator(row["accumulator"]),
                 _number(row["parameter_memory_bits"]),
                 _number(row["activation_buffer_bits"]["output"]),
             ]
         )
     return ["## Layers", "", *_table(header, rows)]
+
+
+def _cost(multiplier: dict) -> str:
+    """What one product costs: a multiply, a shift, or shifts and adders."""
+    if multiplier["kind"] != "shift-add":
+        return multiplier["kind"]
+    return f"{multiplier['shifts']} shifts + {multiplier['adders']} add"
 
 
 def _accumulator(register: dict) -> str:

@@ -12,9 +12,13 @@ Grammar (case-insensitive):
     <minifloat>:unscaled   the format's standard exponent bias everywhere (Ristretto's mini floats)
     pow2               4-bit power-of-two weights, 8-bit DFP activations
     pow2:w<W>a<A>      W-bit power-of-two weights, A-bit DFP activations
+    apot               6-bit two-term power-of-two weights (+-2**a +- 2**b), 8-bit DFP
+                       activations
+    apot:w<W>a<A>      W-bit two-term power-of-two weights, A-bit DFP activations
 
 Any scheme may end in `@<rounding>` (away, up, floor; default even): the rounding of every
-DFP and mini-float tensor (power-of-two weights round in the log domain).
+DFP and mini-float tensor (power-of-two weights round in the log domain, two-term ones to
+the nearest level).
 """
 
 from __future__ import annotations
@@ -25,7 +29,8 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from rcompile.errors import SchemeError
-from rcompile.formats import DFP, Format, MiniFloat, Pow2, parse_format
+from rcompile.formats import DFP, APoT, Format, MiniFloat, Pow2, parse_format
+from rcompile.formats.apot import widest_window
 from rcompile.formats.dfp import code_range, quantize_fixed_point, weight_fls
 from rcompile.formats.names import split_rounding
 from rcompile.formats.pow2 import MIN_EXP, quantize_power_of_two
@@ -44,7 +49,8 @@ UNSCALED = ":unscaled"
 SCHEME_GRAMMAR = (
     "dfp<N> (e.g. dfp8), dfp:w<W>a<A> (e.g. dfp:w4a8), a mini-float format (fp8e4m3, fp8e5m2, "
     "fp16, bf16, fp8e4m3r, fp<N>e<E>m<M>[r|fn]) optionally followed by :unscaled, pow2, "
-    "pow2:w<W>a<A>; each may end in @away, @up or @floor (the rounding; default even)"
+    "pow2:w<W>a<A>, apot, apot:w<W>a<A>; each may end in @away, @up or @floor (the rounding; "
+    "default even)"
 )
 
 
@@ -142,6 +148,42 @@ class Pow2Rule:
 
 
 @dataclass(frozen=True)
+class APoTRule:
+    """Two-term power-of-two weights with `bits`-bit codes: the widest exponent window they
+    number, topped at the rounded exponent of each row's largest weight, or with `mse` at
+    it or one or two below, whichever gives the least squared error."""
+
+    bits: int
+
+    def for_weights(self, max_abs: float, values: np.ndarray, fit: str = "mse") -> APoT:
+        return self.for_channels((max_abs,), values.reshape(1, -1), fit)[0]
+
+    def for_channels(self, maxima, rows: np.ndarray, fit: str = "mse") -> tuple[APoT, ...]:
+        window = widest_window(self.bits)
+        tops = [APoT.for_weights(self.bits, m).exp_max if m > 0 else -1 for m in maxima]
+        shifts = range(POW2_LOWER_WINDOWS + 1) if fit == "mse" and rows.size else (0,)
+        chosen = []
+        for top, row in zip(tops, rows if rows.size else [None] * len(tops), strict=True):
+            candidates = [
+                APoT(top - shift - window + 1, top - shift)
+                for shift in shifts
+                if top - shift - window + 1 >= MIN_EXP
+            ] or [APoT(MIN_EXP, MIN_EXP + window - 1)]
+            if row is None or len(candidates) == 1:
+                chosen.append(candidates[0])
+                continue
+            errors = [
+                np.sum(np.square(c.quantize(row) - row, dtype=np.float64)) for c in candidates
+            ]
+            chosen.append(candidates[int(np.argmin(errors))])
+        return tuple(chosen)
+
+    @property
+    def name(self) -> str:
+        return f"apot:{self.bits}"
+
+
+@dataclass(frozen=True)
 class MiniFloatRule:
     """A mini-float format whose exponent bias every tensor (every output channel of
     weights) fits to its range (`MiniFloat.covering`): a scaled mini float."""
@@ -183,7 +225,7 @@ class FixedRule:
 FP32 = FixedRule(None)
 
 
-Rule = DFPRule | Pow2Rule | MiniFloatRule | FixedRule
+Rule = DFPRule | Pow2Rule | APoTRule | MiniFloatRule | FixedRule
 
 
 @dataclass(frozen=True)
@@ -212,14 +254,16 @@ def _parse_base_scheme(name: str, text: str) -> Scheme:
     if match := re.fullmatch(r"dfp([0-9]+)", name):
         bits = _bits(match.group(1), name)
         return Scheme(name, DFPRule(bits), DFPRule(bits))
-    if match := re.fullmatch(r"(dfp|pow2):w([0-9]+)a([0-9]+)", name):
+    if match := re.fullmatch(r"(dfp|pow2|apot):w([0-9]+)a([0-9]+)", name):
         family, weight_bits, activation_bits = match.groups()
-        weights = DFPRule if family == "dfp" else Pow2Rule
+        weights = {"dfp": DFPRule, "pow2": Pow2Rule, "apot": APoTRule}[family]
         return Scheme(
             name, weights(_bits(weight_bits, name)), DFPRule(_bits(activation_bits, name))
         )
     if name == "pow2":
         return Scheme(name, Pow2Rule(4), DFPRule(8))
+    if name == "apot":
+        return Scheme(name, APoTRule(6), DFPRule(8))
     base, unscaled = name.removesuffix(UNSCALED), name.endswith(UNSCALED)
     try:
         fmt = parse_format(base)
@@ -243,7 +287,8 @@ def _rounded(rule: Rule, rounding: str) -> Rule:
 
 
 def parse_rule(text: str) -> Rule:
-    """A rule in an override: `dfp<N>`, `pow2` or `pow2:<N>`, `fp32`, or any format name."""
+    """A rule in an override: `dfp<N>`, `pow2` or `pow2:<N>`, `apot` or `apot:<N>`, `fp32`,
+    or any format name."""
     name = text.strip().lower()
     if name == "fp32":
         return FP32
@@ -254,11 +299,14 @@ def parse_rule(text: str) -> Rule:
         return DFPRule(_bits(match.group(1), name), rounding)
     if match := re.fullmatch(r"pow2(?::([0-9]+))?", name):
         return Pow2Rule(_bits(match.group(1) or "4", name))
+    if match := re.fullmatch(r"apot(?::([0-9]+))?", name):
+        return APoTRule(_bits(match.group(1) or "6", name))
     try:
         return FixedRule(parse_format(name))
     except ValueError as error:
         raise SchemeError(
-            f"unknown format {text!r}; expected dfp<N>, pow2[:<N>], fp32 or a format name ({error})"
+            f"unknown format {text!r}; expected dfp<N>, pow2[:<N>], apot[:<N>], fp32 or a format "
+            f"name ({error})"
         ) from None
 
 

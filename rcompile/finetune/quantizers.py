@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from rcompile.formats import DFP, Format, MiniFloat, Pow2
+from rcompile.formats import DFP, APoT, Format, MiniFloat, Pow2
 from rcompile.formats.exact import SQRT2_F32
 from rcompile.formats.rounding import uniform
 
@@ -86,7 +86,21 @@ def _power_of_two(x: torch.Tensor, fmt: Pow2, seed: int | None) -> torch.Tensor:
     return torch.where(torch.isnan(x), x, sign * power + 0.0)
 
 
-_QUANTIZERS = {DFP: _dfp, MiniFloat: _minifloat, Pow2: _power_of_two}
+def _two_powers(x: torch.Tensor, fmt: APoT, seed: int | None) -> torch.Tensor:
+    """The nearest level, ties to the smaller magnitude, in float64 as the reference."""
+    if seed is not None:
+        raise ValueError("two-term power-of-two weights round to the nearest level only")
+    levels = torch.from_numpy(np.array(fmt.levels))
+    magnitude = torch.clamp(x.abs().to(torch.float64), max=float(levels[-1]))
+    magnitude = torch.where(torch.isnan(x), torch.zeros_like(magnitude), magnitude)
+    above = torch.clamp(torch.bucketize(magnitude, levels), 1, len(levels) - 1)
+    low, high = levels[above - 1], levels[above]
+    nearest = torch.where(2 * magnitude > low + high, high, low).to(torch.float32)
+    sign = torch.where(x < 0, -1.0, 1.0)
+    return torch.where(torch.isnan(x), x, sign * nearest + 0.0)
+
+
+_QUANTIZERS = {DFP: _dfp, MiniFloat: _minifloat, Pow2: _power_of_two, APoT: _two_powers}
 
 
 def quantize(x: torch.Tensor, fmt: Format, seed: int | None = None) -> torch.Tensor:

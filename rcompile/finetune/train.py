@@ -18,8 +18,9 @@ import onnx
 import torch
 
 from rcompile.data import Dataset
-from rcompile.errors import CalibrationError
+from rcompile.errors import CalibrationError, SchemeError
 from rcompile.finetune.graph import QuantizedGraph, float_arrays
+from rcompile.formats import APoT
 from rcompile.progress import progress_bar
 
 
@@ -72,6 +73,13 @@ def train(
     torch.manual_seed(options.seed)
     torch.use_deterministic_algorithms(True)
     graph = QuantizedGraph(model)
+    if options.stochastic_rounding and any(
+        isinstance(f, APoT) for shadow in graph.shadows for f in shadow.formats
+    ):
+        raise SchemeError(
+            "two-term power-of-two weights round to the nearest level only; "
+            "fine-tune them without --stochastic-rounding"
+        )
     inputs, labels = train_data
     val_inputs, val_labels = val_data
     optimizer = torch.optim.Adam(graph.weights.parameters(), lr=options.lr)

@@ -1,7 +1,8 @@
 """Every value of a format is a whole number of its finest step, a power of two: its code.
 DFP codes are the fixed-point integers; a power-of-two weight 2**e is 2**(e - exp_min) steps
-of 2**exp_min; a mini float is a whole number of steps of its smallest subnormal quantum
-2**(emin - mant_bits). Codes make a layer's sum integer arithmetic, whatever the family."""
+of 2**exp_min (a two-term one the sum or difference of two such); a mini float is a whole
+number of steps of its smallest subnormal quantum 2**(emin - mant_bits). Codes make a
+layer's sum integer arithmetic, whatever the family."""
 
 from __future__ import annotations
 
@@ -9,14 +10,14 @@ import math
 
 import numpy as np
 
-from rcompile.formats import DFP, Format, Pow2
+from rcompile.formats import DFP, APoT, Format, Pow2
 
 
 def step_exponent(fmt: Format) -> int:
     """log2 of the format's finest step."""
     if isinstance(fmt, DFP):
         return -fmt.fl
-    if isinstance(fmt, Pow2):
+    if isinstance(fmt, Pow2 | APoT):
         return fmt.exp_min
     return fmt.emin - fmt.mant_bits
 
@@ -27,6 +28,8 @@ def largest_code(fmt: Format) -> int:
         return max(-fmt.code_min, fmt.code_max)
     if isinstance(fmt, Pow2):
         return 2 ** (fmt.exp_max - fmt.exp_min)
+    if isinstance(fmt, APoT):
+        return int(fmt.levels[-1] / 2.0**fmt.exp_min)
     return int(math.ldexp(fmt.max, -step_exponent(fmt)))
 
 

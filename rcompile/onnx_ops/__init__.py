@@ -34,6 +34,8 @@ _BY_NAME = {module.NAME: module for module in _OPS.values()}
 
 def function_key(fmt: Format) -> tuple[str, str]:
     """The (op type, overload) that quantizes to `fmt`."""
+    if type(fmt) not in _OPS:
+        raise TypeError(f"{fmt.name} has no quantizer op: it is for weights, quantized offline")
     module = _OPS[type(fmt)]
     return module.NAME, module.overload(fmt)
 

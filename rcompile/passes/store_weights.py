@@ -1,6 +1,6 @@
 """Offline weight quantization: the quantized values stored as compactly as they are exact.
 
-DFP and Pow2 values are integers times a power of two, so they are stored as integer codes
+DFP, Pow2 and APoT values are integers times a power of two, so they are stored as integer codes
 of the narrowest standard type (int4, int8, int16, int32) with a DequantizeLinear whose scale
 is that power of two (per output channel where the formats are). Mini-float values are
 stored as float16 with a Cast when float16 holds them exactly (every 8-bit format here),
@@ -16,7 +16,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from rcompile.formats import DFP, Format, MiniFloat, Pow2
+from rcompile.formats import DFP, APoT, Format, MiniFloat, Pow2
 from rcompile.formats.dfp import code_range, quantize_fixed_point
 from rcompile.formats.pow2 import quantize_power_of_two
 
@@ -97,7 +97,7 @@ def store(
     on the accumulator's grid. `types` are the integer types the codes may take, narrowest
     first (by default `parameter_types(formats)`); values no type holds stay float32.
     """
-    if families(formats) <= {DFP, Pow2}:
+    if families(formats) <= {DFP, Pow2, APoT}:
         steps = scales if scales is not None else weight_steps(formats).astype(F32)
         codes = _divide(quantized, steps, axis)
         if np.array_equal(codes, np.rint(codes)):
@@ -121,8 +121,8 @@ def float_tensor(name: str, values: np.ndarray) -> StoredTensor:
 
 
 def weight_exponents(formats: tuple[Format, ...]) -> np.ndarray:
-    """log2 of the value of code 1 of each DFP or power-of-two format: -fl for DFP, the
-    smallest exponent for power of two."""
+    """log2 of the value of code 1 of each DFP or (two-term) power-of-two format: -fl for
+    DFP, the smallest exponent for powers of two."""
     return np.array([-f.fl if isinstance(f, DFP) else f.exp_min for f in formats], np.int64)
 
 
