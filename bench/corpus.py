@@ -214,7 +214,14 @@ def run_model(model: Model, work: Path) -> list[list[str]]:
     rows = [["FP32", "", "", f"{fp32_bytes / 1e6:.2f} MB", "1.00", "1.000", ""]]
     variants = [
         (f"rcompile {scheme} {target}", scheme, target)
-        for scheme, target in (("dfp8", "sim"), ("dfp8", "qdq"), ("dfp16", "sim"), ("pow2", "sim"))
+        for scheme, target in (
+            ("dfp8", "sim"),
+            ("dfp8", "qdq"),
+            ("dfp16", "sim"),
+            ("fp8e4m3", "sim"),
+            ("pow2", "sim"),
+            ("apot", "sim"),
+        )
     ]
     for label, scheme, target in variants:
         path = work / f"{scheme}-{target}.onnx"
