@@ -414,12 +414,9 @@ def _within_accumulator(input_format, weights: tuple[Format, ...], bias_max: flo
         elif isinstance(weight, DFP):
             coarser = weight.fl - (grid - finest)
             adjusted.append(DFP.of(weight.bw, coarser, weight.signed, weight.rounding))
-        elif isinstance(weight, APoT):
+        else:  # one- or two-term powers of two: a higher lowest exponent
             low = weight.exp_min + (grid - finest)
-            adjusted.append(APoT(min(low, weight.exp_max), weight.exp_max))
-        else:
-            low = weight.exp_min + (grid - finest)
-            adjusted.append(Pow2(min(low, weight.exp_max), weight.exp_max, weight.zero))
+            adjusted.append(replace(weight, exp_min=min(low, weight.exp_max)))
     return tuple(adjusted)
 
 

@@ -28,30 +28,40 @@ def describe_format(fmt: Format | None) -> dict:
     if fmt is None:
         return {"name": "fp32", "family": "fp32", "bits": FP32_BITS}
     if isinstance(fmt, DFP):
-        family, parameters = "dfp", {"fl": fmt.fl, "signed": fmt.signed}
+        family = "dfp"
+        parameters = {"fl": fmt.fl, "signed": fmt.signed, "rounding": fmt.rounding}
     elif isinstance(fmt, MiniFloat):
         family = "minifloat"
         parameters = {
             "exp_bits": fmt.exp_bits,
             "mant_bits": fmt.mant_bits,
             "variant": fmt.variant,
+            "rounding": fmt.rounding,
             "exponent_bias": fmt.bias,
             # The effective exponents: of the smallest normal and of the largest value.
             "exponent_range": [fmt.emin, fmt.emax],
         }
     elif isinstance(fmt, APoT):
         family = "apot"
-        parameters = {"exp_min": fmt.exp_min, "exp_max": fmt.exp_max, "levels": len(fmt.levels)}
+        parameters = {
+            "exp_min": fmt.exp_min,
+            "exp_max": fmt.exp_max,
+            "levels": len(fmt.levels),
+            "rounding": "nearest",
+        }
     else:
         family = "pow2"
-        parameters = {"exp_min": fmt.exp_min, "exp_max": fmt.exp_max, "zero": fmt.zero}
-    rounding = getattr(fmt, "rounding", "nearest" if family == "apot" else "log-nearest")
+        parameters = {
+            "exp_min": fmt.exp_min,
+            "exp_max": fmt.exp_max,
+            "zero": fmt.zero,
+            "rounding": "log-nearest",
+        }
     return {
         "name": fmt.name,
         "family": family,
         "bits": fmt.bit_width,
         **parameters,
-        "rounding": rounding,
     }
 
 

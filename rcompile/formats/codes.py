@@ -11,6 +11,7 @@ import math
 import numpy as np
 
 from rcompile.formats import DFP, APoT, Format, Pow2
+from rcompile.formats.apot import window_codes
 
 
 def step_exponent(fmt: Format) -> int:
@@ -29,7 +30,7 @@ def largest_code(fmt: Format) -> int:
     if isinstance(fmt, Pow2):
         return 2 ** (fmt.exp_max - fmt.exp_min)
     if isinstance(fmt, APoT):
-        return int(fmt.levels[-1] / 2.0**fmt.exp_min)
+        return int(window_codes(fmt.window)[-1])
     return int(math.ldexp(fmt.max, -step_exponent(fmt)))
 
 

@@ -69,18 +69,18 @@ def equalize_layers(model: onnx.ModelProto) -> PassResult:
         for pair in found
         for node in (pair.first, pair.second)
     }
-    totals = [np.ones(weights[pair.first.name].shape[0]) for pair in found]
+    # The first layer of each pair -> the product of its channels' scales.
+    scaled = {pair.first.name: np.ones(weights[pair.first.name].shape[0]) for pair in found}
     for _ in range(MAX_SWEEPS):
         largest = 0.0
-        for pair, total in zip(found, totals, strict=True):
+        for pair in found:
             scale = _equalizing_scale(weights[pair.first.name], weights[pair.second.name], pair)
             _scale_outputs(weights, pair.first, 1 / scale)
             _scale_inputs(weights, pair.second, scale)
-            total *= scale
+            scaled[pair.first.name] *= scale
             largest = max(largest, float(np.abs(np.log(scale)).max()))
         if largest < SETTLED:
             break
-    scaled = {pair.first.name: total for pair, total in zip(found, totals, strict=True)}
     names = Names(graph)
     for node in {node.name: node for pair in found for node in (pair.first, pair.second)}.values():
         replace_initializer(graph, node.input[1], weights[node.name].astype(np.float32))
@@ -88,10 +88,11 @@ def equalize_layers(model: onnx.ModelProto) -> PassResult:
             bias = values[node.input[2]].astype(np.float64) / scaled[node.name]
             replace_initializer(graph, node.input[2], bias.astype(np.float32))
     bounds = set()
-    for pair, total in zip(found, totals, strict=True):
+    for pair in found:
         if pair.between is not None and pair.between.op_type == "Clip":
             bounds.update(pair.between.input[1:])
-            _per_channel_clip(graph, pair.between, total, weights[pair.first.name].ndim, names)
+            scale, rank = scaled[pair.first.name], weights[pair.first.name].ndim
+            _per_channel_clip(graph, pair.between, scale, rank, names)
     read = {name for node in graph.node for name in values_read(node)}
     remove_initializers(graph, bounds - read)
     return PassResult(result, True)
