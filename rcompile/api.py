@@ -15,6 +15,7 @@ from rcompile.errors import CalibrationError, warn
 from rcompile.exporter import finish_model
 from rcompile.importer import prepare_model, read_model
 from rcompile.lowering import lower
+from rcompile.origin import SOURCE_KEY, source_record
 from rcompile.passes.bias_correction import correct_biases, mean_axes
 from rcompile.passes.calibrate import (
     Statistics,
@@ -119,19 +120,23 @@ def compile(
 
 @dataclass(frozen=True)
 class Source:
-    """An imported model, its label for reports, and the values whose shapes its file
-    declared (the only shapes the written model keeps)."""
+    """An imported model, its label for reports, the values whose shapes its file declared
+    (the only shapes the written model keeps), and where it came from (the teacher that
+    fine-tuning looks for; None for a model given in memory)."""
 
     model: onnx.ModelProto
     label: str
     declared_shapes: frozenset[str]
+    origin: dict | None = None
 
 
 def load_source(model: str | Path | onnx.ModelProto) -> Source:
     if isinstance(model, onnx.ModelProto):
         return Source(prepare_model(model), model.graph.name or "model", declared_names(model))
     raw = read_model(model)
-    return Source(prepare_model(raw, str(model)), str(model), declared_names(raw))
+    return Source(
+        prepare_model(raw, str(model)), str(model), declared_names(raw), source_record(model)
+    )
 
 
 def finish(
@@ -168,6 +173,7 @@ def finish(
             "rcompile.calibration": _without_folders(calibration),
             PLAN_KEY: plan_record(plan),
             "rcompile.target": target,
+            **({SOURCE_KEY: imported.origin} if imported.origin else {}),
         },
     )
     report = Report(

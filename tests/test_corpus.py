@@ -88,3 +88,26 @@ def test_onnxruntime_runs_it_at_every_level_and_the_small_ones_are_the_reference
     if source.name in ("ppocr_mobile_cls.onnx", "yolov8n_320.onnx"):
         expected = Reference(onnx.load(str(written))).run(feeds)[0]
         np.testing.assert_array_equal(results[0], expected)
+
+
+def test_the_fine_tuning_engine_runs_the_model_and_its_fp32_teacher_as_onnxruntime(compiled):
+    """Every operator of the corpus is in the engine: the quantized model and the FP32 model
+    it was compiled from (the distillation teacher) give onnxruntime's outputs, and the
+    gradient reaches every shadow weight."""
+    torch = pytest.importorskip("torch", reason="fine-tuning needs PyTorch (the finetune extra)")
+    from rcompile.api import load_source
+    from rcompile.finetune.graph import QuantizedGraph, float_arrays
+
+    source, written, feeds = compiled
+    for model, plan in ((onnx.load(str(written)), True), (load_source(source).model, False)):
+        expected = ort.InferenceSession(
+            model.SerializeToString(), providers=["CPUExecutionProvider"]
+        ).run(None, feeds)[0]
+        graph = QuantizedGraph(model, plan=plan)
+        output = graph(float_arrays(feeds))
+        np.testing.assert_allclose(
+            output.detach().numpy(), expected, rtol=0, atol=max(1e-5 * np.abs(expected).max(), 1e-6)
+        )
+        if plan:
+            output.square().mean().backward()
+            assert all(w.grad is not None for w in graph.weights) and len(graph.weights) > 0

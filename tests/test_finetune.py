@@ -3,19 +3,19 @@ and fine-tuning keeps the plan, runs on stock onnxruntime and is deterministic f
 
 from __future__ import annotations
 
-import subprocess
-import sys
+import json
+import shutil
 from pathlib import Path
 
 import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from conftest import assert_same_bits, rounded_formats, sweep_formats, sweep_inputs
-from onnx import helper
+from conftest import assert_same_bits, rcompile_run, rounded_formats, sweep_formats, sweep_inputs
 
 import rcompile
 from rcompile.exporter import write_model
+from rcompile.sessions import open_session
 
 torch = pytest.importorskip("torch", reason="fine-tuning needs PyTorch (the finetune extra)")
 
@@ -123,13 +123,19 @@ def test_torch_execution_of_efficientnet_agrees_with_onnxruntime(tmp_path):
     assert np.median(np.abs(torch_logits - ort_logits)) < 0.05
 
 
+LENET = MODELS / "lenet5.onnx"
+
+
 @pytest.fixture(scope="module")
-def small_data(tmp_path_factory) -> tuple[Path, Path]:
+def small_data(tmp_path_factory) -> dict[str, Path]:
+    """Training images without labels (as a calibration set has none), the same with
+    labels, and labelled validation images."""
     folder = tmp_path_factory.mktemp("data")
     train, test = np.load(MODELS / "mnist_train.npz"), np.load(MODELS / "mnist_test.npz")
-    np.savez(folder / "train.npz", input=train["input"][:512], labels=train["labels"][:512])
+    np.savez(folder / "unlabelled.npz", input=train["input"][:1024])
+    np.savez(folder / "train.npz", input=train["input"][:1024], labels=train["labels"][:1024])
     np.savez(folder / "val.npz", input=test["input"][:200], labels=test["labels"][:200])
-    return folder / "train.npz", folder / "val.npz"
+    return {name: folder / f"{name}.npz" for name in ("unlabelled", "train", "val")}
 
 
 def _quantizers(model: onnx.ModelProto) -> list[tuple]:
@@ -138,10 +144,11 @@ def _quantizers(model: onnx.ModelProto) -> list[tuple]:
             n.name,
             n.op_type,
             n.overload,
-            tuple((a.name, helper.get_attribute_value(a)) for a in n.attribute),
+            tuple(n.input),
+            tuple(n.output),
+            tuple(a.SerializeToString() for a in n.attribute),
         )
         for n in model.graph.node
-        if n.domain == "ai.rcompile"
     ]
 
 
@@ -149,22 +156,46 @@ def _plan(model: onnx.ModelProto) -> str:
     return next(p.value for p in model.metadata_props if p.key == "rcompile.plan")
 
 
+def _storage(model: onnx.ModelProto) -> list[tuple]:
+    return [(t.name, t.data_type, tuple(t.dims), len(t.raw_data)) for t in model.graph.initializer]
+
+
+def _without_metadata(model: onnx.ModelProto) -> onnx.ModelProto:
+    bare = onnx.ModelProto()
+    bare.CopyFrom(model)
+    del bare.metadata_props[:]
+    return bare
+
+
 @pytest.fixture(scope="module")
 def tuned(compiled, small_data):
-    train, val = small_data
-    options = TrainOptions(epochs=2, batch_size=64, seed=3)
-    return [finetune(compiled["dfp4"], train, val, options) for _ in range(2)]
+    """LeNet-5 dfp4 fine-tuned twice alike on unlabelled images (held-out validation)."""
+    options = TrainOptions(epochs=3, seed=3)
+    return [
+        finetune(compiled["dfp4"], small_data["unlabelled"], options=options, teacher=LENET)
+        for _ in range(2)
+    ]
 
 
-def test_finetuning_keeps_every_quantizer_and_the_plan(compiled, tuned):
+def test_finetuning_keeps_every_quantizer_the_plan_and_the_storage(compiled, tuned):
     before = onnx.load(str(compiled["dfp4"]))
     assert _quantizers(tuned[0].model) == _quantizers(before)
     assert _plan(tuned[0].model) == _plan(before)
+    assert _storage(tuned[0].model) == _storage(before)
+
+
+def test_the_file_grows_by_the_finetune_record_alone(compiled, tuned):
+    before = onnx.load(str(compiled["dfp4"]))
+    after = tuned[0].model
+    assert _without_metadata(after).ByteSize() == _without_metadata(before).ByteSize()
+    record = next(p for p in after.metadata_props if p.key == "rcompile.finetune")
+    assert after.ByteSize() - before.ByteSize() <= record.ByteSize() + 4
 
 
 def test_finetuned_model_changes_weights_and_runs_on_stock_onnxruntime(compiled, tuned):
     before = {t.name: t.raw_data for t in onnx.load(str(compiled["dfp4"])).graph.initializer}
     after = {t.name: t.raw_data for t in tuned[0].model.graph.initializer}
+    assert tuned[0].best_epoch > 0
     assert before.keys() == after.keys() and before != after
     onnx.checker.check_model(tuned[0].model, full_check=True)
     images = np.load(MODELS / "mnist_test.npz")["input"][:8]
@@ -177,83 +208,283 @@ def test_the_same_seed_gives_the_same_bytes(tuned):
     assert tuned[0].model.SerializeToString() == tuned[1].model.SerializeToString()
 
 
+def test_without_labels_validation_is_agreement_on_held_out_training_samples(tuned):
+    assert tuned[0].metric == "agreement"
+    assert tuned[0].validation == "205 of 1024 training samples held out"
+
+
 def test_finetuned_weights_stay_on_their_formats_grid(tuned):
     graph = QuantizedGraph(tuned[0].model)
-    for shadow, weight in zip(graph.shadows, graph.weights, strict=True):
-        values = weight.detach().numpy()
-        axis = shadow.axis % max(values.ndim, 1)
+    for shadow, values in graph.quantized_weights().items():
+        fmt_shadow = next(s for s in graph.shadows if s.value == shadow)
+        axis = fmt_shadow.axis % max(values.dim(), 1)
         np.testing.assert_array_equal(
-            quantize_values(values, shadow.formats, axis if len(shadow.formats) > 1 else None),
-            values,
+            quantize_values(
+                values.numpy(), fmt_shadow.formats, axis if len(fmt_shadow.formats) > 1 else None
+            ),
+            values.numpy(),
         )
 
 
-def test_stochastic_rounding_trains_other_weights_than_nearest(compiled, small_data):
-    train, val = small_data
-    nearest = finetune(compiled["pow2"], train, val, TrainOptions(epochs=1, seed=1))
-    stochastic = finetune(
-        compiled["pow2"], train, val, TrainOptions(epochs=1, seed=1, stochastic_rounding=True)
+def _test_top1(model: onnx.ModelProto | Path) -> float:
+    data = np.load(MODELS / "mnist_test.npz")
+    model = model if isinstance(model, onnx.ModelProto) else onnx.load(str(model))
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    logits = session.run(None, {"input": data["input"]})[0]
+    return 100.0 * float(np.mean(logits.argmax(1) == data["labels"]))
+
+
+def test_distillation_from_unlabelled_images_wins_back_test_accuracy(compiled):
+    """LeNet-5 at dfp4 (1.6 points below FP32 on the 1,000 test images) trained on 4,000
+    unlabelled images for 3 epochs: at least half the drop comes back."""
+    train = np.load(MODELS / "mnist_train.npz")["input"]
+    folder = compiled["dfp4"].parent
+    np.save(folder / "all_unlabelled.npy", train)
+    result = finetune(
+        compiled["dfp4"],
+        folder / "all_unlabelled.npy",
+        options=TrainOptions(epochs=3),
+        teacher=LENET,
     )
-    assert nearest.model.SerializeToString() != stochastic.model.SerializeToString()
+    fp32, before, after = _test_top1(LENET), _test_top1(compiled["dfp4"]), _test_top1(result.model)
+    assert fp32 - before >= 1.0
+    assert after >= before + (fp32 - before) / 2
 
 
-def test_finetune_cli_writes_the_model_and_reports_accuracy(compiled, small_data, tmp_path):
-    train, val = small_data
-    output = tmp_path / "tuned.onnx"
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "rcompile",
-            "finetune",
-            str(compiled["dfp4"]),
-            "--train",
-            str(train),
-            "--val",
-            str(val),
-            "-o",
-            str(output),
-            "--epochs",
-            "1",
-            "--json",
-        ],
-        capture_output=True,
-        text=True,
-        check=False,
+def test_labels_add_cross_entropy_and_top1_decides(compiled, small_data):
+    result = finetune(
+        compiled["dfp4"],
+        small_data["train"],
+        small_data["val"],
+        TrainOptions(epochs=1),
+        teacher=LENET,
+    )
+    assert result.metric == "top-1" and result.validation == str(small_data["val"])
+    from rcompile.finetune.train import Trainer
+
+    student, teacher = QuantizedGraph(onnx.load(str(compiled["dfp4"]))), None
+    teacher = QuantizedGraph(rcompile.api.load_source(LENET).model, plan=False)
+    trainer = Trainer(student, teacher, TrainOptions())
+    images = np.load(small_data["train"])
+    inputs = float_arrays({"input": images["input"][:32]})
+    with torch.no_grad():
+        assert float(trainer.loss(inputs, images["labels"][:32])) > float(
+            trainer.loss(inputs, None)
+        )
+
+
+def test_feature_loss_compares_every_quantized_layer_with_the_teacher(compiled):
+    from rcompile.finetune.train import Trainer
+
+    student = QuantizedGraph(onnx.load(str(compiled["dfp4"])))
+    teacher = QuantizedGraph(rcompile.api.load_source(LENET).model, plan=False)
+    plain = Trainer(student, teacher, TrainOptions())
+    featured = Trainer(student, teacher, TrainOptions(feature_loss=1.0))
+    assert plain.observed == () and len(featured.observed) == 5
+    inputs = float_arrays({"input": np.load(MODELS / "mnist_test.npz")["input"][:32]})
+    assert float(featured.loss(inputs, None)) > float(plain.loss(inputs, None))
+
+
+def test_distillation_loss_is_zero_for_the_teacher_itself():
+    from rcompile.finetune.train import distillation_loss
+
+    logits = torch.randn(8, 10)
+    assert float(distillation_loss(logits, logits, 2.0)) == pytest.approx(0.0, abs=1e-6)
+    assert float(distillation_loss(logits * 2, logits, 2.0)) > 0
+    maps = torch.rand(2, 1, 4, 4)
+    assert float(distillation_loss(maps * 0.5, maps, 1.0)) == pytest.approx(0.25, rel=1e-5)
+
+
+def test_hold_out_is_seeded_and_disjoint():
+    from rcompile.finetune.train import Samples, hold_out
+
+    samples = Samples({"x": np.arange(50, dtype=np.float32)[:, None]}, None)
+    train, val = hold_out(samples, 0.2, seed=4)
+    again, _ = hold_out(samples, 0.2, seed=4)
+    other, _ = hold_out(samples, 0.2, seed=5)
+    assert len(val) == 10 and len(train) == 40
+    assert set(train.inputs["x"][:, 0]).isdisjoint(val.inputs["x"][:, 0])
+    assert np.array_equal(train.inputs["x"], again.inputs["x"])
+    assert not np.array_equal(train.inputs["x"], other.inputs["x"])
+    with pytest.raises(rcompile.errors.CalibrationError, match="leaves none to train on"):
+        hold_out(Samples({"x": np.zeros((1, 1), np.float32)}, None), 0.2, seed=0)
+
+
+def test_augmentation_is_seeded_keeps_shapes_and_changes_images():
+    from rcompile.finetune.augment import random_resized_crops
+
+    images = {"x": torch.rand(4, 3, 16, 20), "rate": torch.ones(4, 1)}
+    first = random_resized_crops(images, np.random.default_rng(1))
+    second = random_resized_crops(images, np.random.default_rng(1))
+    assert torch.equal(first["x"], second["x"]) and first["x"].shape == images["x"].shape
+    assert not torch.equal(first["x"], images["x"]) and first["rate"] is images["rate"]
+    flat = random_resized_crops({"x": torch.full((2, 1, 8, 8), 0.5)}, np.random.default_rng(0))
+    assert torch.allclose(flat["x"], torch.full((2, 1, 8, 8), 0.5))
+
+
+def test_forward_passes_parse_no_attributes(compiled, monkeypatch):
+    """The graph is compiled once: a training step looks up nothing in the ONNX nodes."""
+    from rcompile.finetune import graph as graph_module
+
+    graph = QuantizedGraph(onnx.load(str(compiled["dfp4"])))
+
+    def refuse(node):
+        raise AssertionError(f"attributes of {node.name} parsed in a forward pass")
+
+    monkeypatch.setattr(graph_module, "node_attributes", refuse)
+    monkeypatch.setattr(onnx.helper, "get_attribute_value", refuse)
+    graph(float_arrays({"input": np.load(MODELS / "mnist_test.npz")["input"][:4]}))
+
+
+def test_weights_pushed_past_their_storage_still_fit_the_codes_they_were_stored_in(tmp_path):
+    """dfp16f8 weights below 0.5 are stored as int8 codes, and pow2e-8..-1 weights whose
+    top exponent was unused as int8 codes up to 64: trained far up, they stop at codes -128
+    and 127, and at 2^-2 (code 128 would need int16), and every layer keeps its storage type."""
+    from rcompile.finetune.export import write_weights
+
+    overrides = tmp_path / "overrides.json"
+    overrides.write_text(
+        json.dumps({"/conv2/Conv": {"weights": "dfp16f8"}, "/fc1/Gemm": {"weights": "pow2e-8..-1"}})
+    )
+    written = tmp_path / "q.onnx"
+    compiled = rcompile_run(
+        LENET, "-o", written, "--calib", MODELS / "mnist_calib.npz", "--overrides", overrides
+    )
+    assert compiled.returncode == 0, compiled.stderr
+    model = onnx.load(str(written))
+    types = {t.name: t.data_type for t in model.graph.initializer}
+    assert (
+        types["/conv2/Conv_weight_codes"]
+        == types["/fc1/Gemm_weight_codes"]
+        == onnx.TensorProto.INT8
+    )
+    graph = QuantizedGraph(model)
+    with torch.no_grad():
+        for weight in graph.weights:
+            weight.mul_(100.0)
+    values = {name: t.numpy() for name, t in graph.quantized_weights().items()}
+    assert _storage(write_weights(model, values)) == _storage(model)
+    conv2 = values["/conv2/Conv_weight"]
+    assert (conv2.min(), conv2.max()) == (-128 * 2.0**-8, 127 * 2.0**-8)
+    assert np.abs(values["/fc1/Gemm_weight"]).max() == 2.0**-2
+
+
+def test_storable_limits_are_the_largest_values_the_codes_hold():
+    from rcompile.finetune.storage import storable_limits
+
+    low, high = storable_limits((DFP(16, 10),), onnx.TensorProto.INT8, np.array([2.0**-10]))
+    assert (low[0], high[0]) == (-128 * 2.0**-10, 127 * 2.0**-10)
+    low, high = storable_limits(
+        (Pow2(-8, -1), Pow2(-9, -2)), onnx.TensorProto.INT8, np.array([2.0**-8, 2.0**-9])
+    )
+    assert list(high) == [2.0**-2, 2.0**-3] and list(low) == [-(2.0**-2), -(2.0**-3)]
+
+
+def test_stochastic_rounding_trains_other_weights_than_nearest(compiled, small_data):
+    runs = [
+        finetune(
+            compiled["pow2"],
+            small_data["unlabelled"],
+            options=TrainOptions(epochs=1, seed=1, stochastic_rounding=stochastic, patience=0),
+            teacher=LENET,
+        )
+        for stochastic in (False, True)
+    ]
+    assert runs[0].model.SerializeToString() != runs[1].model.SerializeToString()
+
+
+def test_the_whole_command_is_the_model_and_a_folder_the_user_has(small_data, tmp_path):
+    """Compiled from models/lenet5.onnx, fine-tuned with nothing but --train and -o: the
+    teacher is found by the path and SHA-256 the compiled model records."""
+    quantized, tuned = tmp_path / "q.onnx", tmp_path / "tuned.onnx"
+    compiled = rcompile_run(
+        "models/lenet5.onnx",
+        "-o",
+        quantized,
+        "--scheme",
+        "dfp4",
+        "--calib",
+        "models/mnist_calib.npz",
+    )
+    assert compiled.returncode == 0, compiled.stderr
+    result = rcompile_run(
+        "finetune",
+        quantized,
+        "--train",
+        small_data["unlabelled"],
+        "-o",
+        tuned,
+        "--epochs",
+        "1",
+        "--json",
     )
     assert result.returncode == 0, result.stderr
-    assert output.is_file() and '"val_top1_after"' in result.stdout
+    summary = json.loads(result.stdout)
+    assert summary["teacher"] == "models/lenet5.onnx" and summary["metric"] == "agreement"
+    for level in ("disable_all", "all"):
+        open_session(onnx.load(str(tuned)), level).run(
+            None, {"input": np.load(MODELS / "mnist_test.npz")["input"][:4]}
+        )
+
+
+def test_a_missing_teacher_is_one_line_and_writes_nothing(compiled, small_data, tmp_path):
+    output = tmp_path / "x.onnx"
+    result = rcompile_run(
+        "finetune", compiled["dfp4"], "--train", small_data["unlabelled"], "-o", output
+    )
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "does not record the FP32 model" not in result.stderr
+    assert "give the teacher with --teacher" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and not output.exists()
+
+
+def test_a_teacher_with_another_digest_is_not_taken(small_data, tmp_path):
+    quantized = tmp_path / "q.onnx"
+    shutil.copy(LENET, tmp_path / "lenet5.onnx")
+    assert (
+        rcompile_run(
+            tmp_path / "lenet5.onnx",
+            "-o",
+            quantized,
+            "--scheme",
+            "dfp4",
+            "--calib",
+            "models/mnist_calib.npz",
+        ).returncode
+        == 0
+    )
+    changed = onnx.load(str(tmp_path / "lenet5.onnx"))
+    changed.doc_string = "edited"
+    onnx.save(changed, str(tmp_path / "lenet5.onnx"))
+    result = rcompile_run(
+        "finetune", quantized, "--train", small_data["unlabelled"], "-o", tmp_path / "t.onnx"
+    )
+    assert result.returncode == 1 and "with the same SHA-256" in result.stderr
 
 
 def test_finetune_refuses_a_model_rcompile_did_not_write(small_data, tmp_path):
-    train, val = small_data
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "rcompile",
-            "finetune",
-            str(MODELS / "lenet5.onnx"),
-            "--train",
-            str(train),
-            "--val",
-            str(val),
-            "-o",
-            str(tmp_path / "x.onnx"),
-        ],
-        capture_output=True,
-        text=True,
-        check=False,
+    result = rcompile_run(
+        "finetune", LENET, "--train", small_data["train"], "-o", tmp_path / "x.onnx"
     )
     assert result.returncode == 1
     assert "carries no rcompile plan" in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "x.onnx").exists()
 
 
-def test_finetune_needs_labels(compiled, tmp_path):
-    images = np.load(MODELS / "mnist_test.npz")["input"][:64]
-    np.save(tmp_path / "unlabelled.npy", images)
-    from rcompile.errors import CalibrationError
-
-    with pytest.raises(CalibrationError, match="needs labels"):
-        finetune(compiled["dfp4"], tmp_path / "unlabelled.npy", tmp_path / "unlabelled.npy")
+def test_cuda_is_refused_in_one_line_without_a_gpu(compiled, small_data, tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA GPU")
+    result = rcompile_run(
+        "finetune",
+        compiled["dfp4"],
+        "--train",
+        small_data["unlabelled"],
+        "--teacher",
+        LENET,
+        "-o",
+        tmp_path / "x.onnx",
+        "--device",
+        "cuda",
+    )
+    assert result.returncode == 1 and "--device cuda" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and not (tmp_path / "x.onnx").exists()

@@ -73,6 +73,13 @@ HeldInputs = Annotated[
         "say), instead of coming from the data; repeat for several.",
     ),
 ]
+Device = Annotated[
+    str,
+    typer.Option(
+        help="Where to run: cpu, cuda (a CUDA GPU: onnxruntime's CUDA provider; torch and "
+        "CuPy for fine-tuning) or auto (cuda where there is one)."
+    ),
+]
 CompiledModel = Annotated[Path, typer.Argument(help="A model rcompile wrote.")]
 InputData = Annotated[Path, typer.Option(help="Inputs: a folder of images, a .npz or a .npy.")]
 MaxDrop = Annotated[

@@ -15,6 +15,7 @@ from rcompile.cli.app import (
     AsJson,
     BatchSize,
     Debug,
+    Device,
     HeldInputs,
     MaxDrop,
     Preprocess,
@@ -30,6 +31,7 @@ from rcompile.exporter import check_targets
 from rcompile.lowering import TARGETS
 from rcompile.plan import OVERFLOWS, Accumulator, PlanOptions
 from rcompile.scheme import SCHEME_GRAMMAR
+from rcompile.sessions import on_device
 
 
 @app.command("compile", help="Quantize a model (the default command)." + EXAMPLES)
@@ -131,6 +133,7 @@ def compile_command(
     ] = "sim",
     max_drop: MaxDrop = None,
     batch_size: BatchSize = DEFAULT_BATCH_SIZE,
+    device: Device = "cpu",
     as_json: AsJson = False,
     debug: Debug = False,
 ) -> None:
@@ -158,20 +161,21 @@ def compile_command(
     report_json = report or output.with_name(f"{output.stem}.report.json")
     report_md = report_json.with_suffix(".md")
     check_targets([output, report_json, report_md], inputs)
-    result = compile_model(
-        model,
-        scheme,
-        calib,
-        calib_count=calib_count,
-        val=val,
-        preprocessing=parse_preprocessing(preprocess),
-        options=options,
-        overrides=overrides if overrides is not None else (),
-        batch_size=batch_size,
-        show_progress=sys.stderr.isatty(),
-        target=target,
-        held=parse_held(held or []),
-    )
+    with on_device(device):
+        result = compile_model(
+            model,
+            scheme,
+            calib,
+            calib_count=calib_count,
+            val=val,
+            preprocessing=parse_preprocessing(preprocess),
+            options=options,
+            overrides=overrides if overrides is not None else (),
+            batch_size=batch_size,
+            show_progress=sys.stderr.isatty(),
+            target=target,
+            held=parse_held(held or []),
+        )
     report_data = result.report.as_dict()
     summary = {
         "status": "written",

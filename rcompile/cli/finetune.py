@@ -1,4 +1,4 @@
-"""`rcompile finetune`: training through the quantizers."""
+"""`rcompile finetune`: training through the quantizers, taught by the FP32 model."""
 
 from __future__ import annotations
 
@@ -8,31 +8,42 @@ from typing import Annotated
 
 import typer
 
-from rcompile.cli.app import (
-    AsJson,
-    Debug,
-    Preprocess,
-    app,
-    emit,
-    finite,
-    input_paths,
-)
+from rcompile.cli.app import AsJson, Debug, Device, Preprocess, app, emit, finite, input_paths
 from rcompile.data import parse_preprocessing
 from rcompile.errors import UserError
 from rcompile.exporter import check_targets, write_model
+from rcompile.origin import find_teacher
+from rcompile.sessions import on_device
+
+
+def _share(value: float) -> float:
+    if not 0 < value < 1:
+        raise typer.BadParameter(f"{value} is not a share between 0 and 1", param_hint="--holdout")
+    return value
 
 
 @app.command(
     "finetune",
     help="Train an rcompile model's weights through its quantizers (full-precision shadow "
-    "weights, straight-through gradients) and write it with the same plan. Needs PyTorch "
-    "(the `finetune` extra).",
+    "weights, straight-through gradients), taught by the FP32 model it was compiled from, and "
+    "write it with the same plan and storage. Labels are optional. Needs PyTorch (the "
+    "`finetune` extra).",
 )
 def finetune_command(
     model: Annotated[Path, typer.Argument(help="A model written by rcompile.")],
     output: Annotated[Path, typer.Option("-o", "--output", help="Where to write the result.")],
-    train: Annotated[Path, typer.Option(help="Labelled training data.")],
-    val: Annotated[Path, typer.Option(help="Labelled validation data (early stopping).")],
+    train: Annotated[
+        Path,
+        typer.Option(help="Training data: a folder of images, or a .npz (labels optional)."),
+    ],
+    val: Annotated[
+        Path | None,
+        typer.Option(help="Validation data for early stopping (default: --holdout of --train)."),
+    ] = None,
+    teacher: Annotated[
+        Path | None,
+        typer.Option(help="The FP32 teacher (default: the model MODEL was compiled from)."),
+    ] = None,
     epochs: Annotated[
         int, typer.Option(min=1, help="At most this many passes over the data.")
     ] = 10,
@@ -40,43 +51,91 @@ def finetune_command(
         float,
         typer.Option(
             callback=lambda value: finite(value, "--lr", positive=True),
-            help="Peak learning rate (Adam, cosine schedule).",
+            help="Peak learning rate, in quantization steps per update (Adam, cosine schedule).",
         ),
-    ] = 3e-4,
-    batch_size: Annotated[int, typer.Option(min=1, help="Samples per training step.")] = 64,
-    seed: Annotated[int, typer.Option(help="Seed of the shuffling and the rounding.")] = 0,
+    ] = 0.02,
+    batch_size: Annotated[int, typer.Option(min=1, help="Samples per training step.")] = 32,
+    seed: Annotated[
+        int, typer.Option(help="Seed of the shuffling, augmentation, hold-out and rounding.")
+    ] = 0,
+    temperature: Annotated[
+        float,
+        typer.Option(
+            callback=lambda value: finite(value, "--temperature", positive=True),
+            help="Softening of both models' outputs in the distillation loss.",
+        ),
+    ] = 1.0,
+    feature_loss: Annotated[
+        float,
+        typer.Option(
+            callback=lambda value: finite(value, "--feature-loss"),
+            help="Weight of the squared error of the quantized layers' outputs against the "
+            "teacher's (0: outputs only).",
+        ),
+    ] = 0.0,
+    holdout: Annotated[
+        float,
+        typer.Option(callback=_share, help="Share of --train held out when there is no --val."),
+    ] = 0.2,
+    augment: Annotated[
+        bool,
+        typer.Option(help="Random resized crops and flips of image-folder training data."),
+    ] = True,
     stochastic_rounding: Annotated[
         bool,
         typer.Option("--stochastic-rounding", help="Round weights stochastically in training."),
     ] = False,
     patience: Annotated[
         int,
-        typer.Option(min=0, help="Stop after this many epochs without a better validation top-1."),
+        typer.Option(min=0, help="Stop after this many epochs without a better validation."),
     ] = 3,
+    device: Device = "cpu",
     preprocess: Preprocess = "imagenet",
     as_json: AsJson = False,
     debug: Debug = False,
 ) -> None:
-    inputs = input_paths(model, train, val)
-    check_targets([output], inputs)
     try:
-        from rcompile.finetune import TrainOptions, finetune
+        from rcompile.finetune import TrainOptions, finetune, read_quantized
     except ImportError as error:
         raise UserError(
             f'fine-tuning needs PyTorch ({error}); install it with pip install -e ".[finetune]"'
         ) from None
-    options = TrainOptions(epochs, lr, batch_size, seed, stochastic_rounding, patience)
-    result = finetune(
-        model, train, val, options, parse_preprocessing(preprocess), sys.stderr.isatty()
+    if teacher is None:
+        teacher = find_teacher(read_quantized(model), model)
+    inputs = input_paths(model, train, val, teacher)
+    check_targets([output], inputs)
+    options = TrainOptions(
+        epochs,
+        lr,
+        batch_size,
+        seed,
+        stochastic_rounding,
+        patience,
+        temperature,
+        feature_loss,
+        holdout,
+        augment,
+        device,
     )
+    with on_device(device):
+        result = finetune(
+            model,
+            train,
+            val,
+            options,
+            parse_preprocessing(preprocess),
+            sys.stderr.isatty(),
+            teacher,
+        )
     write_model(result.model, output, inputs)
     emit({"output": str(output), **result.as_dict()}, as_json, _finetune_lines)
 
 
 def _finetune_lines(summary: dict) -> list[str]:
+    metric = "top-1" if summary["metric"] == "top-1" else "agreement with FP32"
     return [
-        f"wrote {summary['output']}",
-        f"validation top-1 {summary['val_top1_before']:.2f} % before, "
-        f"{summary['val_top1_after']:.2f} % after (best epoch {summary['best_epoch']} of "
-        f"{len(summary['history'])})",
+        f"wrote {summary['output']} (teacher {summary['teacher']}, on {summary['device']})",
+        f"validation {metric} {summary['val_before']:.2f} % before, "
+        f"{summary['val_after']:.2f} % after (best epoch {summary['best_epoch']} of "
+        f"{len(summary['history']) - 1}; validation: {summary['validation']})",
     ]

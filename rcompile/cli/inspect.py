@@ -13,6 +13,7 @@ from rcompile.cli.app import (
     AsJson,
     BatchSize,
     Debug,
+    Device,
     HeldInputs,
     Preprocess,
     app,
@@ -24,6 +25,7 @@ from rcompile.importer import load_model
 from rcompile.input_shapes import parse_input_shape, with_input_shapes
 from rcompile.report_build import inspect_layers
 from rcompile.score import predictions, score
+from rcompile.sessions import on_device
 
 
 @app.command("inspect", help="List the quantizable layers of a model: shapes, MACs, parameters.")
@@ -82,6 +84,7 @@ def eval_command(
     preprocess: Preprocess = "imagenet",
     held: HeldInputs = None,
     batch_size: BatchSize = DEFAULT_BATCH_SIZE,
+    device: Device = "cpu",
     as_json: AsJson = False,
     debug: Debug = False,
 ) -> None:
@@ -91,12 +94,13 @@ def eval_command(
     if not dataset.has_labels and reference is None:
         raise UserError(f"{data}: no labels found; add labels or give --reference to compare with")
     show = sys.stderr.isatty()
-    scores = predictions(scored, dataset, batch_size, "scoring", show)
-    baseline = (
-        predictions(load_model(reference), dataset, batch_size, "scoring reference", show)
-        if reference
-        else None
-    )
+    with on_device(device):
+        scores = predictions(scored, dataset, batch_size, "scoring", show)
+        baseline = (
+            predictions(load_model(reference), dataset, batch_size, "scoring reference", show)
+            if reference
+            else None
+        )
     summary = {
         "model": str(model),
         "data": str(data),

@@ -15,6 +15,7 @@ from rcompile.cli.app import (
     AsJson,
     BatchSize,
     Debug,
+    Device,
     HeldInputs,
     MaxDrop,
     Preprocess,
@@ -28,6 +29,7 @@ from rcompile.cli.app import (
 from rcompile.data import parse_held, parse_preprocessing
 from rcompile.exporter import check_targets
 from rcompile.search import search as run_search
+from rcompile.sessions import on_device
 
 SEARCH_EXAMPLES = """
 
@@ -81,6 +83,7 @@ def search_command(
     report: Annotated[Path | None, typer.Option(help="Report path (.json).")] = None,
     max_drop: MaxDrop = None,
     batch_size: BatchSize = DEFAULT_BATCH_SIZE,
+    device: Device = "cpu",
     as_json: AsJson = False,
     debug: Debug = False,
 ) -> None:
@@ -89,7 +92,7 @@ def search_command(
     report_json = report or output.with_name(f"{output.stem}.report.json")
     plot = report_json.with_suffix(".svg")
     check_targets([output, report_json, report_json.with_suffix(".md"), plot], inputs)
-    with _search_progress(sys.stderr.isatty()) as progress:
+    with on_device(device), _search_progress(sys.stderr.isatty()) as progress:
         found = run_search(
             model,
             calib,

@@ -1,20 +1,24 @@
-"""Fine-tuning of an rcompile model with full-precision shadow weights (needs PyTorch: the
-`finetune` extra). See docs/finetune.md."""
+"""Fine-tuning of an rcompile model with full-precision shadow weights, taught by the FP32
+model it was compiled from (needs PyTorch: the `finetune` extra). See docs/finetune.md."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
+import numpy as np
 import onnx
 
-from rcompile.data import Preprocessing, input_specs, open_data
+from rcompile.api import load_source
+from rcompile.data import Dataset, Preprocessing, input_specs, open_data
 from rcompile.data.specs import format_shape
 from rcompile.errors import CalibrationError, ModelImportError
 from rcompile.exporter import finish_model
+from rcompile.finetune.device import torch_device
 from rcompile.finetune.export import write_weights
-from rcompile.finetune.graph import read_plan
-from rcompile.finetune.train import Epoch, TrainOptions, in_memory, train
+from rcompile.finetune.graph import QuantizedGraph, read_plan
+from rcompile.finetune.train import Epoch, Samples, TrainOptions, hold_out, in_memory, train
+from rcompile.origin import find_teacher, source_record
 from rcompile.score import predictions, score
 
 __all__ = ["Epoch", "FinetuneResult", "TrainOptions", "finetune"]
@@ -22,16 +26,28 @@ __all__ = ["Epoch", "FinetuneResult", "TrainOptions", "finetune"]
 
 @dataclass(frozen=True)
 class FinetuneResult:
+    """The fine-tuned model; the validation score before and after, measured with
+    onnxruntime on the written model (`metric`: top-1 against labels, or top-1 agreement
+    with the FP32 teacher), the epochs and the best one."""
+
     model: onnx.ModelProto
+    metric: str
     before: float
     after: float
     history: list[Epoch]
     best_epoch: int
+    teacher: str
+    validation: str
+    device: str
 
     def as_dict(self) -> dict:
         return {
-            "val_top1_before": self.before,
-            "val_top1_after": self.after,
+            "teacher": self.teacher,
+            "validation": self.validation,
+            "device": self.device,
+            "metric": self.metric,
+            "val_before": self.before,
+            "val_after": self.after,
             "best_epoch": self.best_epoch,
             "history": [asdict(epoch) for epoch in self.history],
         }
@@ -55,16 +71,22 @@ def read_quantized(path: str | Path) -> onnx.ModelProto:
 def finetune(
     model: str | Path,
     train_data: str | Path,
-    val_data: str | Path,
+    val_data: str | Path | None = None,
     options: TrainOptions | None = None,
     preprocessing: Preprocessing | None = None,
     show_progress: bool = False,
+    teacher: str | Path | None = None,
 ) -> FinetuneResult:
-    """Fine-tune `model` (written by rcompile) on `train_data`, stopping early on `val_data`;
-    return the model with the same plan and new weights, and top-1 on `val_data` before and
-    after (measured with onnxruntime)."""
+    """Fine-tune `model` (written by rcompile) on `train_data` (labels optional), taught by
+    `teacher` (by default the FP32 model it was compiled from), stopping early on `val_data`
+    (by default a held-out share of `train_data`); return the model with the same plan,
+    storage and size, and new weights."""
     options = options or TrainOptions()
+    device = torch_device(options.device)
+    options = replace(options, device=str(device))
     quantized = read_quantized(model)
+    teacher_path = Path(teacher) if teacher is not None else find_teacher(quantized, Path(model))
+    source = load_source(teacher_path).model
     specs = input_specs(quantized)
     for spec in specs:
         if spec.batch_axis:
@@ -72,19 +94,49 @@ def finetune(
                 f"fine-tuning feeds samples on axis 0, but input '{spec.name}' of shape "
                 f"{format_shape(spec.shape)} takes them on axis {spec.batch_axis}"
             )
-    train_set = open_data(train_data, specs, preprocessing)
-    val_set = open_data(val_data, specs, preprocessing)
-    training, validation = in_memory(train_set, "training"), in_memory(val_set, "validation")
-    before = _top1(quantized, val_set, options.batch_size)
-    graph, history, best_epoch = train(quantized, training, validation, options, show_progress)
-    values = {name: tensor.numpy() for name, tensor in graph.quantized_weights().items()}
+    samples = in_memory(open_data(train_data, specs, preprocessing))
+    if val_data is None:
+        training, validation = hold_out(samples, options.holdout, options.seed)
+        validation_label = f"{len(validation)} of {len(samples)} training samples held out"
+    else:
+        training, validation = samples, in_memory(open_data(val_data, specs, preprocessing))
+        validation_label = str(val_data)
+    student = QuantizedGraph(quantized).to_device(device)
+    fp32 = QuantizedGraph(source, plan=False).to_device(device)
+    augment = options.augment and Path(train_data).is_dir()
+    history, best_epoch = train(
+        student, fp32, training, validation, options, augment, show_progress
+    )
+    values = {name: t.cpu().numpy() for name, t in student.quantized_weights().items()}
     metadata = {p.key: p.value for p in quantized.metadata_props if p.key != "rcompile.version"}
-    metadata["rcompile.finetune"] = {**asdict(options), "best_epoch": best_epoch}
+    metadata["rcompile.finetune"] = {
+        **asdict(options),
+        "best_epoch": best_epoch,
+        "teacher": source_record(teacher_path)["sha256"],
+    }
     tuned = finish_model(write_weights(quantized, values), metadata)
+    reference = None if validation.labels is not None else _scores(source, validation, options)
+    metric = "top-1" if validation.labels is not None else "agreement"
     return FinetuneResult(
-        tuned, before, _top1(tuned, val_set, options.batch_size), history, best_epoch
+        tuned,
+        metric,
+        _score(_scores(quantized, validation, options), validation, reference),
+        _score(_scores(tuned, validation, options), validation, reference),
+        history,
+        best_epoch,
+        str(teacher_path),
+        validation_label,
+        str(device),
     )
 
 
-def _top1(model: onnx.ModelProto, data, batch_size: int) -> float:
-    return 100.0 * score(predictions(model, data, batch_size), data.labels).top1
+def _scores(model: onnx.ModelProto, samples: Samples, options: TrainOptions) -> np.ndarray:
+    data = Dataset(
+        "validation", len(samples), lambda a, b: {k: v[a:b] for k, v in samples.inputs.items()}
+    )
+    return predictions(model, data, options.batch_size)
+
+
+def _score(scores: np.ndarray, samples: Samples, reference: np.ndarray | None) -> float:
+    result = score(scores, samples.labels, reference)
+    return 100.0 * (result.top1 if samples.labels is not None else result.agreement)

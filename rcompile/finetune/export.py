@@ -1,28 +1,21 @@
 """Write fine-tuned weights back into the quantized model, in the storage it already uses:
-new integer codes under the same DequantizeLinear, or the same Cast and Mul by the step (same
-scales, so the same formats), or new float16 / float32 values. Nothing else in the model
-changes."""
+new integer codes of the same type under the same DequantizeLinear, or the same Cast and Mul
+by the step (same scales, so the same formats), or new float16 / float32 values. Nothing else
+in the model changes, and the file keeps its size."""
 
 from __future__ import annotations
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
+from onnx import numpy_helper
 
 from rcompile.graph import per_axis, producers
-
-# Integer code types from narrowest to widest, for codes that outgrow their old type.
-WIDER = (TensorProto.INT4, TensorProto.INT8, TensorProto.INT16, TensorProto.INT32)
-_LIMITS = {
-    TensorProto.INT4: 7,
-    TensorProto.INT8: 127,
-    TensorProto.INT16: 2**15 - 1,
-    TensorProto.INT32: 2**31 - 1,
-}
+from rcompile.passes.store_weights import INTEGER_TYPES, NUMPY_TYPES
 
 
 def write_weights(model: onnx.ModelProto, values: dict[str, np.ndarray]) -> onnx.ModelProto:
-    """A copy of `model` whose graph values `values` (quantized already) are stored anew."""
+    """A copy of `model` whose graph values `values` (quantized already, within what their
+    storage holds) are stored anew."""
     result = onnx.ModelProto()
     result.CopyFrom(model)
     graph = result.graph
@@ -31,47 +24,37 @@ def write_weights(model: onnx.ModelProto, values: dict[str, np.ndarray]) -> onnx
     for name, value in values.items():
         node = made_by.get(name)
         if node is None:
-            _replace(initializers[name], numpy_helper.from_array(value.astype(np.float32), name))
+            _replace(initializers[name], value.astype(np.float32))
         elif node.op_type == "DequantizeLinear":
-            codes, scale, zero = node.input[:3]
+            codes, scale = node.input[:2]
             steps = numpy_helper.to_array(initializers[scale]).astype(np.float64)
-            _store_codes(codes, per_axis(node, steps, value.ndim), value, initializers)
-            _retype(initializers[zero], initializers[codes].data_type)
+            _store_codes(initializers[codes], per_axis(node, steps, value.ndim), value)
         elif node.op_type == "Mul" and made_by.get(node.input[0], node).op_type == "Cast":
             codes = made_by[node.input[0]].input[0]
             scale = numpy_helper.to_array(initializers[node.input[1]]).astype(np.float64)
-            _store_codes(codes, scale, value, initializers)
+            _store_codes(initializers[codes], scale, value)
         elif node.op_type == "Cast":
-            half = value.astype(np.float16)
-            if not np.array_equal(half.astype(np.float32), value):
-                raise ValueError(f"fine-tuned '{name}' is not exact in float16")
-            _replace(initializers[node.input[0]], numpy_helper.from_array(half, node.input[0]))
+            stored = initializers[node.input[0]]
+            narrow = value.astype(numpy_helper.to_array(stored).dtype)
+            if not np.array_equal(narrow.astype(np.float32), value):
+                raise ValueError(f"fine-tuned '{name}' is not exact in its stored type")
+            _replace(stored, narrow)
         else:
             raise ValueError(f"cannot store fine-tuned '{name}' made by {node.op_type}")
     return result
 
 
-def _store_codes(codes_name: str, scale: np.ndarray, value: np.ndarray, initializers) -> None:
-    """New codes value / scale in `codes_name`, widened where they outgrow its type."""
-    codes = value.astype(np.float64) / scale
-    if not np.array_equal(codes, np.rint(codes)):
-        raise ValueError(f"fine-tuned values of '{codes_name}' are off their quantization grid")
-    data_type = initializers[codes_name].data_type
-    largest = np.abs(codes).max(initial=0)
-    while largest > _LIMITS[data_type]:
-        data_type = WIDER[WIDER.index(data_type) + 1]
-    integers = codes.astype(np.int64)
-    _replace(
-        initializers[codes_name],
-        helper.make_tensor(codes_name, data_type, integers.shape, integers.ravel().tolist()),
-    )
+def _store_codes(codes: onnx.TensorProto, scale: np.ndarray, value: np.ndarray) -> None:
+    """New codes value / scale, in the type the old codes had."""
+    integers = value.astype(np.float64) / scale
+    if not np.array_equal(integers, np.rint(integers)):
+        raise ValueError(f"fine-tuned values of '{codes.name}' are off their quantization grid")
+    low, high = next((lo, hi) for t, lo, hi in INTEGER_TYPES if t == codes.data_type)
+    if integers.min(initial=0) < low or integers.max(initial=0) > high:
+        raise ValueError(f"fine-tuned codes of '{codes.name}' outgrow their stored type")
+    _replace(codes, integers.astype(NUMPY_TYPES[codes.data_type]))
 
 
-def _retype(zero: onnx.TensorProto, data_type: int) -> None:
-    """A zero point in the (possibly widened) type of its codes."""
-    values = numpy_helper.to_array(zero).astype(np.int64)
-    _replace(zero, helper.make_tensor(zero.name, data_type, values.shape, values.ravel().tolist()))
-
-
-def _replace(old: onnx.TensorProto, new: onnx.TensorProto) -> None:
-    old.CopyFrom(new)
+def _replace(old: onnx.TensorProto, values: np.ndarray) -> None:
+    """The same initializer with new values, as raw bytes (as rcompile first stored it)."""
+    old.CopyFrom(numpy_helper.from_array(values, old.name))

@@ -1,15 +1,20 @@
 """An rcompile model as a PyTorch module whose quantized layers train full-precision shadow
 weights.
 
-The ONNX graph is interpreted node by node with `rcompile.finetune.ops`. Every constant
-subgraph (a weight's DequantizeLinear, shape constants) is evaluated once. The weights and
-biases of the layers in the model's plan become `torch.nn.Parameter`s initialised from their
-quantized values; the forward pass quantizes them with the plan's formats (straight-through
-gradient), and the quantizer nodes quantize the activations exactly as onnxruntime does.
+The ONNX graph is compiled once into a list of steps: every constant subgraph (a weight's
+DequantizeLinear, shape constants) is evaluated, every remaining node's handler and
+attributes are looked up, and every quantizer node's format is parsed. The weights and biases
+of the layers in the model's plan become `torch.nn.Parameter`s initialised from their
+quantized values; the forward pass quantizes them with the plan's formats, clamped to what
+their stored codes hold (straight-through gradient), and the quantizer nodes quantize the
+activations exactly as onnxruntime does. An FP32 model without a plan compiles the same way
+(no shadows): the teacher of distillation.
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -20,7 +25,8 @@ from onnx import numpy_helper
 from rcompile.errors import UserError
 from rcompile.finetune.ops import handler
 from rcompile.finetune.quantizers import fake_quantize, per_channel
-from rcompile.formats import Format, parse_format
+from rcompile.finetune.storage import storable_limits, stored_codes
+from rcompile.formats import DFP, Format, parse_format
 from rcompile.graph import node_attributes
 from rcompile.lowering.wide_layers import wide_op
 from rcompile.onnx_ops import DOMAIN, format_of
@@ -33,11 +39,33 @@ class NotAQuantizedModel(UserError):
 
 @dataclass(frozen=True)
 class Shadow:
-    """A trainable tensor: the graph value it replaces, its formats and channel axis."""
+    """A trainable tensor: the graph value it replaces, the layer it belongs to, its formats,
+    channel axis, the bounds its stored codes hold (None: stored as floats), and its unit
+    (per format): the parameter holds the value divided by the unit, so that one learning
+    rate moves every layer by the same share of its quantization step."""
 
     value: str
+    layer: str
     formats: tuple[Format, ...]
     axis: int
+    limits: tuple[np.ndarray, np.ndarray] | None
+    unit: np.ndarray
+
+
+@dataclass(frozen=True)
+class Step:
+    """One runtime node: its handler with the node's attributes already parsed, or the
+    format of a quantizer node."""
+
+    node: onnx.NodeProto
+    attributes: dict
+    quantizer: Format | None
+    run: Callable | None
+
+    def __call__(self, inputs: list) -> list:
+        if self.quantizer is not None:
+            return [fake_quantize(inputs[0], self.quantizer)]
+        return self.run(self.node, inputs, self.attributes)
 
 
 def read_plan(model: onnx.ModelProto) -> dict:
@@ -59,54 +87,60 @@ def _axis(node: onnx.NodeProto) -> int:
 
 
 class QuantizedGraph(torch.nn.Module):
-    """The model as a module: `forward(inputs: dict) -> first output`; `shadows` name the
-    trainable tensors, `parameters()` are their shadow weights."""
+    """The model as a module: `forward(inputs: dict) -> first output` (with `observe`, also
+    the named values); `shadows` name the trainable tensors, `parameters()` are their shadow
+    weights. `plan=False` runs a model without a plan as it is."""
 
-    def __init__(self, model: onnx.ModelProto) -> None:
+    def __init__(self, model: onnx.ModelProto, plan: bool = True) -> None:
         super().__init__()
-        self.model = model
-        self.plan = read_plan(model)
+        self.plan = read_plan(model) if plan else {"layers": []}
         self.input_names = [v.name for v in model.graph.input]
         self.output_name = model.graph.output[0].name
         self.weight_seed: int | None = None
         self.constants = {t.name: _tensor(t) for t in model.graph.initializer}
-        self.nodes = self._fold_constants()
-        self.shadows = self._shadows()
+        self.steps = self._fold_constants(model)
+        self.layer_outputs = {
+            step.node.name: step.node.output[0] for step in self.steps if step.node.name
+        }
+        self.shadows = self._shadows(model)
         self.weights = torch.nn.ParameterList(
             [
-                torch.nn.Parameter(self.constants[s.value].to(torch.float32).clone())
+                torch.nn.Parameter(self.constants[s.value].to(torch.float32) / self._unit(s))
                 for s in self.shadows
             ]
         )
-        self._trainable = {s.value: i for i, s in enumerate(self.shadows)}
-        self._formats = {id(n): format_of(n) for n in self.nodes if n.domain == DOMAIN}
 
-    def _fold_constants(self) -> list[onnx.NodeProto]:
-        """Evaluate every node whose inputs are all constant; return the others."""
+    def _fold_constants(self, model: onnx.ModelProto) -> list[Step]:
+        """Evaluate every node whose inputs are all constant; return the others as steps."""
         runtime = []
-        for node in map(_plain_layer, self.model.graph.node):
+        for node in map(_plain_layer, model.graph.node):
+            attributes = node_attributes(node) if node.domain != DOMAIN else {}
             if node.domain != DOMAIN and all(not n or n in self.constants for n in node.input):
                 inputs = [self.constants[n] if n else None for n in node.input]
-                attrs = node_attributes(node)
-                for name, value in zip(
-                    node.output, handler(node)(node, inputs, attrs), strict=False
-                ):
-                    self.constants[name] = value
+                outputs = handler(node)(node, inputs, attributes)
+                self.constants.update(zip(node.output, outputs, strict=False))
             else:
-                runtime.append(node)
+                if node.domain == DOMAIN:
+                    runtime.append(Step(node, attributes, format_of(node), None))
+                else:
+                    runtime.append(Step(node, attributes, None, handler(node)))
         return runtime
 
-    def _shadows(self) -> list[Shadow]:
-        by_name = {node.name: _plain_layer(node) for node in self.model.graph.node}
+    def _shadows(self, model: onnx.ModelProto) -> list[Shadow]:
+        by_name = {node.name: _plain_layer(node) for node in model.graph.node}
         shadows = []
         for layer in self.plan["layers"]:
             node = by_name[layer["node"]]
-            if layer["weights"]:
-                formats = tuple(parse_format(n) for n in layer["weights"])
-                shadows.append(Shadow(node.input[1], formats, _axis(node)))
-            if layer["bias"]:
-                formats = tuple(parse_format(n) for n in layer["bias"])
-                shadows.append(Shadow(self._bias_value(node, by_name), formats, 0))
+            for key, value, axis in (
+                ("weights", node.input[1], _axis(node)),
+                ("bias", layer["bias"] and self._bias_value(node, by_name), 0),
+            ):
+                if layer[key]:
+                    formats = tuple(parse_format(n) for n in layer[key])
+                    stored = stored_codes(model, value)
+                    limits = storable_limits(formats, *stored) if stored else None
+                    unit = units(formats, self.constants[value].numpy(), axis)
+                    shadows.append(Shadow(value, node.name, formats, axis, limits, unit))
         return shadows
 
     def _bias_value(self, node: onnx.NodeProto, by_name: dict) -> str:
@@ -114,29 +148,70 @@ class QuantizedGraph(torch.nn.Module):
             return node.input[2]
         return by_name[f"{node.name}_add_bias"].input[1]
 
+    def _unit(self, shadow: Shadow) -> torch.Tensor:
+        like = self.constants[shadow.value]
+        return _along(shadow.unit, like, shadow.axis % max(like.dim(), 1))
+
+    def _quantized(self, shadow: Shadow, weight: torch.Tensor, seed) -> torch.Tensor:
+        axis = shadow.axis % max(weight.dim(), 1)
+        weight = weight * _along(shadow.unit, weight, axis)
+        quantized = per_channel(weight, shadow.formats, axis, seed)
+        if shadow.limits is None:
+            return quantized
+        low, high = (_along(limit, weight, axis) for limit in shadow.limits)
+        return torch.minimum(torch.maximum(quantized, low), high)
+
     def quantized_weights(self) -> dict[str, torch.Tensor]:
         """Every shadow tensor quantized with its formats (what the exported model holds)."""
         return {
-            s.value: per_channel(w.detach(), s.formats, s.axis % max(w.dim(), 1))
+            s.value: self._quantized(s, w.detach(), None)
             for s, w in zip(self.shadows, self.weights, strict=True)
         }
 
-    def forward(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+    def forward(
+        self, inputs: dict[str, torch.Tensor], observe: tuple[str, ...] | None = None
+    ) -> torch.Tensor | tuple[torch.Tensor, dict[str, torch.Tensor]]:
         values = dict(self.constants)
         for shadow, weight in zip(self.shadows, self.weights, strict=True):
-            values[shadow.value] = per_channel(
-                weight, shadow.formats, shadow.axis % max(weight.dim(), 1), self.weight_seed
-            )
+            values[shadow.value] = self._quantized(shadow, weight, self.weight_seed)
         values.update(inputs)
-        for node in self.nodes:
-            inputs_ = [values[n] if n else None for n in node.input]
-            if node.domain == DOMAIN:
-                outputs = [fake_quantize(inputs_[0], self._formats[id(node)])]
-            else:
-                attrs = node_attributes(node)
-                outputs = handler(node)(node, inputs_, attrs)
-            values.update(zip(node.output, outputs, strict=False))
+        for step in self.steps:
+            outputs = step([values[n] if n else None for n in step.node.input])
+            values.update(zip(step.node.output, outputs, strict=False))
+        if observe is not None:
+            return values[self.output_name], {name: values[name] for name in observe}
         return values[self.output_name]
+
+    def to_device(self, device: torch.device) -> QuantizedGraph:
+        """Move the constants as well as the shadow weights."""
+        self.constants = {name: value.to(device) for name, value in self.constants.items()}
+        return self.to(device)
+
+
+def units(formats: tuple[Format, ...], values: np.ndarray, axis: int) -> np.ndarray:
+    """Per format, a power of two near its quantization step: DFP's step; for the others
+    (whose steps grow with the value), 1/8 of the octave of the largest value it holds."""
+    if len(formats) == 1:
+        largest = [np.abs(values).max(initial=0.0)]
+    else:
+        moved = np.moveaxis(values, axis % values.ndim, 0).reshape(len(formats), -1)
+        largest = np.abs(moved).max(axis=1, initial=0.0)
+    return np.array(
+        [
+            2.0**-fmt.fl
+            if isinstance(fmt, DFP)
+            else 2.0 ** (math.floor(math.log2(min(fmt.max, top) or fmt.max)) - 3)
+            for fmt, top in zip(formats, largest, strict=True)
+        ],
+        np.float32,
+    )
+
+
+def _along(values: np.ndarray, like: torch.Tensor, axis: int) -> torch.Tensor:
+    shape = [1] * like.dim()
+    if values.size > 1:
+        shape[axis] = values.size
+    return torch.from_numpy(values).reshape(shape).to(like.device)
 
 
 def _plain_layer(node: onnx.NodeProto) -> onnx.NodeProto:
@@ -158,5 +233,10 @@ def _tensor(initializer: onnx.TensorProto) -> torch.Tensor:
     return torch.from_numpy(np.array(array))
 
 
-def float_arrays(batch: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
-    return {name: torch.from_numpy(np.ascontiguousarray(value)) for name, value in batch.items()}
+def float_arrays(
+    batch: dict[str, np.ndarray], device: torch.device | str = "cpu"
+) -> dict[str, torch.Tensor]:
+    return {
+        name: torch.from_numpy(np.ascontiguousarray(value)).to(device)
+        for name, value in batch.items()
+    }

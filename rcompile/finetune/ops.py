@@ -1,6 +1,7 @@
-"""ONNX operators in PyTorch: a focused set, enough for the models in models/ and the
-shared EfficientNet-Lite (convolutions, fully connected layers, activations, pooling, and the
-shape arithmetic of exported padding), with ONNX semantics (opset 21).
+"""ONNX operators in PyTorch: a focused set, enough for the models in models/, the shared
+EfficientNet-Lite and the third-party corpus (PP-OCR detector, recogniser and classifier,
+YOLOv8n): convolutions, fully connected layers, activations, pooling, resizing, reductions,
+and the shape arithmetic of exported models, with ONNX semantics (opset 21).
 
 Each handler takes the node, its input tensors (None for an omitted optional input) and its
 attributes, and returns its outputs. An operator outside the set is an error naming it.
@@ -8,6 +9,7 @@ attributes, and returns its outputs. An operator outside the set is an error nam
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -57,6 +59,98 @@ def conv(node, inputs, attrs):
             groups=attrs.get("group", 1),
         )
     ]
+
+
+def conv_transpose(node, inputs, attrs):
+    x, weight, bias = _optional(inputs, 3)
+    spatial = weight.dim() - 2
+    pads = list(attrs.get("pads", [0] * 2 * spatial))
+    if attrs.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET") or "output_shape" in attrs:
+        raise UnsupportedOperator(
+            f"node '{node.name}': ConvTranspose with auto_pad or output_shape is not supported"
+        )
+    if pads[:spatial] != pads[spatial:]:
+        raise UnsupportedOperator(f"node '{node.name}': ConvTranspose pads must be symmetric")
+    function = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}[spatial]
+    return [
+        function(
+            x,
+            weight,
+            bias,
+            stride=attrs.get("strides", 1),
+            padding=pads[:spatial],
+            output_padding=attrs.get("output_padding", 0),
+            groups=attrs.get("group", 1),
+            dilation=attrs.get("dilations", 1),
+        )
+    ]
+
+
+def resize(node, inputs, attrs):
+    """Nearest-neighbour upsampling by whole factors (every coordinate mode but
+    align_corners gives repeated pixels) and bilinear resizing (half_pixel,
+    pytorch_half_pixel or align_corners), on the spatial axes."""
+    x, _, scales, sizes = _optional(inputs, 4)
+    mode = _text(attrs.get("mode", b"nearest"))
+    transform = _text(attrs.get("coordinate_transformation_mode", b"half_pixel"))
+    if sizes is not None and sizes.numel():
+        size = _ints(sizes)[2:]
+    else:
+        factors = [float(v) for v in scales.reshape(-1).tolist()]
+        if factors[:2] != [1.0, 1.0]:
+            raise UnsupportedOperator(f"node '{node.name}': Resize of the batch or channel axis")
+        size = [math.floor(n * f) for n, f in zip(x.shape[2:], factors[2:], strict=True)]
+    if mode == "nearest":
+        factors = [out / n for out, n in zip(size, x.shape[2:], strict=True)]
+        if transform == "align_corners" or any(f != int(f) or f < 1 for f in factors):
+            raise UnsupportedOperator(
+                f"node '{node.name}': nearest Resize only by whole factors, not align_corners"
+            )
+        for axis, factor in enumerate(factors, start=2):
+            x = torch.repeat_interleave(x, int(factor), dim=axis)
+        return [x]
+    if mode == "linear" and transform in ("half_pixel", "pytorch_half_pixel", "align_corners"):
+        kind = {1: "linear", 2: "bilinear", 3: "trilinear"}[len(size)]
+        return [F.interpolate(x, size, mode=kind, align_corners=transform == "align_corners")]
+    raise UnsupportedOperator(f"node '{node.name}': Resize mode {mode} with {transform}")
+
+
+def _text(value) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def reduce_mean(node, inputs, attrs):
+    x, axes = _optional(inputs, 2)
+    axes = _ints(axes) if axes is not None else list(attrs.get("axes", []))
+    if not axes:
+        if attrs.get("noop_with_empty_axes", 0):
+            return [x]
+        axes = list(range(x.dim()))
+    return [x.mean(dim=tuple(axes), keepdim=bool(attrs.get("keepdims", 1)))]
+
+
+def split(node, inputs, attrs):
+    x, sizes = _optional(inputs, 2)
+    axis = attrs.get("axis", 0) % x.dim()
+    if sizes is not None:
+        parts = _ints(sizes)
+    elif "split" in attrs:
+        parts = list(attrs["split"])
+    else:
+        count = attrs.get("num_outputs", len(node.output))
+        chunk = math.ceil(x.shape[axis] / count)
+        parts = [min(chunk, x.shape[axis] - i * chunk) for i in range(count)]
+    return list(torch.split(x, parts, dim=axis))
+
+
+def expand(node, inputs, attrs):
+    x, shape = inputs
+    return [x.expand(torch.broadcast_shapes(tuple(x.shape), tuple(_ints(shape))))]
+
+
+def range_(node, inputs, attrs):
+    start, limit, delta = inputs
+    return [torch.arange(start.item(), limit.item(), delta.item(), dtype=start.dtype)]
 
 
 def gemm(node, inputs, attrs):
@@ -207,6 +301,16 @@ def constant_of_shape(node, inputs, attrs):
 
 HANDLERS = {
     "Conv": conv,
+    "ConvTranspose": conv_transpose,
+    "Resize": resize,
+    "ReduceMean": reduce_mean,
+    "Split": split,
+    "Expand": expand,
+    "Range": range_,
+    "Max": lambda n, i, a: [functools.reduce(torch.maximum, i)],
+    "Min": lambda n, i, a: [functools.reduce(torch.minimum, i)],
+    "Pow": lambda n, i, a: [torch.pow(i[0], i[1])],
+    "Sqrt": lambda n, i, a: [torch.sqrt(i[0])],
     "Gemm": gemm,
     "MatMul": lambda n, i, a: [torch.matmul(i[0], i[1])],
     "Relu": lambda n, i, a: [F.relu(i[0])],

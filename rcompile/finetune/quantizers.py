@@ -2,9 +2,12 @@
 the straight-through estimator in the backward pass (the gradient passes unchanged where the
 input lies inside the format's range, and is zero where it saturates).
 
-Every step mirrors `rcompile.formats` operation by operation in float32; stochastic rounding
-draws its uniform numbers from the reference generator itself, so CPU training rounds
-exactly as the NumPy reference would.
+On the CPU, DFP with round-to-nearest-even goes through torch's own
+`fake_quantize_per_tensor_affine` / `_per_channel_affine` (one fused pass; exact, since the
+scale is a power of two); the other formats mirror `rcompile.formats` operation by operation
+in float32. On a CUDA tensor, rcompile's CuPy kernels quantize in place of both, reading and
+writing torch's memory through DLPack. Stochastic rounding draws its uniform numbers from
+the reference generator itself, so training rounds exactly as the NumPy reference would.
 """
 
 from __future__ import annotations
@@ -43,7 +46,8 @@ def _round(y: torch.Tensor, seed: int | None, mode: str = "even") -> torch.Tenso
     if seed is None:
         return _MODES[mode](y)
     down = torch.floor(y)
-    u = torch.from_numpy(uniform(seed, np.arange(y.numel(), dtype=np.uint64))).reshape(y.shape)
+    u = torch.from_numpy(uniform(seed, np.arange(y.numel(), dtype=np.uint64)))
+    u = u.reshape(y.shape).to(y.device)
     rounded = torch.copysign(down + (u < (y - down)).to(torch.float32), y)
     return torch.where(torch.isfinite(y), rounded, y)
 
@@ -90,7 +94,7 @@ def _two_powers(x: torch.Tensor, fmt: APoT, seed: int | None) -> torch.Tensor:
     """The nearest level, ties to the smaller magnitude, in float64 as the reference."""
     if seed is not None:
         raise ValueError("two-term power-of-two weights round to the nearest level only")
-    levels = torch.from_numpy(np.array(fmt.levels))
+    levels = torch.from_numpy(np.array(fmt.levels)).to(x.device)
     magnitude = torch.clamp(x.abs().to(torch.float64), max=float(levels[-1]))
     magnitude = torch.where(torch.isnan(x), torch.zeros_like(magnitude), magnitude)
     above = torch.clamp(torch.bucketize(magnitude, levels), 1, len(levels) - 1)
@@ -105,7 +109,38 @@ _QUANTIZERS = {DFP: _dfp, MiniFloat: _minifloat, Pow2: _power_of_two, APoT: _two
 
 def quantize(x: torch.Tensor, fmt: Format, seed: int | None = None) -> torch.Tensor:
     """`fmt.quantize` on a float32 tensor, without gradient."""
-    return _QUANTIZERS[type(fmt)](x.to(torch.float32), fmt, seed)
+    x = x.to(torch.float32)
+    if x.is_cuda and not isinstance(fmt, APoT):
+        return _on_gpu(x, fmt, seed)
+    if seed is None and _fused(fmt):
+        return _without_nan(
+            x,
+            torch.fake_quantize_per_tensor_affine(x, 2.0**-fmt.fl, 0, fmt.code_min, fmt.code_max),
+        )
+    return _QUANTIZERS[type(fmt)](x, fmt, seed)
+
+
+def _fused(fmt: Format) -> bool:
+    """Whether torch's fake-quantize op is exactly `fmt.quantize`: DFP rounding to nearest
+    even, with a scale and its inverse that are normal float32 numbers."""
+    return isinstance(fmt, DFP) and fmt.rounding == "even" and abs(fmt.fl) <= 126
+
+
+def _without_nan(x: torch.Tensor, quantized: torch.Tensor) -> torch.Tensor:
+    """torch's fake-quantize turns NaN into the smallest code; the reference keeps NaN."""
+    if bool(torch.isnan(x).any()):
+        return torch.where(torch.isnan(x), x, quantized)
+    return quantized
+
+
+def _on_gpu(x: torch.Tensor, fmt: Format, seed: int | None) -> torch.Tensor:
+    """rcompile's CUDA kernel on a CUDA tensor, through DLPack (no copy)."""
+    import cupy
+
+    from rcompile.cuda_ops import quantize_cupy
+
+    with cupy.cuda.Device(x.device.index or 0):
+        return torch.from_dlpack(quantize_cupy(fmt, cupy.from_dlpack(x.detach()), seed))
 
 
 class _StraightThrough(torch.autograd.Function):
@@ -135,6 +170,8 @@ def per_channel(x: torch.Tensor, formats: tuple[Format, ...], axis: int, seed=No
     if len(formats) == 1:
         return fake_quantize(x, formats[0], seed)
     alike = len({(type(f), getattr(f, "rounding", "")) for f in formats}) == 1
+    if seed is None and all(map(_fused, formats)) and len({(f.bw, f.signed) for f in formats}) == 1:
+        return _FusedChannels.apply(x, formats, axis)
     if alike and isinstance(formats[0], DFP | Pow2) and seed is None:
         return _Channels.apply(x, formats, axis)
     slices = torch.unbind(x, dim=axis)
@@ -146,7 +183,7 @@ def per_channel(x: torch.Tensor, formats: tuple[Format, ...], axis: int, seed=No
 def _along(values: list[float], x: torch.Tensor, axis: int) -> torch.Tensor:
     shape = [1] * x.dim()
     shape[axis] = len(values)
-    return torch.tensor(np.array(values, dtype=np.float32)).reshape(shape)
+    return torch.tensor(np.array(values, dtype=np.float32)).reshape(shape).to(x.device)
 
 
 def _channels_dfp(x: torch.Tensor, formats: tuple[DFP, ...], axis: int) -> torch.Tensor:
@@ -187,3 +224,27 @@ class _Channels(torch.autograd.Function):
         (x,) = ctx.saved_tensors
         low, high = ctx.limits
         return grad * ((x >= low) & (x <= high)).to(grad.dtype), None, None
+
+
+class _FusedChannels(torch.autograd.Function):
+    """Per-channel DFP of one width through torch's per-channel fake-quantize op."""
+
+    @staticmethod
+    def forward(ctx, x, formats, axis):
+        ctx.save_for_backward(x)
+        ctx.limits = (
+            _along([f.min for f in formats], x, axis),
+            _along([f.max for f in formats], x, axis),
+        )
+        x = x.detach().to(torch.float32)
+        scales = torch.tensor([2.0**-f.fl for f in formats], dtype=torch.float32, device=x.device)
+        zeros = torch.zeros(len(formats), dtype=torch.int32, device=x.device)
+        fmt = formats[0]
+        return _without_nan(
+            x,
+            torch.fake_quantize_per_channel_affine(
+                x, scales, zeros, axis, fmt.code_min, fmt.code_max
+            ),
+        )
+
+    backward = _Channels.backward

@@ -28,7 +28,7 @@ INTEGER_TYPES = (
     (TensorProto.INT16, -(2**15), 2**15 - 1),
     (TensorProto.INT32, -(2**31), 2**31 - 1),
 )
-_NUMPY = {
+NUMPY_TYPES = {
     TensorProto.INT4: ml_dtypes.int4,
     TensorProto.INT8: np.int8,
     TensorProto.INT16: np.int16,
@@ -156,9 +156,9 @@ def _integer_codes(
     data_type = next((t for t in types if ranges[t][0] <= low and high <= ranges[t][1]), None)
     if data_type is None:
         return None
-    tensor = numpy_helper.from_array(codes.astype(_NUMPY[data_type]), f"{name}_codes")
+    tensor = numpy_helper.from_array(codes.astype(NUMPY_TYPES[data_type]), f"{name}_codes")
     zero = numpy_helper.from_array(
-        np.zeros(steps.shape if steps.size > 1 else (), _NUMPY[data_type]), f"{name}_zero"
+        np.zeros(steps.shape if steps.size > 1 else (), NUMPY_TYPES[data_type]), f"{name}_zero"
     )
     scale = numpy_helper.from_array(
         steps.astype(F32) if steps.size > 1 else F32(steps[0]), f"{name}_scale"

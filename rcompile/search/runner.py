@@ -7,12 +7,14 @@ from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 
 from rcompile.search.evaluator import Configuration, Evaluation, EvaluationData, Evaluator
+from rcompile.sessions import current_provider, use_provider
 
 _WORKER: Evaluator | None = None
 
 
-def _start_worker(data: EvaluationData) -> None:
+def _start_worker(data: EvaluationData, provider: str) -> None:
     global _WORKER
+    use_provider(provider)
     _WORKER = Evaluator(data)
 
 
@@ -44,7 +46,7 @@ class Runner:
         self._pool = None
         if jobs > 1:
             self._pool = ProcessPoolExecutor(
-                jobs, initializer=_start_worker, initargs=(evaluator.data,)
+                jobs, initializer=_start_worker, initargs=(evaluator.data, current_provider())
             )
 
     def passes(self, evaluation: Evaluation) -> bool:
