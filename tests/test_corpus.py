@@ -94,7 +94,7 @@ def test_the_fine_tuning_engine_runs_the_model_and_its_fp32_teacher_as_onnxrunti
     """Every operator of the corpus is in the engine: the quantized model and the FP32 model
     it was compiled from (the distillation teacher) give onnxruntime's outputs, and the
     gradient reaches every shadow weight."""
-    torch = pytest.importorskip("torch", reason="fine-tuning needs PyTorch (the finetune extra)")
+    pytest.importorskip("torch", reason="fine-tuning needs PyTorch (the finetune extra)")
     from rcompile.api import load_source
     from rcompile.finetune.graph import QuantizedGraph, float_arrays
 

@@ -77,3 +77,17 @@ def test_each_bit_true_doc_command_runs_after_the_readme(line, scratch):
 @pytest.mark.parametrize("code", re.findall(r"```python\n(.*?)```", BIT_TRUE, re.S))
 def test_the_bit_true_doc_python_example_runs(code, scratch):
     assert_runs(["-c", code], scratch)
+
+
+FINETUNE = (ROOT / "docs" / "finetune.md").read_text()
+
+
+def test_the_fine_tuning_doc_commands_run_in_order(tmp_path):
+    """Compile, then fine-tune with nothing but the calibration data: the teacher is found."""
+    pytest.importorskip("torch", reason="the finetune command needs the finetune extra")
+    (tmp_path / "models").symlink_to(ROOT / "models")
+    lines = re.findall(r"^rcompile (.+)$", FINETUNE, re.M)
+    assert [shlex.split(line)[0] for line in lines] == ["models/lenet5.onnx", "finetune"]
+    for line in lines:
+        assert_runs(["-m", "rcompile", *shlex.split(line)], tmp_path)
+    assert (tmp_path / "lenet5_dfp4_ft.onnx").is_file()

@@ -109,8 +109,9 @@ def finetune(
     )
     values = {name: t.cpu().numpy() for name, t in student.quantized_weights().items()}
     metadata = {p.key: p.value for p in quantized.metadata_props if p.key != "rcompile.version"}
+    recorded = {key: value for key, value in asdict(options).items() if key != "device"}
     metadata["rcompile.finetune"] = {
-        **asdict(options),
+        **recorded,
         "best_epoch": best_epoch,
         "teacher": source_record(teacher_path)["sha256"],
     }
