@@ -616,3 +616,53 @@ def test_inspect_says_a_total_is_partial_and_counts_it_with_given_input_shapes(t
 def test_a_wrong_input_shape_is_one_line(tmp_path, given, named):
     model = dynamic_conv(tmp_path / "dynamic.onnx")
     assert_user_error(rcompile_run("inspect", model, "--input-shape", given), named)
+
+
+CUDA_PROVIDER = "CUDAExecutionProvider" in ort.get_available_providers()
+
+
+@pytest.mark.skipif(CUDA_PROVIDER, reason="this onnxruntime has a CUDA provider")
+@pytest.mark.parametrize("command", ["compile", "eval", "search"])
+def test_device_cuda_without_a_cuda_provider_is_one_line_and_writes_nothing(command, tmp_path):
+    output = tmp_path / "out.onnx"
+    arguments = {
+        "compile": ["models/lenet5.onnx", "-o", output, "--calib", "models/mnist_calib.npz"],
+        "eval": ["eval", "models/lenet5.onnx", "--data", "models/mnist_test.npz"],
+        "search": [
+            "search",
+            "models/lenet5.onnx",
+            "-o",
+            output,
+            "--calib",
+            "models/mnist_calib.npz",
+            "--val",
+            "models/mnist_test.npz",
+        ],
+    }[command]
+    result = rcompile_run(*arguments, "--device", "cuda")
+    assert result.returncode == 1 and "--device cuda" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and not list(tmp_path.iterdir())
+
+
+def test_device_auto_runs_where_there_is_no_gpu(tmp_path):
+    result = rcompile_run(
+        "eval",
+        "models/lenet5.onnx",
+        "--data",
+        "models/mnist_test.npz",
+        "--device",
+        "auto",
+        "--json",
+    )
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["top1"] > 0.95
+
+
+def test_sessions_open_on_the_chosen_device():
+    from rcompile.sessions import CPU, current_provider, on_device, open_session
+
+    with on_device("auto") as provider:
+        assert current_provider() == provider
+        session = open_session(onnx.load(str(ROOT / "models" / "lenet5.onnx")))
+        assert session.get_providers()[0] == provider
+    assert current_provider() == CPU
