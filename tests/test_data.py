@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import zipfile
 from dataclasses import replace
 from pathlib import Path
 
@@ -562,3 +563,14 @@ def test_onnx_model_without_input_shape_is_refused():
     )
     with pytest.raises(UserError, match="model input 'x' has no tensor shape"):
         input_specs(helper.make_model(graph))
+
+
+def test_an_npz_cut_short_says_so_and_not_that_it_needs_pickle(tmp_path):
+    """A member shorter than its header says (a file cut short by a full disk, or read
+    while another process writes it) is not a pickle problem."""
+    array = tmp_path / "input.npy"
+    np.save(array, np.zeros((64, 1, 8, 8), np.float32))
+    with zipfile.ZipFile(tmp_path / "data.npz", "w") as archive:
+        archive.writestr("input.npy", array.read_bytes()[:300])
+    with raises(r"data.npz: array 'input' is damaged or cut short"):
+        open_data(tmp_path / "data.npz", [spec((None, 1, 8, 8))])

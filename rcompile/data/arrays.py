@@ -122,6 +122,11 @@ def _member(npz: np.lib.npyio.NpzFile, key: str, source: str) -> np.ndarray:
     try:
         return npz[key]
     except READ_ERRORS as error:
+        if "pickle" not in str(error):
+            raise CalibrationError(
+                f"{source}: array '{key}' is damaged or cut short ({first_line(error)}); "
+                "write the file again"
+            ) from error
         raise CalibrationError(
             f"{source}: array '{key}' cannot be read without pickle ({first_line(error)}); "
             "save plain numbers, not Python objects"
