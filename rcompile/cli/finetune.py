@@ -53,7 +53,7 @@ def finetune_command(
             callback=lambda value: finite(value, "--lr", positive=True),
             help="Peak learning rate, in quantization steps per update (Adam, cosine schedule).",
         ),
-    ] = 0.02,
+    ] = 0.01,
     batch_size: Annotated[int, typer.Option(min=1, help="Samples per training step.")] = 32,
     seed: Annotated[
         int, typer.Option(help="Seed of the shuffling, augmentation, hold-out and rounding.")

@@ -103,6 +103,7 @@ def finetune(
         validation_label = str(val_data)
     student = QuantizedGraph(quantized).to_device(device)
     fp32 = QuantizedGraph(source, plan=False).to_device(device)
+    student.start_from(fp32)
     augment = options.augment and Path(train_data).is_dir()
     history, best_epoch = train(
         student, fp32, training, validation, options, augment, show_progress

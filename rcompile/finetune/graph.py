@@ -39,13 +39,15 @@ class NotAQuantizedModel(UserError):
 
 @dataclass(frozen=True)
 class Shadow:
-    """A trainable tensor: the graph value it replaces, the layer it belongs to, its formats,
+    """A trainable tensor: the graph value it replaces, the layer it belongs to and its role
+    there (its input 1, weights, or 2, bias), its formats,
     channel axis, the bounds its stored codes hold (None: stored as floats), and its unit
     (per format): the parameter holds the value divided by the unit, so that one learning
     rate moves every layer by the same share of its quantization step."""
 
     value: str
     layer: str
+    role: str
     formats: tuple[Format, ...]
     axis: int
     limits: tuple[np.ndarray, np.ndarray] | None
@@ -102,6 +104,9 @@ class QuantizedGraph(torch.nn.Module):
         self.layer_outputs = {
             step.node.name: step.node.output[0] for step in self.steps if step.node.name
         }
+        self.layer_inputs = {
+            step.node.name: list(step.node.input) for step in self.steps if step.node.name
+        }
         self.shadows = self._shadows(model)
         self.weights = torch.nn.ParameterList(
             [
@@ -140,13 +145,37 @@ class QuantizedGraph(torch.nn.Module):
                     stored = stored_codes(model, value)
                     limits = storable_limits(formats, *stored) if stored else None
                     unit = units(formats, self.constants[value].numpy(), axis)
-                    shadows.append(Shadow(value, node.name, formats, axis, limits, unit))
+                    shadow = Shadow(value, node.name, key, formats, axis, limits, unit)
+                    shadows.append(shadow)
         return shadows
 
     def _bias_value(self, node: onnx.NodeProto, by_name: dict) -> str:
         if len(node.input) > 2 and node.input[2]:
             return node.input[2]
         return by_name[f"{node.name}_add_bias"].input[1]
+
+    def start_from(self, fp32: QuantizedGraph) -> int:
+        """Shadow weights from the FP32 model's own weights wherever those quantize to what
+        the model holds (Ristretto's full-precision shadows: a weight near a rounding
+        boundary then needs a small step to change its code, where one initialised on its
+        grid point needs half a step); elsewhere (a bias that bias correction moved, say)
+        the held value stays. Returns how many values came from the FP32 model."""
+        taken = 0
+        with torch.no_grad():
+            for shadow, weight in zip(self.shadows, self.weights, strict=True):
+                inputs = fp32.layer_inputs.get(shadow.layer, [])
+                index = 1 if shadow.role == "weights" else 2
+                if len(inputs) <= index or inputs[index] not in fp32.constants:
+                    continue
+                original = fp32.constants[inputs[index]].to(weight.device, torch.float32)
+                if original.shape != weight.shape:
+                    continue
+                candidate = original / self._unit(shadow).to(weight.device)
+                held = self._quantized(shadow, weight, None)
+                same = self._quantized(shadow, candidate, None) == held
+                weight.copy_(torch.where(same, candidate, weight))
+                taken += int(same.sum())
+        return taken
 
     def _unit(self, shadow: Shadow) -> torch.Tensor:
         like = self.constants[shadow.value]
