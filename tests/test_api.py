@@ -89,11 +89,21 @@ def test_model_given_as_a_proto_compiles():
     assert top1(result.model) >= FP32_TOP1 - MAX_DROP["dfp8"]
 
 
-def test_model_given_as_a_proto_gives_the_same_bytes_as_its_file():
+def test_model_given_as_a_proto_gives_the_same_bytes_as_its_file_but_its_source_record():
+    """A file compiles to what its proto does, plus the record of where it came from (the
+    fine-tuning teacher); a proto in memory has no file to record."""
     from_proto = rcompile.compile(onnx.load(LENET), "dfp8", MNIST_CALIB, calib_count=64)
     from_file = rcompile.compile(LENET, "dfp8", MNIST_CALIB, calib_count=64)
+    record = next(p for p in from_file.model.metadata_props if p.key == "rcompile.source")
+    assert json.loads(record.value)["file"] == "lenet5.onnx"
+    assert all(p.key != "rcompile.source" for p in from_proto.model.metadata_props)
+    without = onnx.ModelProto()
+    without.CopyFrom(from_file.model)
+    kept = [p for p in without.metadata_props if p.key != "rcompile.source"]
+    del without.metadata_props[:]
+    without.metadata_props.extend(kept)
     assert from_proto.model.SerializeToString(deterministic=True) == (
-        from_file.model.SerializeToString(deterministic=True)
+        without.SerializeToString(deterministic=True)
     )
 
 
