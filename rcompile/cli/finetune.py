@@ -100,6 +100,7 @@ def finetune_command(
         raise UserError(
             f'fine-tuning needs PyTorch ({error}); install it with pip install -e ".[finetune]"'
         ) from None
+    check_targets([output], input_paths(model, train, val, teacher))
     if teacher is None:
         teacher = find_teacher(read_quantized(model), model)
     inputs = input_paths(model, train, val, teacher)
