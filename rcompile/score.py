@@ -49,6 +49,16 @@ def predictions(
     return np.concatenate(outputs)
 
 
+def check_labels_fit(labels: np.ndarray, classes: int) -> None:
+    """Labels outside the model's classes would score nonsense."""
+    outside = labels[(labels < 0) | (labels >= classes)]
+    if outside.size:
+        raise CalibrationError(
+            f"labels must be class indices 0 to {classes - 1} of the model's output; "
+            f"{outside.size} of {len(labels)} are not (the first: {int(outside[0])})"
+        )
+
+
 def score(
     scores: np.ndarray, labels: np.ndarray | None, reference: np.ndarray | None = None
 ) -> Scores:
@@ -56,13 +66,7 @@ def score(
     result = {"samples": len(scores)}
     if labels is not None:
         labels = labels[: len(scores)]
-        classes = scores.shape[1]
-        outside = labels[(labels < 0) | (labels >= classes)]
-        if outside.size:
-            raise CalibrationError(
-                f"labels must be class indices 0 to {classes - 1} of the model's output; "
-                f"{outside.size} of {len(labels)} are not (the first: {int(outside[0])})"
-            )
+        check_labels_fit(labels, scores.shape[1])
         top5 = np.argsort(-scores, axis=1, kind="stable")[:, :5]
         result["top1"] = float(np.mean(top5[:, 0] == labels))
         result["top5"] = float(np.mean(np.any(top5 == labels[:, None], axis=1)))

@@ -121,6 +121,18 @@ CASES = {
         ["search", *COMPILE[:3], "--val", "val.npz", "-o", "q.onnx", "--error-margin", "inf"],
         "--error-margin",
     ),
+    "search confidence 1": (
+        ["search", *COMPILE[:3], "--val", "val.npz", "-o", "q.onnx", "--confidence", "1"],
+        "the confidence must be at least 0.5 and below 1",
+    ),
+    "search holding out everything": (
+        ["search", *COMPILE[:3], "--val", "val.npz", "-o", "q.onnx", "--holdout", "1"],
+        "the held-out share must be at least 0 and below 1",
+    ),
+    "search holding out no sample": (
+        ["search", *COMPILE[:3], "--val", "val.npz", "-o", "q.onnx", "--holdout", "0.01"],
+        "holds out 0",
+    ),
     "search output onto the validation data": (
         ["search", *COMPILE[:3], "--val", "val.npz", "-o", "val.npz"],
         "refusing to overwrite an input",

@@ -118,7 +118,10 @@ def test_search_prints_the_ristretto_style_summary(searched) -> None:
     result, output = searched
     lines = result.stdout.splitlines()
     assert "-" * 30 in lines
-    assert "Network top1 analysis (margin 1 points)" in lines
+    assert (
+        "Network top1 analysis (margin 1 points, judged on the 0.9 upper bound of the drop)"
+        in lines
+    )
     assert "Baseline 32bit float: 97.90" in lines
     for title in ("CONV weights:", "FC weights:", "layer activations:"):
         assert title in lines
@@ -324,8 +327,8 @@ def test_zero_margin_with_ristretto_gives_a_full_configuration_or_says_none(tmp_
 
 
 def test_jobs_2_chooses_the_same_configuration_as_jobs_1(tmp_path) -> None:
-    """Layerwise mode: its sensitivities are scored through the process pool (Ristretto's
-    procedure scores one candidate at a time and never uses it)."""
+    """Layerwise mode: the sensitivities, the groups' first widths and the bisections' next
+    candidates are scored in the worker processes; only those the search asks for count."""
     reports = []
     for jobs in (1, 2):
         output = tmp_path / f"jobs{jobs}.onnx"
@@ -366,3 +369,19 @@ def test_ctrl_c_json_says_interrupted(tmp_path, capsys, ctrl_c_after_20) -> None
     assert summary["status"] == "written"
     assert summary["interrupted"] is True
     assert summary["search"]["interrupted"] is True
+
+
+def test_holdout_prints_and_reports_both_numbers(tmp_path) -> None:
+    output = tmp_path / "held.onnx"
+    result = rcompile_run(*search_args(output, "--holdout", "0.4", "--mode", "ristretto"))
+    assert result.returncode == 0, result.stderr
+    search = json.loads(outputs_of(output)[1].read_text())["search"]
+    kept = search["holdout"]
+    assert (search["samples"], kept["samples"]) == (600, 400)
+    assert search["confidence"] == 0.9
+    line = (
+        f"top1 on 600 search samples: FP32 {search['fp32_score']:.2f}, chosen "
+        f"{search['chosen_score']:.2f}; on 400 held-out samples: FP32 {kept['fp32_score']:.2f}, "
+        f"chosen {kept['chosen_score']:.2f}"
+    )
+    assert line in result.stdout.splitlines()

@@ -42,8 +42,14 @@ CALIB = ROOT / "models" / "mnist_calib.npz"
 SVG = "{http://www.w3.org/2000/svg}"
 
 
-def evaluation(label: str, score: float, cost: int, seconds: float = 0.01) -> Evaluation:
-    return Evaluation(Configuration(label, MIXED), Plan("fp32", ()), score, cost, seconds)
+def evaluation(
+    label: str, score: float, cost: int, seconds: float = 0.01, drop_bound: float | None = None
+) -> Evaluation:
+    """An evaluation against an FP32 score of 98 (the drop bound defaults to the drop)."""
+    bound = 98.0 - score if drop_bound is None else drop_bound
+    return Evaluation(
+        Configuration(label, MIXED), Plan("fp32", ()), score, cost, seconds, bound, 0.0
+    )
 
 
 # --- pareto and rows -------------------------------------------------------------------------
@@ -73,21 +79,35 @@ def test_rows_give_every_evaluation_in_order_with_margin_and_pareto_flags() -> N
         evaluation("wide", 97.9, 1000, 0.12345),
         evaluation("narrow", 96.5, 100),
         evaluation("middle", 97.123456, 500),
+        evaluation("lucky", 97.9, 50, drop_bound=1.5),
     ]
-    table = rows(evaluations, threshold=96.9)
-    assert [row["label"] for row in table] == ["wide", "narrow", "middle"]
-    assert [row["within_margin"] for row in table] == [True, False, True]
+    table = rows(evaluations, margin=1.1)
+    assert [row["label"] for row in table] == ["wide", "narrow", "middle", "lucky"]
+    # within the margin goes by the bound, not by the score
+    assert [row["within_margin"] for row in table] == [True, False, True, False]
+    evaluations.pop()
+    table = rows(evaluations, margin=1.1)
     assert [row["pareto"] for row in table] == [True, True, True]
     assert [row["cost"] for row in table] == [1000, 100, 500]
     assert table[2]["score"] == 97.1235
     assert table[0]["seconds"] == 0.1235
     for row in table:
-        assert set(row) >= {"label", "score", "cost", "within_margin", "pareto", "seconds", "plan"}
+        assert set(row) >= {
+            "label",
+            "score",
+            "drop_bound",
+            "divergence",
+            "cost",
+            "within_margin",
+            "pareto",
+            "seconds",
+            "plan",
+        }
         assert row["plan"] == []
 
 
 def test_rows_margin_is_inclusive() -> None:
-    (row,) = rows([evaluation("edge", 96.9, 1)], threshold=96.9)
+    (row,) = rows([evaluation("edge", 96.9, 1, drop_bound=1.1)], margin=1.1)
     assert row["within_margin"] is True
 
 
@@ -100,10 +120,10 @@ def test_ristretto_summary_lines() -> None:
         Sweep("layer activations", {16: 97.8, 8: 96.0}, None),
     ]
     chosen = evaluation("combined CONV weights 4-bit", 97.4, 123)
-    lines = ristretto_summary(97.9, "top1", sweeps, chosen, 1.0)
+    lines = ristretto_summary(97.9, "top1", sweeps, chosen, 1.0, 0.9)
     assert lines == [
         "-" * 30,
-        "Network top1 analysis (margin 1 points)",
+        "Network top1 analysis (margin 1 points, judged on the 0.9 upper bound of the drop)",
         "Baseline 32bit float: 97.90",
         "CONV weights:",
         "  16bit: 97.90",
@@ -116,21 +136,23 @@ def test_ristretto_summary_lines() -> None:
         "  8bit: 96.00",
         "  none within margin",
         "Chosen: combined CONV weights 4-bit",
-        "top1: 97.40",
+        "top1: 97.40 (drop at most 0.60 at 0.9 confidence)",
         "-" * 30,
     ]
 
 
 def test_ristretto_summary_without_a_choice_says_fine_tune() -> None:
-    lines = ristretto_summary(100.0, "agreement", [], None, 0.5)
-    assert lines[1] == "Network agreement analysis (margin 0.5 points)"
+    lines = ristretto_summary(100.0, "agreement", [], None, 0.5, 0.95)
+    assert lines[1] == (
+        "Network agreement analysis (margin 0.5 points, judged on the 0.95 upper bound of the drop)"
+    )
     assert "No configuration stays within the margin. Please fine-tune." in lines
     assert not any(line.startswith("Chosen:") for line in lines)
 
 
 def test_ristretto_summary_widths_sorted_widest_first() -> None:
     sweep = Sweep("FC weights", {2: 90.0, 16: 98.0, 9: 97.0, 5: 96.0}, 5)
-    lines = ristretto_summary(98.0, "top1", [sweep], None, 2.0)
+    lines = ristretto_summary(98.0, "top1", [sweep], None, 2.0, 0.9)
     widths = [line.split("bit:")[0].strip() for line in lines if "bit: " in line]
     assert widths == ["16", "9", "5", "2"]
 
@@ -347,7 +369,19 @@ def test_plan_cost_counts_layers_left_out_of_the_plan_at_fp32(lenet_sizes, lenet
 # --- Ristretto's procedure with fake runners --------------------------------------------------
 
 
-class ThresholdRunner:
+class SerialRunner:
+    """What the procedures need of a runner without workers: nothing is prefetched."""
+
+    width = 1
+
+    def prefetch(self, configurations) -> None:
+        pass
+
+    def ready(self, configuration) -> bool:
+        return False
+
+
+class ThresholdRunner(SerialRunner):
     """A runner whose `make` gives the width itself: a width passes from `needed` bits up."""
 
     def __init__(self, needed: int) -> None:
@@ -412,7 +446,7 @@ LOSS = {
 }
 
 
-class GroupRunner:
+class GroupRunner(SerialRunner):
     """Scores a configuration as 100 minus the loss of each group at its width; passes at 99."""
 
     def __init__(self) -> None:
@@ -476,7 +510,7 @@ def test_ristretto_dfp_gives_no_choice_when_a_group_fails_at_16_bits() -> None:
     assert not any(label.startswith("combined") for label in runner.labels)
 
 
-class CombinationRunner:
+class CombinationRunner(SerialRunner):
     """Passes a combined network only when its activations have at least `needed` bits."""
 
     def __init__(self, needed: int) -> None:

@@ -101,6 +101,11 @@ def finite(value: float, option: str, positive: bool = False) -> float:
     return value
 
 
+def number_option(flag: str, help: str, positive: bool = False):
+    """A float option that must be a finite number (see `finite`)."""
+    return typer.Option(callback=lambda value: finite(value, flag, positive), help=help)
+
+
 def _version(value: bool) -> None:
     if value:
         typer.echo(f"rcompile {rcompile.__version__}")

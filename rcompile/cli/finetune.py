@@ -8,7 +8,16 @@ from typing import Annotated
 
 import typer
 
-from rcompile.cli.app import AsJson, Debug, Device, Preprocess, app, emit, finite, input_paths
+from rcompile.cli.app import (
+    AsJson,
+    Debug,
+    Device,
+    Preprocess,
+    app,
+    emit,
+    input_paths,
+    number_option,
+)
 from rcompile.data import parse_preprocessing
 from rcompile.errors import UserError
 from rcompile.exporter import check_targets, write_model
@@ -49,9 +58,10 @@ def finetune_command(
     ] = 10,
     lr: Annotated[
         float,
-        typer.Option(
-            callback=lambda value: finite(value, "--lr", positive=True),
-            help="Peak learning rate, in quantization steps per update (Adam, cosine schedule).",
+        number_option(
+            "--lr",
+            "Peak learning rate, in quantization steps per update (Adam, cosine schedule).",
+            positive=True,
         ),
     ] = 0.01,
     batch_size: Annotated[int, typer.Option(min=1, help="Samples per training step.")] = 32,
@@ -60,16 +70,17 @@ def finetune_command(
     ] = 0,
     temperature: Annotated[
         float,
-        typer.Option(
-            callback=lambda value: finite(value, "--temperature", positive=True),
-            help="Softening of both models' outputs in the distillation loss.",
+        number_option(
+            "--temperature",
+            "Softening of both models' outputs in the distillation loss.",
+            positive=True,
         ),
     ] = 1.0,
     feature_loss: Annotated[
         float,
-        typer.Option(
-            callback=lambda value: finite(value, "--feature-loss"),
-            help="Weight of the squared error of the quantized layers' outputs against the "
+        number_option(
+            "--feature-loss",
+            "Weight of the squared error of the quantized layers' outputs against the "
             "teacher's (0: outputs only).",
         ),
     ] = 0.0,

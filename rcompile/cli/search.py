@@ -22,12 +22,13 @@ from rcompile.cli.app import (
     app,
     emit,
     enforce,
-    finite,
     input_paths,
+    number_option,
     write_outputs,
 )
 from rcompile.data import parse_held, parse_preprocessing
 from rcompile.exporter import check_targets
+from rcompile.search import DEFAULT_CONFIDENCE
 from rcompile.search import search as run_search
 from rcompile.sessions import on_device
 
@@ -55,9 +56,9 @@ def search_command(
     val: Annotated[Path, typer.Option(help="Validation data the metric is measured on.")],
     error_margin: Annotated[
         float,
-        typer.Option(
-            callback=lambda value: finite(value, "--error-margin"),
-            help="Points of the metric the result may lose against FP32.",
+        number_option(
+            "--error-margin",
+            "Points of the metric the result may lose against FP32.",
         ),
     ] = 1.0,
     scheme: Annotated[
@@ -76,7 +77,32 @@ def search_command(
     metric: Annotated[
         str, typer.Option(help="top1, top5, agreement, module:function, or auto.")
     ] = "auto",
-    jobs: Annotated[int, typer.Option(min=1, help="Candidates scored in parallel processes.")] = 1,
+    confidence: Annotated[
+        float,
+        number_option(
+            "--confidence",
+            "A candidate passes when this upper confidence bound of its drop (a paired "
+            "bootstrap over the samples) is within the margin.",
+        ),
+    ] = DEFAULT_CONFIDENCE,
+    holdout: Annotated[
+        float,
+        number_option(
+            "--holdout",
+            "Keep this share of --val away from every decision and report the chosen model on it.",
+        ),
+    ] = 0.0,
+    jobs: Annotated[
+        int,
+        typer.Option(min=1, help="Candidates scored in parallel processes (with --ray: actors)."),
+    ] = 1,
+    ray: Annotated[
+        str | None,
+        typer.Option(
+            help="Score candidates on a Ray cluster: its address, auto (the running one) or "
+            "local (start one here)."
+        ),
+    ] = None,
     budget: Annotated[int, typer.Option(min=1, help="At most this many evaluations.")] = 200,
     preprocess: Preprocess = "imagenet",
     held: HeldInputs = None,
@@ -108,6 +134,9 @@ def search_command(
             batch_size=batch_size,
             report_progress=progress,
             held=parse_held(held or []),
+            confidence=confidence,
+            holdout=holdout,
+            ray=ray,
         )
     report_data = found.result.report.as_dict()
     details = report_data["search"]
@@ -138,6 +167,14 @@ def _search_lines(summary: dict) -> list[str]:
         f"{details['evaluations']} evaluations; one costs "
         f"{details['evaluation_cost_vs_fp32']['median']}x an FP32 evaluation (median)",
     ]
+    kept = details["holdout"]
+    if kept is not None:
+        lines.append(
+            f"{details['metric']} on {details['samples']} search samples: FP32 "
+            f"{details['fp32_score']:.2f}, chosen {details['chosen_score']:.2f}; on "
+            f"{kept['samples']} held-out samples: FP32 {kept['fp32_score']:.2f}, chosen "
+            f"{kept['chosen_score']:.2f}"
+        )
     if summary["interrupted"]:
         lines.insert(0, "interrupted: wrote the best configuration found so far")
     return lines

@@ -16,8 +16,10 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+import numpy as np
+
 from rcompile.data.arrays import open_npy, open_npz
-from rcompile.data.dataset import Batch, Dataset, in_model_layout, with_held
+from rcompile.data.dataset import Batch, Dataset, in_model_layout, subset, with_held
 from rcompile.data.held import held_arrays, parse_held
 from rcompile.data.images import open_images
 from rcompile.data.preprocessing import PRESETS, Preprocessing, parse_preprocessing
@@ -44,6 +46,7 @@ def open_data(
     inputs: Sequence[InputSpec],
     preprocessing: Preprocessing | None = None,
     held: Mapping[str, object] | None = None,
+    samples: np.ndarray | None = None,
 ) -> Dataset:
     """Open calibration or evaluation data for a model whose real inputs are `inputs`.
 
@@ -55,7 +58,10 @@ def open_data(
     if inputs and len(arrays) == len(inputs):
         raise CalibrationError("every input is held constant with --input; the data feeds none")
     fed = [spec for spec in inputs if spec.name not in arrays]
-    dataset = in_model_layout(_open(Path(path), fed, preprocessing), fed)
+    dataset = _open(Path(path), fed, preprocessing)
+    if samples is not None:
+        dataset = subset(dataset, samples)
+    dataset = in_model_layout(dataset, fed)
     return with_held(dataset, arrays) if arrays else dataset
 
 

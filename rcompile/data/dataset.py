@@ -66,6 +66,20 @@ class Dataset:
             yield Batch({**self.read(start, stop), **self.held}, labels, stop - start)
 
 
+def subset(dataset: Dataset, indices: np.ndarray) -> Dataset:
+    """The samples at `indices` (increasing), read in runs of consecutive samples."""
+    read = dataset.read
+
+    def picked(start: int, stop: int) -> dict[str, np.ndarray]:
+        chosen = indices[start:stop]
+        breaks = np.flatnonzero(np.diff(chosen) != 1) + 1
+        runs = [read(int(run[0]), int(run[-1]) + 1) for run in np.split(chosen, breaks)]
+        return {name: np.concatenate([run[name] for run in runs]) for name in runs[0]}
+
+    labels = None if dataset.labels is None else dataset.labels[indices]
+    return replace(dataset, count=len(indices), read=picked, labels=labels)
+
+
 def in_model_layout(dataset: Dataset, inputs) -> Dataset:
     """`dataset` (samples first) with each input's samples moved to its batch axis
     (`InputSpec.batch_axis`), as the model takes them."""

@@ -32,8 +32,11 @@ from rcompile.search.procedures import (
 )
 from rcompile.search.runner import BudgetSpent, Runner
 from rcompile.search.table import plot_svg, ristretto_summary, rows
+from rcompile.search.workers import LocalWorkers, RayWorkers
 
 FAMILIES = ("dfp", "minifloat", "pow2", "all")
+DEFAULT_CONFIDENCE = 0.9
+HOLDOUT_SEED = 0
 MODES = ("ristretto", "widths", "layerwise")
 
 
@@ -66,20 +69,38 @@ def search(
     batch_size: int = DEFAULT_BATCH_SIZE,
     report_progress=lambda label, best: None,
     held: Mapping[str, object] | None = None,
+    confidence: float = DEFAULT_CONFIDENCE,
+    holdout: float = 0.0,
+    ray: str | None = None,
 ) -> SearchResult:
     """Search; an interrupt (Ctrl-C) ends it early with the best configuration found so far.
-    `held`: inputs held constant (see `rcompile.compile`)."""
-    _check(families, mode, cost, margin)
+    `held`: inputs held constant (see `rcompile.compile`). A candidate passes when the
+    `confidence` upper bound of its drop is within `margin`; `holdout`, a seeded share of
+    `val` no decision sees, on which the chosen model is scored at the end; `ray`, the address
+    of a Ray cluster to score candidates on (`local` starts one here), with `jobs` actors
+    (1: one per CPU of the cluster)."""
+    _check(families, mode, cost, margin, confidence, holdout)
     # The search neither corrects biases nor equalises yet; its report must not say it does.
     options = replace(options or PlanOptions(), bias_correction=False, equalization=False)
     imported = load_source(model)
     source = imported.model
-    evaluator, calibration = prepare_evaluator(
-        source, calib, val, metric, cost, options, preprocessing, batch_size, jobs, held
+    evaluator, calibration, kept = prepare_evaluator(
+        source,
+        calib,
+        val,
+        metric,
+        cost,
+        options,
+        preprocessing,
+        batch_size,
+        jobs if ray is None else 2,
+        held,
+        confidence,
+        holdout,
     )
     layers, statistics = list(evaluator.data.layers), evaluator.data.statistics
     threshold = evaluator.fp32_score - margin
-    runner = Runner(evaluator, threshold, jobs, report_progress, budget)
+    runner = Runner(evaluator, margin, _workers(evaluator.data, jobs, ray), report_progress, budget)
     outcomes: list[Outcome] = []
     interrupted = budget_spent = False
     try:
@@ -93,7 +114,9 @@ def search(
     chosen = runner.best
     metric_name = evaluator.data.metric.name
     sweeps = [sweep for outcome in outcomes for sweep in outcome.sweeps]
-    summary = ristretto_summary(evaluator.fp32_score, metric_name, sweeps, chosen, margin)
+    summary = ristretto_summary(
+        evaluator.fp32_score, metric_name, sweeps, chosen, margin, confidence
+    )
     if chosen is None:
         best = max(runner.history, key=lambda e: e.score, default=None)
         detail = f"; the best scored {best.score:.2f} ({best.configuration.label})" if best else ""
@@ -106,14 +129,21 @@ def search(
         "search": {
             "metric": metric_name,
             "margin": margin,
+            "confidence": confidence,
             "families": families,
             "mode": mode,
             "cost": cost,
+            "samples": len(evaluator.reference),
             "fp32_score": evaluator.fp32_score,
             "threshold": threshold,
             "chosen": chosen.configuration.label,
             "chosen_score": chosen.score,
+            "chosen_drop_bound": chosen.drop_bound,
+            "chosen_divergence": chosen.divergence,
             "chosen_cost": chosen.cost,
+            "holdout": None,
+            "workers": runner.width,
+            "ray": ray,
             "evaluations": len(runner.history),
             "interrupted": interrupted,
             "budget_spent": budget_spent,
@@ -122,12 +152,15 @@ def search(
                 "max": round(max(ratios), 3),
                 "fp32_seconds": round(evaluator.fp32_seconds, 4),
             },
-            "table": rows(runner.history, threshold),
+            "table": rows(runner.history, margin),
         }
     }
 
     def accuracy(quantized: onnx.ModelProto) -> dict:
-        outputs = Evaluator.outputs_of(quantized.SerializeToString(), evaluator.data)
+        written = quantized.SerializeToString()
+        outputs = Evaluator.outputs_of(written, evaluator.data)
+        # The written model, not its evaluation form, is what the held-out samples judge.
+        section["search"]["holdout"] = _held_out_scores(evaluator.data, written, kept)
         return {
             "data": str(val),
             "samples": len(outputs),
@@ -153,9 +186,12 @@ def prepare_evaluator(
     batch_size: int = DEFAULT_BATCH_SIZE,
     jobs: int = 1,
     held: Mapping[str, object] | None = None,
+    confidence: float = DEFAULT_CONFIDENCE,
+    holdout: float = 0.0,
 ):
     """The evaluator of an imported model on `val`, with the calibration it used: statistics
-    collected once, validation data decoded once, the FP32 outputs and time measured."""
+    collected once, validation data decoded once, the FP32 outputs and time measured; and
+    the held-out share of `val` (its decoded batches and labels; None without `holdout`)."""
     layers = find_layers(source)
     options = options or PlanOptions()
     statistics, calibration = collect_statistics(
@@ -170,8 +206,15 @@ def prepare_evaluator(
         held,
         histograms=options.fits_activations,
     )
-    data = open_data(val, input_specs(source), preprocessing, held)
+    specs = input_specs(source)
+    searched, kept = _split(open_data(val, specs, preprocessing, held).count, holdout)
+    data = open_data(val, specs, preprocessing, held, searched)
     batches = list(model_batches(source, data, batch_size))
+    if kept is not None:
+        held_out = open_data(val, specs, preprocessing, held, kept)
+        kept = HeldOut(
+            tuple(b.inputs for b in model_batches(source, held_out, batch_size)), held_out.labels
+        )
     evaluator = Evaluator(
         EvaluationData(
             model=source.SerializeToString(),
@@ -183,13 +226,61 @@ def prepare_evaluator(
             metric=load_metric(metric, data.has_labels),
             options=options,
             cost=cost,
+            confidence=confidence,
             threads=0 if jobs <= 1 else 1,
         )
     )
-    return evaluator, calibration
+    return evaluator, calibration, kept
 
 
-def _check(families: str, mode: str, cost: str, margin: float) -> None:
+@dataclass(frozen=True, eq=False)
+class HeldOut:
+    """The validation samples kept away from every decision, decoded."""
+
+    batches: tuple[dict[str, np.ndarray], ...]
+    labels: np.ndarray | None
+
+
+def _split(count: int, holdout: float) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """The sample indices the search decides on and those it holds out (a seeded share)."""
+    if holdout == 0:
+        return None, None
+    held = round(holdout * count)
+    if not 1 <= held < count:
+        raise SchemeError(
+            f"--holdout {holdout:g} of {count} validation samples holds out {held}; "
+            "it must keep at least one aside and one to search on"
+        )
+    order = np.random.default_rng(HOLDOUT_SEED).permutation(count)
+    return np.sort(order[held:]), np.sort(order[:held])
+
+
+def _held_out_scores(data: EvaluationData, written: bytes, kept: HeldOut | None) -> dict | None:
+    """FP32's and the written model's metric on the held-out samples."""
+    if kept is None:
+        return None
+    data = replace(data, batches=kept.batches, labels=kept.labels)
+    reference = Evaluator.outputs_of(data.model, data)
+    outputs = Evaluator.outputs_of(written, data)
+    fp32 = data.metric(reference, data.labels, reference)
+    quantized = data.metric(outputs, data.labels, reference)
+    return {
+        "samples": len(reference),
+        "fp32_score": fp32,
+        "chosen_score": quantized,
+        "drop": fp32 - quantized,
+    }
+
+
+def _workers(data: EvaluationData, jobs: int, ray: str | None):
+    if ray is not None:
+        return RayWorkers(data, jobs if jobs > 1 else 0, ray)
+    return LocalWorkers(data, jobs) if jobs > 1 else None
+
+
+def _check(
+    families: str, mode: str, cost: str, margin: float, confidence: float, holdout: float
+) -> None:
     for value, allowed, name in (
         (families, FAMILIES, "scheme"),
         (mode, MODES, "mode"),
@@ -199,6 +290,10 @@ def _check(families: str, mode: str, cost: str, margin: float) -> None:
             raise SchemeError(f"search {name} must be one of {', '.join(allowed)}; got {value!r}")
     if not np.isfinite(margin) or margin < 0:
         raise SchemeError(f"the error margin must be a number >= 0, got {margin}")
+    if not 0.5 <= confidence < 1:
+        raise SchemeError(f"the confidence must be at least 0.5 and below 1, got {confidence}")
+    if not 0 <= holdout < 1:
+        raise SchemeError(f"the held-out share must be at least 0 and below 1, got {holdout}")
 
 
 def _run(runner, layers, statistics, families, mode, cost, outcomes) -> None:

@@ -23,6 +23,7 @@ from rcompile.passes.calibrate import Statistics
 from rcompile.passes.layers import Layer
 from rcompile.plan import Override, Plan, Planner, PlanOptions
 from rcompile.scheme import Scheme
+from rcompile.search.confidence import divergence, drop_bound
 from rcompile.search.cost import LayerSize, plan_cost
 from rcompile.search.evaluation_form import DISABLED_OPTIMIZERS, evaluation_form
 from rcompile.search.metrics import Metric
@@ -48,13 +49,17 @@ class Configuration:
 
 @dataclass(frozen=True)
 class Evaluation:
-    """A scored configuration: its plan, metric value, cost and the seconds scoring took."""
+    """A scored configuration: its plan, metric value, cost and the seconds scoring took;
+    `drop_bound`, the upper confidence bound of its drop against FP32 (what the margin
+    judges), and `divergence`, how far its outputs moved (see `rcompile.search.confidence`)."""
 
     configuration: Configuration
     plan: Plan
     score: float
     cost: int
     seconds: float
+    drop_bound: float
+    divergence: float
 
 
 @dataclass(frozen=True, eq=False)
@@ -70,6 +75,7 @@ class EvaluationData:
     metric: Metric
     options: PlanOptions
     cost: str
+    confidence: float = 0.9
     threads: int = 0
     # What the first Evaluator measures, for the others (worker processes) to reuse: the FP32
     # outputs and scoring time.
@@ -121,9 +127,16 @@ class Evaluator:
             model = rewritten.model.SerializeToString()
             outputs = self.outputs_of(model, self.data, DISABLED_OPTIMIZERS)
         seconds = time.perf_counter() - start
-        score = self.data.metric(outputs, self.data.labels, self.reference)
-        cost = plan_cost(plan, self.data.sizes, self.data.cost)
-        return Evaluation(configuration, plan, score, cost, seconds)
+        data = self.data
+        return Evaluation(
+            configuration,
+            plan,
+            data.metric(outputs, data.labels, self.reference),
+            plan_cost(plan, data.sizes, data.cost),
+            seconds,
+            drop_bound(data.metric, outputs, data.labels, self.reference, data.confidence),
+            divergence(outputs, self.reference),
+        )
 
     def _session(self, model: bytes):
         return _session(model, self.data, DISABLED_OPTIMIZERS).run

@@ -1,7 +1,9 @@
 """Per-layer mixed precision, beyond Ristretto's uniform widths.
 
 1. Sensitivity: each knob (a layer's weights, or its activations) is lowered alone, with the
-   rest of the network FP32, and the metric it loses is measured.
+   rest of the network FP32, and how far the outputs move is measured: the divergence of
+   `rcompile.search.confidence` (KL divergence of the class distributions, or noise over
+   signal), which ranks layers on a few hundred samples where top-1 flips are noise.
 2. Greedy allocation: from Ristretto's uniform solution, the knobs are visited from the least
    sensitive (per bit of cost saved) to the most, and each is lowered to the smallest width
    (bisection) at which the whole network stays within the margin. With `mixed_families`, a
@@ -14,6 +16,7 @@ from dataclasses import dataclass, replace
 
 from rcompile.passes.layers import Layer
 from rcompile.scheme import DFPRule, Pow2Rule
+from rcompile.search.bisection import smallest_passing
 from rcompile.search.cost import LayerSize
 from rcompile.search.evaluator import Configuration, Evaluation
 from rcompile.search.runner import Runner
@@ -64,7 +67,8 @@ def _configuration(label: str, assignment, final: bool = True) -> Configuration:
 def sensitivities(
     runner: Runner, knobs: list[Knob], start: dict[str, LayerWidths]
 ) -> dict[Knob, float]:
-    """Metric lost when a knob alone goes to half its uniform width, everything else FP32."""
+    """How far the outputs move when a knob alone goes to half its uniform width, everything
+    else FP32."""
     configurations = []
     for knob in knobs:
         width = max(MIN_WIDTH, weight_bits(_get(start[knob.node], knob)) // 2)
@@ -72,9 +76,8 @@ def sensitivities(
         alone = _set(alone, knob, DFPRule(width))
         label = f"sensitivity {knob.label} {width}-bit"
         configurations.append(_configuration(label, alone, final=False))
-    baseline = runner.evaluator.fp32_score
     evaluations = runner.many(configurations)
-    return {knob: baseline - e.score for knob, e in zip(knobs, evaluations, strict=True)}
+    return {knob: e.divergence for knob, e in zip(knobs, evaluations, strict=True)}
 
 
 def allocate(
@@ -114,16 +117,15 @@ def _lowest(runner: Runner, assignment, knob: Knob):
     current = _get(assignment[knob.node], knob)
     if not isinstance(current, DFPRule):
         return assignment, None
-    low, high, best = MIN_WIDTH, current.bits, None
-    while low < high:
-        middle = (low + high) // 2
-        trial = _set(assignment, knob, DFPRule(middle))
-        evaluation = runner.one(_configuration(f"lower {knob.label} to {middle}-bit", trial))
-        if runner.passes(evaluation):
-            high, best, assignment = middle, evaluation, trial
-        else:
-            low = middle + 1
-    return assignment, best
+
+    def make(width: int) -> Configuration:
+        trial = _set(assignment, knob, DFPRule(width))
+        return _configuration(f"lower {knob.label} to {width}-bit", trial)
+
+    width, scored = smallest_passing(runner, MIN_WIDTH, current.bits, make)
+    if width == current.bits:
+        return assignment, None
+    return _set(assignment, knob, DFPRule(width)), scored[width]
 
 
 def _try_pow2(runner: Runner, assignment, knob: Knob):

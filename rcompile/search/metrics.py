@@ -2,9 +2,10 @@
 error margin, computed from a model's outputs on the validation set.
 
 Built in: `top1` and `top5` against labels, `agreement` (top-1 agreement with the FP32
-model, for data without labels). A user metric is `module:function`, called as
-`function(outputs, labels, reference_outputs)` and returning a float in the same units as
-the margin.
+model, for data without labels); each is the mean of a per-sample score (100 or 0), which
+the bootstrap of `rcompile.search.confidence` resamples. A user metric is `module:function`,
+called as `function(outputs, labels, reference_outputs)` and returning a float in the same
+units as the margin.
 """
 
 from __future__ import annotations
@@ -12,24 +13,30 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 
 from rcompile.errors import SchemeError
-from rcompile.score import score
+from rcompile.score import check_labels_fit
 
 MetricFunction = Callable[[np.ndarray, "np.ndarray | None", np.ndarray], float]
+PerSample = Callable[[np.ndarray, "np.ndarray | None", np.ndarray], np.ndarray]
 
 
 @dataclass(frozen=True)
 class Metric:
+    """A built-in metric has `per_sample`, each sample's points, whose mean is the metric;
+    a user's has `function`."""
+
     name: str
-    function: MetricFunction
     needs_labels: bool
+    per_sample: PerSample | None = None
+    function: MetricFunction | None = None
 
     def __call__(self, outputs: np.ndarray, labels, reference: np.ndarray) -> float:
-        if self.name in BUILT_IN:
-            return float(self.function(outputs, labels, reference))
+        if self.per_sample is not None:
+            return float(np.mean(self.per_sample(outputs, labels, reference)))
         try:
             return float(self.function(outputs, labels, reference))
         except Exception as error:  # the user's function: its failure is theirs to fix
@@ -40,19 +47,20 @@ class Metric:
             ) from error
 
 
-def _share_of(key: str) -> MetricFunction:
-    """A built-in metric: `rcompile.score`'s share, in points."""
+def _top(outputs: np.ndarray, labels, reference: np.ndarray, k: int) -> np.ndarray:
+    check_labels_fit(labels, outputs.shape[1])
+    best = np.argsort(-outputs, axis=1, kind="stable")[:, :k]
+    return 100.0 * np.any(best == labels[: len(outputs), None], axis=1)
 
-    def metric(outputs: np.ndarray, labels, reference: np.ndarray) -> float:
-        return 100.0 * getattr(score(outputs, labels, reference), key)
 
-    return metric
+def _agreement(outputs: np.ndarray, labels, reference: np.ndarray) -> np.ndarray:
+    return 100.0 * (outputs.argmax(1) == reference.argmax(1))
 
 
 BUILT_IN = {
-    "top1": Metric("top1", _share_of("top1"), True),
-    "top5": Metric("top5", _share_of("top5"), True),
-    "agreement": Metric("agreement", _share_of("agreement"), False),
+    "top1": Metric("top1", True, partial(_top, k=1)),
+    "top5": Metric("top5", True, partial(_top, k=5)),
+    "agreement": Metric("agreement", False, _agreement),
 }
 
 
@@ -75,4 +83,4 @@ def load_metric(spec: str, has_labels: bool) -> Metric:
         function = getattr(importlib.import_module(module_name), function_name)
     except (ImportError, AttributeError) as error:
         raise SchemeError(f"cannot load metric {spec!r} ({error})") from None
-    return Metric(spec, function, False)
+    return Metric(spec, False, function=function)

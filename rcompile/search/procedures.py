@@ -17,11 +17,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 
 from rcompile.formats import MiniFloat
 from rcompile.passes.calibrate import Statistics
 from rcompile.passes.layers import Layer
 from rcompile.scheme import DFPRule, FixedRule, Scheme, parse_scheme
+from rcompile.search.bisection import smallest_passing, upcoming
 from rcompile.search.evaluator import Configuration, Evaluation
 from rcompile.search.runner import Runner
 from rcompile.search.space import (
@@ -66,6 +68,7 @@ def _sweep(
     sweep = Sweep(title)
     if every_width:
         return _bisect(runner, sweep, make)
+    runner.prefetch([make(width) for width in widths])
     for width in widths:  # widest first; narrower ones only while the wider passed
         evaluation = runner.one(make(width))
         sweep.scores[width] = evaluation.score
@@ -78,52 +81,52 @@ def _sweep(
 def _bisect(runner: Runner, sweep: Sweep, make: Callable[[int], Configuration]) -> Sweep:
     """The smallest integer width in [2, 16] within the margin, assuming accuracy does not
     fall as the width grows."""
-    low, high = 2, MAX_WIDTH
-    evaluation = runner.one(make(high))
-    sweep.scores[high] = evaluation.score
+    runner.prefetch([make(MAX_WIDTH)] + [make(w) for w in upcoming(2, MAX_WIDTH, runner.width - 1)])
+    evaluation = runner.one(make(MAX_WIDTH))
+    sweep.scores[MAX_WIDTH] = evaluation.score
     if not runner.passes(evaluation):
         return sweep
-    while low < high:
-        middle = (low + high) // 2
-        evaluation = runner.one(make(middle))
-        sweep.scores[middle] = evaluation.score
-        if runner.passes(evaluation):
-            high = middle
-        else:
-            low = middle + 1
-    sweep.chosen = high
+    sweep.chosen, scored = smallest_passing(runner, 2, MAX_WIDTH, make)
+    sweep.scores.update({width: e.score for width, e in scored.items()})
     return sweep
 
 
 def ristretto_dfp(runner: Runner, layers: list[Layer], every_width: bool = False) -> Outcome:
-    """Ristretto's dynamic fixed point procedure (with `every_width`, bisection per group)."""
-    conv, fc = conv_layers(layers), fc_layers(layers)
-
-    def group(members: list[Layer], title: str, role: str) -> Sweep | None:
-        if not members:
-            return None
-
-        def make(width: int) -> Configuration:
-            rule = DFPRule(width)
-            widths = LayerWidths(rule, None) if role == "weights" else LayerWidths(None, rule)
-            return Configuration(
-                f"{title} {width}-bit",
-                MIXED,
-                overrides({layer.node: widths for layer in members}),
-                final=False,
-            )
-
-        return _sweep(runner, title, make, RISTRETTO_WIDTHS, every_width)
-
-    sweeps = [
-        group(conv, "CONV weights", "weights"),
-        group(fc, "FC weights", "weights"),
-        group(layers, "layer activations", "activations"),
+    """Ristretto's dynamic fixed point procedure (with `every_width`, bisection per group).
+    With workers, the groups' first candidates are scored together."""
+    groups = [
+        (members, title, role)
+        for members, title, role in (
+            (conv_layers(layers), "CONV weights", "weights"),
+            (fc_layers(layers), "FC weights", "weights"),
+            (layers, "layer activations", "activations"),
+        )
+        if members
     ]
-    present = [s for s in sweeps if s is not None]
+    makers = [partial(_group_candidate, *group) for group in groups]
+    first = (MAX_WIDTH, (2 + MAX_WIDTH) // 2) if every_width else RISTRETTO_WIDTHS
+    runner.prefetch([make(width) for make in makers for width in first])
+    sweeps = {
+        title: _sweep(runner, title, make, RISTRETTO_WIDTHS, every_width)
+        for (_, title, _), make in zip(groups, makers, strict=True)
+    }
+    present = list(sweeps.values())
     if any(s.chosen is None for s in present):
         return Outcome(present, None)
-    return _combine(runner, layers, sweeps, every_width)
+    ordered = [sweeps.get(title) for title in ("CONV weights", "FC weights", "layer activations")]
+    return _combine(runner, layers, ordered, every_width)
+
+
+def _group_candidate(members: list[Layer], title: str, role: str, width: int) -> Configuration:
+    """A group's weights or activations at `width` bits, the rest of the network FP32."""
+    rule = DFPRule(width)
+    widths = LayerWidths(rule, None) if role == "weights" else LayerWidths(None, rule)
+    return Configuration(
+        f"{title} {width}-bit",
+        MIXED,
+        overrides({layer.node: widths for layer in members}),
+        final=False,
+    )
 
 
 def _combine(runner: Runner, layers: list[Layer], sweeps, every_width: bool) -> Outcome:

@@ -1,25 +1,20 @@
-"""Runs evaluations, serially or in worker processes (`--jobs`), keeps every result, and
-shows progress: the candidate being scored and the best configuration so far."""
+"""Runs evaluations, keeps every one the search used, and shows progress: the candidate
+being scored and the best configuration so far.
+
+With workers (`rcompile.search.workers`), the procedures `prefetch` the candidates they may
+ask for next, which the workers score in parallel; a candidate counts (towards the budget
+and in the history) only when the procedure asks for it with `one`, so the history, the
+budget and the choice are the same with any number of workers."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
 
-from rcompile.search.evaluator import Configuration, Evaluation, EvaluationData, Evaluator
-from rcompile.sessions import current_provider, use_provider
+from rcompile.search.evaluator import Configuration, Evaluation, Evaluator
 
-_WORKER: Evaluator | None = None
-
-
-def _start_worker(data: EvaluationData, provider: str) -> None:
-    global _WORKER
-    use_provider(provider)
-    _WORKER = Evaluator(data)
-
-
-def _evaluate_in_worker(configuration: Configuration) -> Evaluation:
-    return _WORKER.evaluate(configuration)
+# The bootstrap's quantile of a drop that is exactly the margin can come out a rounding
+# error above it.
+TOLERANCE = 1e-9
 
 
 class BudgetSpent(Exception):
@@ -27,60 +22,73 @@ class BudgetSpent(Exception):
 
 
 class Runner:
-    """Scores configurations against `threshold` (the lowest acceptable metric value), at
-    most `budget` of them."""
+    """Scores configurations; one passes when the upper confidence bound of its drop against
+    FP32 is within `margin`. At most `budget` evaluations."""
 
     def __init__(
         self,
         evaluator: Evaluator,
-        threshold: float,
-        jobs: int = 1,
+        margin: float,
+        workers=None,
         report: Callable[[str, Evaluation | None], None] = lambda label, best: None,
         budget: int | None = None,
     ) -> None:
         self.evaluator = evaluator
-        self.threshold = threshold
+        self.margin = margin
         self.budget = budget
         self.history: list[Evaluation] = []
+        self._workers = workers
         self._report = report
-        self._pool = None
-        if jobs > 1:
-            self._pool = ProcessPoolExecutor(
-                jobs, initializer=_start_worker, initargs=(evaluator.data, current_provider())
-            )
+        self._ready: dict[Configuration, Evaluation] = {}
+
+    @property
+    def width(self) -> int:
+        """How many candidates are worth scoring at once."""
+        return self._workers.count if self._workers is not None else 1
 
     def passes(self, evaluation: Evaluation) -> bool:
-        return evaluation.score >= self.threshold
+        return evaluation.drop_bound <= self.margin + TOLERANCE
 
     @property
     def best(self) -> Evaluation | None:
-        """The cheapest final configuration within the margin so far (ties: higher score,
-        then the earlier one)."""
+        """The cheapest final configuration within the margin so far (ties: the outputs
+        closest to FP32's, then the earlier one)."""
         passing = [e for e in self.history if e.configuration.final and self.passes(e)]
-        return min(passing, key=lambda e: (e.cost, -e.score), default=None)
+        return min(passing, key=lambda e: (e.cost, e.divergence), default=None)
+
+    def prefetch(self, configurations: list[Configuration]) -> None:
+        """Score in parallel what the search may ask for next (nothing without workers)."""
+        if self._workers is None:
+            return
+        wanted = [c for c in dict.fromkeys(configurations) if c not in self._ready]
+        if len(wanted) < 2:
+            return
+        self._report(f"{len(wanted)} candidates in parallel", self.best)
+        self._ready.update(zip(wanted, self._workers.map(wanted), strict=True))
+
+    def ready(self, configuration: Configuration) -> bool:
+        return configuration in self._ready
 
     def one(self, configuration: Configuration) -> Evaluation:
-        return self.many([configuration])[0]
-
-    def many(self, configurations: list[Configuration]) -> list[Evaluation]:
-        """Score every configuration; results in the order given. Raises BudgetSpent before
-        going over the budget."""
-        if self.budget is not None and len(self.history) + len(configurations) > self.budget:
+        """The evaluation of `configuration`, counted. Raises BudgetSpent before going over
+        the budget."""
+        if self.budget is not None and len(self.history) >= self.budget:
             raise BudgetSpent
-        if self._pool is None or len(configurations) == 1:
-            results = []
-            for configuration in configurations:
-                self._report(configuration.label, self.best)
-                results.append(self._record(self.evaluator.evaluate(configuration)))
-            return results
-        self._report(f"{len(configurations)} candidates in parallel", self.best)
-        evaluated = list(self._pool.map(_evaluate_in_worker, configurations))
-        return [self._record(evaluation) for evaluation in evaluated]
-
-    def _record(self, evaluation: Evaluation) -> Evaluation:
+        evaluation = self._ready.pop(configuration, None)
+        if evaluation is None:
+            self._report(configuration.label, self.best)
+            evaluation = self.evaluator.evaluate(configuration)
         self.history.append(evaluation)
         return evaluation
 
+    def many(self, configurations: list[Configuration]) -> list[Evaluation]:
+        """Score every configuration, in parallel where there are workers; results in the
+        order given. Raises BudgetSpent before scoring any when they would go over it."""
+        if self.budget is not None and len(self.history) + len(configurations) > self.budget:
+            raise BudgetSpent
+        self.prefetch(configurations)
+        return [self.one(configuration) for configuration in configurations]
+
     def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(cancel_futures=True)
+        if self._workers is not None:
+            self._workers.close()

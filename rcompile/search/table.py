@@ -8,6 +8,7 @@ from html import escape
 
 from rcompile.search.evaluator import Evaluation
 from rcompile.search.procedures import Sweep
+from rcompile.search.runner import TOLERANCE
 
 
 def pareto(evaluations: list[Evaluation]) -> list[bool]:
@@ -25,15 +26,17 @@ def pareto(evaluations: list[Evaluation]) -> list[bool]:
     return flags
 
 
-def rows(evaluations: list[Evaluation], threshold: float) -> list[dict]:
+def rows(evaluations: list[Evaluation], margin: float) -> list[dict]:
     """The search table: every configuration scored, in the order scored."""
     optimal = pareto(evaluations)
     return [
         {
             "label": e.configuration.label,
             "score": round(e.score, 4),
+            "drop_bound": round(e.drop_bound, 4),
+            "divergence": float(f"{e.divergence:.6g}"),
             "cost": e.cost,
-            "within_margin": e.score >= threshold,
+            "within_margin": e.drop_bound <= margin + TOLERANCE,
             "pareto": flag,
             "seconds": round(e.seconds, 4),
             "plan": e.plan.as_dict()["layers"],
@@ -43,12 +46,18 @@ def rows(evaluations: list[Evaluation], threshold: float) -> list[dict]:
 
 
 def ristretto_summary(
-    fp32_score: float, metric: str, sweeps: list[Sweep], chosen: Evaluation | None, margin: float
+    fp32_score: float,
+    metric: str,
+    sweeps: list[Sweep],
+    chosen: Evaluation | None,
+    margin: float,
+    confidence: float,
 ) -> list[str]:
     """The terminal summary, in the form Ristretto prints it."""
     lines = [
         "-" * 30,
-        f"Network {metric} analysis (margin {margin:g} points)",
+        f"Network {metric} analysis (margin {margin:g} points, judged on the "
+        f"{confidence:g} upper bound of the drop)",
         f"Baseline 32bit float: {fp32_score:.2f}",
     ]
     for sweep in sweeps:
@@ -65,7 +74,11 @@ def ristretto_summary(
     if chosen is None:
         lines.append("No configuration stays within the margin. Please fine-tune.")
     else:
-        lines += [f"Chosen: {chosen.configuration.label}", f"{metric}: {chosen.score:.2f}"]
+        lines += [
+            f"Chosen: {chosen.configuration.label}",
+            f"{metric}: {chosen.score:.2f} (drop at most {chosen.drop_bound:.2f} at "
+            f"{confidence:g} confidence)",
+        ]
     return [*lines, "-" * 30]
 
 
