@@ -91,3 +91,24 @@ def test_the_fine_tuning_doc_commands_run_in_order(tmp_path):
     for line in lines:
         assert_runs(["-m", "rcompile", *shlex.split(line)], tmp_path)
     assert (tmp_path / "lenet5_dfp4_ft.onnx").is_file()
+
+
+SEARCH = (ROOT / "docs" / "search.md").read_text()
+
+
+def test_the_search_doc_commands_run_and_print_what_it_shows(scratch):
+    text = re.sub(r"\\\n\s+", " ", SEARCH)
+    lines = re.findall(r"^rcompile (search .+)$", text, re.M)
+    assert len(lines) == 2
+    printed = re.search(r"^top1 on \d+ search samples: .+$", SEARCH, re.M).group(0)
+    for line in lines:
+        run = subprocess.run(
+            [sys.executable, "-m", "rcompile", *shlex.split(line)],
+            cwd=scratch,
+            capture_output=True,
+            text=True,
+            timeout=600,
+            check=False,
+        )
+        assert run.returncode == 0, run.stderr
+    assert printed in run.stdout.splitlines()

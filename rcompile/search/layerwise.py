@@ -4,7 +4,8 @@
    rest of the network FP32, and how far the outputs move is measured: the divergence of
    `rcompile.search.confidence` (KL divergence of the class distributions, or noise over
    signal), which ranks layers on a few hundred samples where top-1 flips are noise.
-2. Greedy allocation: from Ristretto's uniform solution, the knobs are visited from the least
+2. Greedy allocation: from Ristretto's uniform solution (with the weights cost, activations
+   at 8 bits or more, since they cost nothing there), the knobs are visited from the least
    sensitive (per bit of cost saved) to the most, and each is lowered to the smallest width
    (bisection) at which the whole network stays within the margin. With `mixed_families`, a
    layer whose weights stay above 4 bits also tries 4-bit power-of-two weights.
@@ -23,6 +24,7 @@ from rcompile.search.runner import Runner
 from rcompile.search.space import MIXED, LayerWidths, overrides, weight_bits
 
 MIN_WIDTH = 2
+FREE_ACTIVATION_BITS = 8
 POW2_BITS = 4
 
 
@@ -89,6 +91,8 @@ def allocate(
     mixed_families: bool,
 ) -> tuple[dict[str, LayerWidths], Evaluation | None]:
     """Lower knobs greedily from the uniform assignment `start` (which is within the margin)."""
+    if cost == "weights":
+        start = _free_activations(runner, start)
     knobs = knobs_for(layers, cost)
     sensitivity = sensitivities(runner, knobs, start)
 
@@ -110,6 +114,24 @@ def allocate(
     finally:
         runner.evaluator.share_prefix(None)
     return assignment, best
+
+
+def _free_activations(runner: Runner, start: dict[str, LayerWidths]) -> dict[str, LayerWidths]:
+    """Where activations cost nothing, the narrowest uniform activations that pass are no
+    saving and leave the weights less room: start from at least FREE_ACTIVATION_BITS (when
+    that passes), as Ristretto's dfp8 has."""
+    widened = {
+        node: replace(widths, activations=DFPRule(FREE_ACTIVATION_BITS))
+        if isinstance(widths.activations, DFPRule)
+        and widths.activations.bits < FREE_ACTIVATION_BITS
+        else widths
+        for node, widths in start.items()
+    }
+    if widened == start:
+        return start
+    label = f"start: activations at {FREE_ACTIVATION_BITS}-bit"
+    evaluation = runner.one(_configuration(label, widened))
+    return widened if runner.passes(evaluation) else start
 
 
 def _lowest(runner: Runner, assignment, knob: Knob):
