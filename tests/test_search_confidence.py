@@ -172,3 +172,18 @@ def test_prefetched_candidates_never_asked_for_do_not_count() -> None:
     with pytest.raises(BudgetSpent):
         runner.one(Candidate(10))
     assert [e.configuration.width for e in runner.history] == [9, 12]
+
+
+def test_dense_outputs_score_one_number_per_sample() -> None:
+    rng = np.random.default_rng(1)
+    reference = rng.normal(size=(6, 4, 5, 5))
+    noisy = reference + 0.1 * rng.normal(size=reference.shape)
+    for name in ("agreement", "fidelity"):
+        points = BUILT_IN[name].per_sample(noisy, None, reference)
+        assert points.shape == (6,) and np.all((points >= 0) & (points <= 100))
+        assert np.all(BUILT_IN[name].per_sample(reference, None, reference) == 100.0)
+    energy = np.sum((noisy - reference) ** 2, axis=(1, 2, 3)) / np.sum(reference**2, axis=(1, 2, 3))
+    assert BUILT_IN["fidelity"].per_sample(noisy, None, reference) == pytest.approx(
+        100 * (1 - energy)
+    )
+    assert 0 < drop_bound(BUILT_IN["fidelity"], noisy, None, reference, 0.9) < 5

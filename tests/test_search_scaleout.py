@@ -105,3 +105,32 @@ def top1_classes(model: onnx.ModelProto, inputs: np.ndarray) -> np.ndarray:
 def test_bad_holdout_and_confidence_are_user_errors(options, named) -> None:
     with pytest.raises(UserError, match=named):
         run(budget=5, **options)
+
+
+def test_a_model_that_is_no_classifier_is_searched_on_output_fidelity(tmp_path) -> None:
+    """Without labels and without a (samples, classes) output, the margin is on fidelity:
+    a margin of 1 point is noise of 1 % of the output's energy."""
+    rng = np.random.default_rng(0)
+    weight = rng.normal(size=(8, 3, 3, 3)).astype(np.float32)
+    graph = onnx.helper.make_graph(
+        [onnx.helper.make_node("Conv", ["x", "w"], ["y"], name="conv", pads=[1, 1, 1, 1])],
+        "dense",
+        [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", 3, 8, 8])],
+        [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["N", 8, 8, 8])],
+        [onnx.numpy_helper.from_array(weight, "w")],
+    )
+    model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)])
+    onnx.save(model, tmp_path / "dense.onnx")
+    np.savez(tmp_path / "x.npz", x=rng.normal(size=(64, 3, 8, 8)).astype(np.float32))
+    found = search(tmp_path / "dense.onnx", tmp_path / "x.npz", tmp_path / "x.npz", 1.0)
+    details = section(found)
+    assert details["metric"] == "fidelity" and details["fp32_score"] == 100.0
+    assert 0 <= details["chosen_drop_bound"] <= 1.0
+    # the written model's noise is within 1 % of the signal's energy on every sample
+    session = ort.InferenceSession(found.result.model.SerializeToString())
+    with np.load(tmp_path / "x.npz") as arrays:
+        inputs = arrays["x"]
+    reference = ort.InferenceSession(model.SerializeToString()).run(None, {"x": inputs})[0]
+    quantized = session.run(None, {"x": inputs})[0]
+    noise = np.sum((quantized - reference) ** 2) / np.sum(reference**2)
+    assert 0 < noise <= 0.01

@@ -75,7 +75,7 @@ def search_command(
         str, typer.Option(help="What to minimise: weights, activations or bitops.")
     ] = "weights",
     metric: Annotated[
-        str, typer.Option(help="top1, top5, agreement, module:function, or auto.")
+        str, typer.Option(help="top1, top5, agreement, fidelity, module:function, or auto.")
     ] = "auto",
     confidence: Annotated[
         float,

@@ -223,7 +223,7 @@ def prepare_evaluator(
             sizes=layer_sizes(source),
             batches=tuple(batch.inputs for batch in batches),
             labels=data.labels,
-            metric=load_metric(metric, data.has_labels),
+            metric=load_metric(metric, data.has_labels, _is_classifier(source)),
             options=options,
             cost=cost,
             confidence=confidence,
@@ -231,6 +231,12 @@ def prepare_evaluator(
         )
     )
     return evaluator, calibration, kept
+
+
+def _is_classifier(model: onnx.ModelProto) -> bool:
+    """Whether the first output is (samples, classes), as far as its declared shape says."""
+    kind = model.graph.output[0].type
+    return not kind.tensor_type.HasField("shape") or len(kind.tensor_type.shape.dim) == 2
 
 
 @dataclass(frozen=True, eq=False)

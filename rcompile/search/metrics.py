@@ -2,7 +2,8 @@
 error margin, computed from a model's outputs on the validation set.
 
 Built in: `top1` and `top5` against labels, `agreement` (top-1 agreement with the FP32
-model, for data without labels); each is the mean of a per-sample score (100 or 0), which
+model, for data without labels), `fidelity` (100 x (1 - noise energy / signal energy) of the
+outputs, for models that are not classifiers); each is the mean of a per-sample score, which
 the bootstrap of `rcompile.search.confidence` resamples. A user metric is `module:function`,
 called as `function(outputs, labels, reference_outputs)` and returning a float in the same
 units as the margin.
@@ -54,21 +55,35 @@ def _top(outputs: np.ndarray, labels, reference: np.ndarray, k: int) -> np.ndarr
 
 
 def _agreement(outputs: np.ndarray, labels, reference: np.ndarray) -> np.ndarray:
-    return 100.0 * (outputs.argmax(1) == reference.argmax(1))
+    """The share of a sample's class decisions (one, or one per position of a dense output)
+    that are FP32's."""
+    same = outputs.argmax(1) == reference.argmax(1)
+    return 100.0 * same.reshape(len(outputs), -1).mean(axis=1)
+
+
+def _fidelity(outputs: np.ndarray, labels, reference: np.ndarray) -> np.ndarray:
+    """100 x (1 - noise energy / signal energy) per sample, at least 0: a margin of 1 point
+    is a noise of 1 % of the signal's energy, an output SQNR of 20 dB."""
+    count = len(outputs)
+    noise = np.square(outputs.astype(np.float64) - reference).reshape(count, -1).sum(axis=1)
+    signal = np.square(reference.astype(np.float64)).reshape(count, -1).sum(axis=1)
+    ratio = noise / np.maximum(signal, np.finfo(np.float64).tiny)
+    return 100.0 * (1.0 - np.minimum(ratio, 1.0))
 
 
 BUILT_IN = {
     "top1": Metric("top1", True, partial(_top, k=1)),
     "top5": Metric("top5", True, partial(_top, k=5)),
     "agreement": Metric("agreement", False, _agreement),
+    "fidelity": Metric("fidelity", False, _fidelity),
 }
 
 
-def load_metric(spec: str, has_labels: bool) -> Metric:
+def load_metric(spec: str, has_labels: bool, classifier: bool = True) -> Metric:
     """A built-in metric by name, or `module:function`; `auto` is top1 with labels, else
-    agreement."""
+    agreement for a classifier (a (samples, classes) output), else fidelity."""
     if spec == "auto":
-        spec = "top1" if has_labels else "agreement"
+        spec = "top1" if has_labels else "agreement" if classifier else "fidelity"
     if spec in BUILT_IN:
         metric = BUILT_IN[spec]
         if metric.needs_labels and not has_labels:
@@ -78,7 +93,9 @@ def load_metric(spec: str, has_labels: bool) -> Metric:
         return metric
     module_name, _, function_name = spec.partition(":")
     if not function_name:
-        raise SchemeError(f"unknown metric {spec!r}; use top1, top5, agreement or module:function")
+        raise SchemeError(
+            f"unknown metric {spec!r}; use top1, top5, agreement, fidelity or module:function"
+        )
     try:
         function = getattr(importlib.import_module(module_name), function_name)
     except (ImportError, AttributeError) as error:
