@@ -227,7 +227,7 @@ def test_interrupt_returns_the_best_configuration_so_far(ctrl_c_after_20) -> Non
     # the per-group widths and their combination are done; the per-layer search is not
     assert any(row["label"].startswith("combined") for row in section["table"])
     passing = [row for row in section["table"] if row["within_margin"]]
-    best = min(passing, key=lambda row: (row["cost"], -row["score"]))
+    best = min(passing, key=lambda row: (row["cost"], row["drop_bound"], row["divergence"]))
     assert section["chosen"] == best["label"]
     assert section["chosen_cost"] == best["cost"]
     assert section["chosen_score"] >= section["threshold"]

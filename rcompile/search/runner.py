@@ -51,10 +51,10 @@ class Runner:
 
     @property
     def best(self) -> Evaluation | None:
-        """The cheapest final configuration within the margin so far (ties: the outputs
-        closest to FP32's, then the earlier one)."""
+        """The cheapest final configuration within the margin so far (ties: the smaller
+        bound of the drop, then the outputs closest to FP32's, then the earlier one)."""
         passing = [e for e in self.history if e.configuration.final and self.passes(e)]
-        return min(passing, key=lambda e: (e.cost, e.divergence), default=None)
+        return min(passing, key=lambda e: (e.cost, e.drop_bound, e.divergence), default=None)
 
     def prefetch(self, configurations: list[Configuration]) -> None:
         """Score in parallel what the search may ask for next (nothing without workers)."""

@@ -12,14 +12,14 @@ from rcompile.search.runner import TOLERANCE
 
 
 def pareto(evaluations: list[Evaluation]) -> list[bool]:
-    """For each evaluation, whether no other is at least as cheap and at least as accurate
-    and better in one of the two."""
+    """For each evaluation, whether no other is at least as cheap with at most its bound of
+    the drop (what the margin judges), and better in one of the two."""
     flags = []
     for candidate in evaluations:
         dominated = any(
             other.cost <= candidate.cost
-            and other.score >= candidate.score
-            and (other.cost < candidate.cost or other.score > candidate.score)
+            and other.drop_bound <= candidate.drop_bound
+            and (other.cost < candidate.cost or other.drop_bound < candidate.drop_bound)
             for other in evaluations
         )
         flags.append(not dominated)
