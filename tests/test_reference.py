@@ -74,6 +74,26 @@ def test_requantize_is_the_format_where_float32_holds_the_sum(fmt):
             assert np.array_equal(wide.view(np.uint32), expected.view(np.uint32))
 
 
+@pytest.mark.parametrize(
+    "fmt", [f for f in ACTIVATION_FORMATS + rounded_formats() if isinstance(f, MiniFloat)], ids=str
+)
+def test_requantize_of_int64_sums_past_float64_is_the_python_integer_path(fmt):
+    """Sums between 2**53 and 2**62 are rounded on int64 arrays; every bit length, both signs,
+    powers of two and their neighbours (where float64 rounds the bit length up) and exact
+    ties of the dropped bits must give the per-integer path's bits."""
+    rng = np.random.default_rng(1)
+    lengths = rng.integers(0, 63, 4000)
+    random = rng.integers(0, 2**62, 4000) >> (62 - lengths)
+    powers = np.int64(1) << np.arange(0, 62)
+    ties = (np.int64(1) << np.arange(54, 62)) + (np.int64(1) << np.arange(54 - 5, 62 - 5))
+    magnitudes = np.concatenate([random, powers, powers - 1, powers[1:] + 1, ties, [0, 2**53]])
+    accumulator = np.concatenate([magnitudes, -magnitudes])
+    for exponent in (-70, -60, -40, -20, 0):
+        got = requantize(accumulator, np.int64(exponent), fmt)
+        expected = requantize(accumulator.astype(object), np.int64(exponent), fmt)
+        assert np.array_equal(got.view(np.uint32), expected.view(np.uint32)), exponent
+
+
 def test_requantize_rounds_a_wide_sum_once():
     # 1.125 + 2**-25 lies just above the tie between 1.0 and 1.25 of fp6e3m2r; float32
     # would round it to the tie itself, which goes to even (1.0).

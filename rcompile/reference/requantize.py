@@ -7,6 +7,7 @@ NumPy reference."""
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -24,31 +25,64 @@ def requantize(accumulator: np.ndarray, exponent: np.ndarray, fmt: Format) -> np
         codes = np.clip(codes, fmt.code_min, fmt.code_max)
         return (np.ldexp(codes.astype(np.float64), -fmt.fl).astype(F32) + F32(0)).astype(F32)
     if isinstance(fmt, MiniFloat):
-        if accumulator.dtype == object or np.any(np.abs(accumulator) >= FLOAT64_EXACT):
+        if accumulator.dtype == object:
             exponents = np.broadcast_to(exponent, accumulator.shape)
+            rounding = _IntegerRounding(
+                fmt.emin, fmt.mant_bits, fmt.max, fmt.has_subnormals, fmt.rounding
+            )
             rounded = [
-                _minifloat_of_integer(int(a), int(e), fmt)
+                rounding(int(a), int(e))
                 for a, e in zip(accumulator.ravel(), exponents.ravel(), strict=True)
             ]
             return np.array(rounded, F32).reshape(accumulator.shape)
+        if np.any(np.abs(accumulator) >= FLOAT64_EXACT):
+            return _minifloat_of_int64(accumulator, np.asarray(exponent, np.int64), fmt)
         return minifloat_of(np.ldexp(accumulator.astype(np.float64), exponent), fmt)
     raise ValueError(f"{fmt.name} is a weight format, not an activation format")
 
 
-def _minifloat_of_integer(value: int, exponent: int, fmt: MiniFloat) -> float:
-    """`fmt.quantize` of value * 2**exponent for one exact Python integer (any size)."""
-    magnitude = abs(value)
-    if magnitude == 0:
-        return 0.0
-    top = magnitude.bit_length() - 1 + exponent  # floor(log2) of the exact value
-    if top < fmt.emin and not fmt.has_subnormals:
-        return math.copysign(0.0, value)
-    drop = max(top, fmt.emin) - fmt.mant_bits - exponent
-    if drop > 0:
-        result = math.ldexp(_shift_round_int(value, drop, fmt.rounding), exponent + drop)
-    else:
-        result = math.ldexp(value, exponent)
-    return math.copysign(min(abs(result), fmt.max), value)
+@dataclass(frozen=True)
+class _IntegerRounding:
+    """A mini float's rounding of value * 2**exponent for one exact Python integer (any
+    size), its limits read once: sums past int64 are rounded one by one."""
+
+    emin: int
+    mant_bits: int
+    largest: float
+    has_subnormals: bool
+    mode: str
+
+    def __call__(self, value: int, exponent: int) -> float:
+        magnitude = abs(value)
+        if magnitude == 0:
+            return 0.0
+        top = magnitude.bit_length() - 1 + exponent  # floor(log2) of the exact value
+        if top < self.emin and not self.has_subnormals:
+            return math.copysign(0.0, value)
+        drop = max(top, self.emin) - self.mant_bits - exponent
+        if drop > 0:
+            result = math.ldexp(_shift_round_int(value, drop, self.mode), exponent + drop)
+        else:
+            result = math.ldexp(value, exponent)
+        return math.copysign(min(abs(result), self.largest), value)
+
+
+def _minifloat_of_int64(value: np.ndarray, exponent: np.ndarray, fmt: MiniFloat) -> np.ndarray:
+    """`_IntegerRounding` on int64 arrays at once (sums past 2**53 that int64 holds): the
+    same exact steps, with the bit length found from float64 and corrected where the
+    conversion rounded up to the next power of two."""
+    value, exponent = np.broadcast_arrays(value.astype(np.int64), exponent)
+    magnitude = np.abs(value)
+    length = np.frexp(magnitude.astype(np.float64))[1].astype(np.int64)
+    length -= (np.int64(1) << np.maximum(length - 1, 0)) > magnitude
+    top = length - 1 + exponent
+    drop = np.maximum(top, fmt.emin) - fmt.mant_bits - exponent
+    rounded = shift_round(value, np.minimum(-drop, 0), fmt.rounding)
+    result = np.ldexp(rounded.astype(np.float64), exponent + np.maximum(drop, 0))
+    result = np.copysign(np.minimum(np.abs(result), fmt.max), value)
+    flushed = (top < fmt.emin) & (not fmt.has_subnormals)
+    result = np.where(flushed | (magnitude == 0), np.copysign(0.0, result), result)
+    return result.astype(F32)
 
 
 def _shift_round_int(value: int, drop: int, mode: str) -> int:
