@@ -16,7 +16,7 @@ from rcompile.exporter import finish_model
 from rcompile.importer import prepare_model, read_model
 from rcompile.lowering import lower
 from rcompile.origin import SOURCE_KEY, source_record
-from rcompile.passes.bias_correction import correct_biases, mean_axes
+from rcompile.passes.bias_correction import bias_corrector, mean_axes, with_biases
 from rcompile.passes.calibrate import (
     Statistics,
     activation_ranges,
@@ -30,9 +30,9 @@ from rcompile.plan import (
     PLAN_KEY,
     Override,
     Plan,
+    Planner,
     PlanOptions,
     load_overrides,
-    make_plan,
     plan_record,
 )
 from rcompile.progress import progress_bar
@@ -99,14 +99,14 @@ def compile(
         means=options.bias_correction,
         histograms=options.fits_activations,
     )
-    plan = make_plan(layers, statistics, parsed, options, overrides)
-    if options.bias_correction and statistics.means:
-        weight_formats = {layer_plan.layer.node: layer_plan.weights for layer_plan in plan.layers}
-        corrected = correct_biases(imported.model, layers, weight_formats, statistics.means)
-        if corrected.modified:
-            imported = replace(imported, model=corrected.model)
-            statistics = replace(statistics, weights=weight_ranges(corrected.model, layers))
-            plan = make_plan(layers, statistics, parsed, options, overrides)
+    planner = Planner(
+        layers, statistics, options, bias_corrector(imported.model, statistics, options)
+    )
+    plan = planner.plan(parsed, overrides)
+    biases = planner.corrected_biases(plan)
+    if biases:
+        imported = replace(imported, model=with_biases(imported.model, biases))
+        statistics = replace(statistics, weights=weight_ranges(imported.model, layers))
     accuracy_of = None
     if val is not None:
 

@@ -12,6 +12,7 @@ import fnmatch
 import json
 import math
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -21,7 +22,7 @@ from rcompile.activation_fit import fit_activation, parse_activation_fit
 from rcompile.errors import SchemeError
 from rcompile.formats import DFP, APoT, Format, MiniFloat, Pow2
 from rcompile.formats.codes import largest_code, step_exponent, step_exponents
-from rcompile.passes.calibrate import Range, Statistics
+from rcompile.passes.calibrate import Range, Statistics, weight_range
 from rcompile.passes.layers import Layer
 from rcompile.passes.store_weights import families, weight_exponents
 from rcompile.scheme import (
@@ -264,15 +265,25 @@ def make_plan(
 class Planner:
     """Plans configurations of one model, reusing each layer's formats for rules it has seen:
     a search plans hundreds of configurations that differ in a layer or two, and choosing
-    per-channel weight formats is the costly part of planning."""
+    per-channel weight formats is the costly part of planning.
+
+    With a `corrector` (`rcompile.passes.bias_correction.BiasCorrector`), each layer's bias is
+    corrected for its planned weights and the bias planned from the corrected values, as
+    `rcompile.compile` plans after correcting; `corrected_biases` gives a plan's values."""
 
     def __init__(
-        self, layers: list[Layer], statistics: Statistics, options: PlanOptions | None = None
+        self,
+        layers: list[Layer],
+        statistics: Statistics,
+        options: PlanOptions | None = None,
+        corrector: Callable[[Layer, tuple[Format, ...]], np.ndarray | None] | None = None,
     ) -> None:
         self.layers = layers
         self.statistics = statistics
         self.options = options or PlanOptions()
+        self._corrector = corrector
         self._layer_plans: dict[tuple[str, Override], LayerPlan] = {}
+        self._biases: dict[int, np.ndarray] = {}  # id of a kept LayerPlan -> its bias
 
     def plan(self, scheme: Scheme, overrides: tuple[Override, ...] = ()) -> Plan:
         _check_overrides_match(self.layers, overrides)
@@ -284,9 +295,28 @@ class Planner:
                 continue
             key = (layer.node, rules)
             if key not in self._layer_plans:
-                self._layer_plans[key] = _layer_plan(layer, self.statistics, rules, self.options)
+                self._layer_plans[key] = self._layer_plan(layer, rules)
             planned.append(self._layer_plans[key])
         return Plan(scheme.name, tuple(planned), tuple(skipped))
+
+    def corrected_biases(self, plan: Plan) -> dict[str, np.ndarray]:
+        """The corrected bias of every layer of `plan` (made by this planner) that has one."""
+        return {
+            layer_plan.layer.bias: self._biases[id(layer_plan)]
+            for layer_plan in plan.layers
+            if id(layer_plan) in self._biases
+        }
+
+    def _layer_plan(self, layer: Layer, rules: Override) -> LayerPlan:
+        planned = _layer_plan(layer, self.statistics, rules, self.options)
+        bias = self._corrector(layer, planned.weights) if self._corrector else None
+        if bias is None:
+            return planned
+        ranges = {**self.statistics.weights, layer.bias: weight_range(bias.reshape(-1), 0)}
+        statistics = replace(self.statistics, weights=ranges)
+        planned = _layer_plan(layer, statistics, rules, self.options)
+        self._biases[id(planned)] = bias
+        return planned
 
 
 def _rules_for(layer: Layer, scheme: Scheme, overrides: tuple[Override, ...]) -> Override:

@@ -9,6 +9,8 @@ coarse weight formats (mini floats' 3-bit mantissas, power-of-two weights).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import onnx
 
@@ -16,6 +18,10 @@ from rcompile.graph import consumers, initializers, node_attributes, replace_ini
 from rcompile.passes import PassResult
 from rcompile.passes.layers import Layer
 from rcompile.passes.store_weights import quantize_values
+
+if TYPE_CHECKING:
+    from rcompile.passes.calibrate import Statistics
+    from rcompile.plan import PlanOptions
 
 # The op types corrected (the layers with a bias), with the axis of their first input that
 # holds its channels.
@@ -44,6 +50,38 @@ def correctable(layer: Layer, node: onnx.NodeProto, users: dict) -> bool:
     return len(users.get(layer.bias, [])) == 1
 
 
+class BiasCorrector:
+    """The corrected bias of any layer of one model for any formats of its weights (a search
+    asks for hundreds of combinations); None where the layer is not corrected."""
+
+    def __init__(self, model: onnx.ModelProto, means: dict[str, np.ndarray]) -> None:
+        self._values = initializers(model.graph)
+        self._nodes = {node.name: node for node in model.graph.node}
+        self._users = consumers(model.graph)
+        self._means = means
+
+    def __call__(self, layer: Layer, formats: tuple) -> np.ndarray | None:
+        node = self._nodes[layer.node]
+        mean = self._means.get(layer.inputs[0])
+        if not formats or mean is None or not correctable(layer, node, self._users):
+            return None
+        weights = self._values[layer.weight]
+        axis = layer.weight_axis if len(formats) > 1 else None
+        quantized = quantize_values(weights, formats, axis)
+        shift = _output_shift(node, quantized.astype(np.float64) - weights, mean)
+        bias = self._values[layer.bias]
+        return (bias.astype(np.float64) - shift.reshape(bias.shape)).astype(np.float32)
+
+
+def bias_corrector(
+    model: onnx.ModelProto, statistics: Statistics, options: PlanOptions
+) -> BiasCorrector | None:
+    """The corrector `options` ask for, where calibration measured the means it reads."""
+    if not options.bias_correction or not statistics.means:
+        return None
+    return BiasCorrector(model, statistics.means)
+
+
 def correct_biases(
     model: onnx.ModelProto,
     layers: list[Layer],
@@ -52,28 +90,24 @@ def correct_biases(
 ) -> PassResult:
     """`model` with the bias of every correctable layer whose weights have formats
     (`weight_formats[node]`) and whose input has a mean (`means`) corrected."""
+    corrector = BiasCorrector(model, means)
+    corrected = {}
+    for layer in layers:
+        bias = corrector(layer, weight_formats.get(layer.node, ()))
+        if bias is not None:
+            corrected[layer.bias] = bias
+    if not corrected:
+        return PassResult(model, False)
+    return PassResult(with_biases(model, corrected), True)
+
+
+def with_biases(model: onnx.ModelProto, biases: dict[str, np.ndarray]) -> onnx.ModelProto:
+    """A copy of `model` with the named initializers set to `biases`."""
     result = onnx.ModelProto()
     result.CopyFrom(model)
-    graph = result.graph
-    values = initializers(graph)
-    nodes = {node.name: node for node in graph.node}
-    users = consumers(graph)
-    changed = False
-    for layer in layers:
-        node = nodes[layer.node]
-        formats = weight_formats.get(layer.node)
-        mean = means.get(layer.inputs[0])
-        if not formats or mean is None or not correctable(layer, node, users):
-            continue
-        weights = values[layer.weight]
-        axis = layer.weight_axis if len(formats) > 1 else None
-        quantized = quantize_values(weights, formats, axis)
-        shift = _output_shift(node, quantized.astype(np.float64) - weights, mean)
-        bias = values[layer.bias]
-        corrected = (bias.astype(np.float64) - shift.reshape(bias.shape)).astype(np.float32)
-        replace_initializer(graph, layer.bias, corrected)
-        changed = True
-    return PassResult(result if changed else model, changed)
+    for name, values in biases.items():
+        replace_initializer(result.graph, name, values)
+    return result
 
 
 def _output_shift(node: onnx.NodeProto, error: np.ndarray, mean: np.ndarray) -> np.ndarray:

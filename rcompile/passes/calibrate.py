@@ -101,11 +101,11 @@ def weight_ranges(model: onnx.ModelProto, layers: list[Layer]) -> dict[str, Weig
                 value = value.reshape(-1)
             if not np.all(np.isfinite(value)):
                 raise ModelImportError(f"parameter '{name}' of layer '{layer.node}' has NaN or inf")
-            ranges[name] = _weight_range(value, axis)
+            ranges[name] = weight_range(value, axis)
     return ranges
 
 
-def _weight_range(value: np.ndarray, axis: int | None) -> WeightRange:
+def weight_range(value: np.ndarray, axis: int | None) -> WeightRange:
     overall = Range(float(value.min(initial=0.0)), float(value.max(initial=0.0)))
     if axis is None or value.ndim == 0:
         channels = value.reshape(1, -1)

@@ -16,6 +16,8 @@ from rcompile.api import DEFAULT_BATCH_SIZE, CompileResult, collect_statistics, 
 from rcompile.batching import model_batches
 from rcompile.data import Preprocessing, input_specs, open_data
 from rcompile.errors import SchemeError, UserError
+from rcompile.passes.bias_correction import with_biases
+from rcompile.passes.calibrate import weight_ranges
 from rcompile.passes.layers import find_layers
 from rcompile.plan import PlanOptions
 from rcompile.scheme import parse_scheme
@@ -80,8 +82,8 @@ def search(
     of a Ray cluster to score candidates on (`local` starts one here), with `jobs` actors
     (1: one per CPU of the cluster)."""
     _check(families, mode, cost, margin, confidence, holdout)
-    # The search neither corrects biases nor equalises yet; its report must not say it does.
-    options = replace(options or PlanOptions(), bias_correction=False, equalization=False)
+    # The search does not equalise yet; its report must not say it does.
+    options = replace(options or PlanOptions(), equalization=False)
     imported = load_source(model)
     source = imported.model
     evaluator, calibration, kept = prepare_evaluator(
@@ -168,6 +170,9 @@ def search(
             "quantized": score(outputs, evaluator.data.labels, evaluator.reference).as_dict(),
         }
 
+    if chosen.biases:
+        imported = replace(imported, model=with_biases(source, chosen.biases))
+        statistics = replace(statistics, weights=weight_ranges(imported.model, layers))
     result = finish(
         imported, chosen.plan, options, calibration, accuracy, section, statistics=statistics
     )
@@ -204,6 +209,7 @@ def prepare_evaluator(
         batch_size,
         False,
         held,
+        means=options.bias_correction,
         histograms=options.fits_activations,
     )
     specs = input_specs(source)

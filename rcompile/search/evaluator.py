@@ -11,7 +11,7 @@ set, or over the part of the network after a shared prefix (`share_prefix`).
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from statistics import median
 
 import numpy as np
@@ -19,6 +19,7 @@ import onnx
 import onnxruntime as ort
 
 from rcompile.lowering.values import QuantizedValues
+from rcompile.passes.bias_correction import bias_corrector, with_biases
 from rcompile.passes.calibrate import Statistics
 from rcompile.passes.layers import Layer
 from rcompile.plan import Override, Plan, Planner, PlanOptions
@@ -51,7 +52,9 @@ class Configuration:
 class Evaluation:
     """A scored configuration: its plan, metric value, cost and the seconds scoring took;
     `drop_bound`, the upper confidence bound of its drop against FP32 (what the margin
-    judges), and `divergence`, how far its outputs moved (see `rcompile.search.confidence`)."""
+    judges), and `divergence`, how far its outputs moved (see `rcompile.search.confidence`);
+    `biases`, the values bias correction gave the plan's layers (the model scored is the FP32
+    model with these biases and this plan, in whichever process scored it)."""
 
     configuration: Configuration
     plan: Plan
@@ -60,6 +63,7 @@ class Evaluation:
     seconds: float
     drop_bound: float
     divergence: float
+    biases: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, eq=False)
@@ -91,7 +95,8 @@ class Evaluator:
 
     def __init__(self, data: EvaluationData) -> None:
         self.model = onnx.load_from_string(data.model)
-        self.planner = Planner(list(data.layers), data.statistics, data.options)
+        corrector = bias_corrector(self.model, data.statistics, data.options)
+        self.planner = Planner(list(data.layers), data.statistics, data.options, corrector)
         self.values = QuantizedValues()
         self._prefix: SharedPrefix | None = None
         if data.reference is None:
@@ -120,7 +125,9 @@ class Evaluator:
     def evaluate(self, configuration: Configuration) -> Evaluation:
         start = time.perf_counter()
         plan = self.planner.plan(configuration.scheme, configuration.overrides)
-        rewritten = evaluation_form(self.model, plan, self.values)
+        biases = self.planner.corrected_biases(plan)
+        model = with_biases(self.model, biases) if biases else self.model
+        rewritten = evaluation_form(model, plan, self.values)
         if self._prefix is not None:
             outputs, _ = self._prefix.outputs(rewritten, list(self.data.batches), self._session)
         else:
@@ -136,6 +143,7 @@ class Evaluator:
             seconds,
             drop_bound(data.metric, outputs, data.labels, self.reference, data.confidence),
             divergence(outputs, self.reference),
+            biases,
         )
 
     def _session(self, model: bytes):
