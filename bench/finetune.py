@@ -40,7 +40,7 @@ from rcompile.score import predictions, score
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
 BEGIN, END = markers("finetune.py")
-EFFICIENTNET_EPOCHS = 25
+EFFICIENTNET_EPOCHS = 10
 
 
 @dataclass(frozen=True)
@@ -83,7 +83,9 @@ def run(work: Path, case: Case) -> list[dict]:
         top1(path, case.scored, case.preprocess),
     )
     rows = []
-    for data, labels in ((case.unlabelled, "none"), (case.labelled, "yes")):
+    for data in (case.unlabelled, case.labelled):
+        labelled = open_data(data, input_specs(compiled.model), preprocessing).has_labels
+        labels = "yes" if labelled else "none"
         start = time.perf_counter()
         result = finetune(path, data, None, case.options, preprocessing, teacher=case.model)
         seconds = time.perf_counter() - start
@@ -141,8 +143,12 @@ def efficientnet(work: Path, device: str) -> list[Case]:
         (work / part).mkdir()
         for file in chosen:
             os.symlink(file, work / part / file.name)
+    # The same 100 images under names without the class-index prefix: no labels.
+    (work / "unlabelled").mkdir()
+    for index, file in enumerate(parts["calib"]):
+        os.symlink(file, work / "unlabelled" / f"image{index:03d}.jpg")
     options = TrainOptions(
-        epochs=EFFICIENTNET_EPOCHS, lr=0.01, batch_size=16, patience=6, device=device
+        epochs=EFFICIENTNET_EPOCHS, lr=0.001, batch_size=16, patience=4, device=device
     )
     return [
         Case(
@@ -151,7 +157,7 @@ def efficientnet(work: Path, device: str) -> list[Case]:
             scheme,
             per_channel,
             work / "calib",
-            work / "calib",
+            work / "unlabelled",
             work / "labelled",
             work / "scored",
             "inception",

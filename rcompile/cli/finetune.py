@@ -63,7 +63,7 @@ def finetune_command(
             "Peak learning rate, in quantization steps per update (Adam, cosine schedule).",
             positive=True,
         ),
-    ] = 0.01,
+    ] = 0.001,
     batch_size: Annotated[int, typer.Option(min=1, help="Samples per training step.")] = 32,
     seed: Annotated[
         int, typer.Option(help="Seed of the shuffling, augmentation, hold-out and rounding.")

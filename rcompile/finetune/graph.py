@@ -144,7 +144,13 @@ class QuantizedGraph(torch.nn.Module):
                     formats = tuple(parse_format(n) for n in layer[key])
                     stored = stored_codes(model, value)
                     limits = storable_limits(formats, *stored) if stored else None
-                    unit = units(formats, self.constants[value].numpy(), axis)
+                    values = self.constants[value].numpy()
+                    unit = units(formats, values, axis)
+                    if key == "bias" and layer["output"]:
+                        # An accumulator-width bias steps in product LSBs; what moves the
+                        # layer's result is a step of its output.
+                        output = units((parse_format(layer["output"]),), values, 0)
+                        unit = np.maximum(unit, output)
                     shadow = Shadow(value, node.name, key, formats, axis, limits, unit)
                     shadows.append(shadow)
         return shadows

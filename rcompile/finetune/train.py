@@ -32,7 +32,7 @@ from rcompile.progress import progress_bar
 @dataclass(frozen=True)
 class TrainOptions:
     epochs: int = 10
-    lr: float = 0.01
+    lr: float = 0.001
     batch_size: int = 32
     seed: int = 0
     stochastic_rounding: bool = False
