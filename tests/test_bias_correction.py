@@ -15,7 +15,7 @@ from onnx import TensorProto, helper, numpy_helper
 from rcompile.formats import DFP
 from rcompile.graph import initializers
 from rcompile.onnx_ops import IR_VERSION, OPSET
-from rcompile.passes.bias_correction import correct_biases, mean_axes
+from rcompile.passes.bias_correction import BiasCorrector, mean_axes, with_biases
 from rcompile.passes.layers import find_layers
 from rcompile.passes.store_weights import quantize_values
 
@@ -92,16 +92,14 @@ def test_corrected_quantized_layers_keep_the_fp32_channel_means(op_type, attribu
     channel_means = np.moveaxis(x, mean_axes(model, layers)["x"], 0).reshape(x.shape[1], -1)
     means = {"x": channel_means.mean(axis=1, dtype=np.float64)}
     formats = (COARSE,) * initializers(model.graph)["w"].shape[layer.weight_axis]
-    result = correct_biases(model, layers, {"layer": formats}, means)
-    assert result.modified
+    bias = BiasCorrector(model, means)(layer, formats)
+    assert bias is not None and bias.dtype == np.float32
     fp32 = output_means(model, x, axis)
     plain = output_means(with_quantized_weights(model, formats, layer.weight_axis), x, axis)
-    corrected = output_means(
-        with_quantized_weights(result.model, formats, layer.weight_axis), x, axis
-    )
+    corrected = with_biases(model, {"b": bias})
+    corrected = output_means(with_quantized_weights(corrected, formats, layer.weight_axis), x, axis)
     assert np.abs(plain - fp32).max() > 0.05
     np.testing.assert_allclose(corrected, fp32, atol=1e-4)
-    assert initializers(result.model.graph)["b"].dtype == np.float32
 
 
 def test_a_layer_without_a_bias_or_sharing_it_is_left_alone():
@@ -113,8 +111,8 @@ def test_a_layer_without_a_bias_or_sharing_it_is_left_alone():
     layers = find_layers(shared)
     assert mean_axes(shared, layers) == {}
     means = {"x": np.ones(4)}
-    assert not correct_biases(shared, layers, {"layer": (COARSE,)}, means).modified
-    assert not correct_biases(model, find_layers(model), {}, means).modified
+    assert BiasCorrector(shared, means)(layers[0], (COARSE,)) is None
+    assert BiasCorrector(model, means)(find_layers(model)[0], ()) is None
 
 
 def test_the_cli_switch_corrects_lenets_biases_and_records_itself(tmp_path):

@@ -15,7 +15,6 @@ import numpy as np
 import onnx
 
 from rcompile.graph import consumers, initializers, node_attributes, replace_initializer
-from rcompile.passes import PassResult
 from rcompile.passes.layers import Layer
 from rcompile.passes.store_weights import quantize_values
 
@@ -80,25 +79,6 @@ def bias_corrector(
     if not options.bias_correction or not statistics.means:
         return None
     return BiasCorrector(model, statistics.means)
-
-
-def correct_biases(
-    model: onnx.ModelProto,
-    layers: list[Layer],
-    weight_formats: dict[str, tuple],
-    means: dict[str, np.ndarray],
-) -> PassResult:
-    """`model` with the bias of every correctable layer whose weights have formats
-    (`weight_formats[node]`) and whose input has a mean (`means`) corrected."""
-    corrector = BiasCorrector(model, means)
-    corrected = {}
-    for layer in layers:
-        bias = corrector(layer, weight_formats.get(layer.node, ()))
-        if bias is not None:
-            corrected[layer.bias] = bias
-    if not corrected:
-        return PassResult(model, False)
-    return PassResult(with_biases(model, corrected), True)
 
 
 def with_biases(model: onnx.ModelProto, biases: dict[str, np.ndarray]) -> onnx.ModelProto:
