@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import numpy as np
 import onnx
 
 from rcompile.batching import model_batches
@@ -25,7 +26,7 @@ from rcompile.passes.calibrate import (
 )
 from rcompile.passes.declared_shapes import declared_names, keep_declared_shapes
 from rcompile.passes.equalize import equalize_layers
-from rcompile.passes.layers import QUANTIZABLE, find_layers
+from rcompile.passes.layers import QUANTIZABLE, Layer, find_layers
 from rcompile.plan import (
     PLAN_KEY,
     Override,
@@ -103,10 +104,9 @@ def compile(
         layers, statistics, options, bias_corrector(imported.model, statistics, options)
     )
     plan = planner.plan(parsed, overrides)
-    biases = planner.corrected_biases(plan)
-    if biases:
-        imported = replace(imported, model=with_biases(imported.model, biases))
-        statistics = replace(statistics, weights=weight_ranges(imported.model, layers))
+    imported, statistics = with_corrected_biases(
+        imported, statistics, layers, planner.corrected_biases(plan)
+    )
     accuracy_of = None
     if val is not None:
 
@@ -116,6 +116,17 @@ def compile(
     return finish(
         imported, plan, options, calibration, accuracy_of, target=target, statistics=statistics
     )
+
+
+def with_corrected_biases(
+    imported: Source, statistics: Statistics, layers: list[Layer], biases: dict[str, np.ndarray]
+) -> tuple[Source, Statistics]:
+    """The source with the biases bias correction chose, and the parameter ranges read from
+    it (what the report shows); unchanged without any."""
+    if not biases:
+        return imported, statistics
+    model = with_biases(imported.model, biases)
+    return replace(imported, model=model), replace(statistics, weights=weight_ranges(model, layers))
 
 
 @dataclass(frozen=True)

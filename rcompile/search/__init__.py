@@ -12,12 +12,17 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from rcompile.api import DEFAULT_BATCH_SIZE, CompileResult, collect_statistics, finish, load_source
+from rcompile.api import (
+    DEFAULT_BATCH_SIZE,
+    CompileResult,
+    collect_statistics,
+    finish,
+    load_source,
+    with_corrected_biases,
+)
 from rcompile.batching import model_batches
 from rcompile.data import Preprocessing, input_specs, open_data
 from rcompile.errors import SchemeError, UserError
-from rcompile.passes.bias_correction import with_biases
-from rcompile.passes.calibrate import weight_ranges
 from rcompile.passes.layers import find_layers
 from rcompile.plan import PlanOptions
 from rcompile.scheme import parse_scheme
@@ -170,9 +175,7 @@ def search(
             "quantized": score(outputs, evaluator.data.labels, evaluator.reference).as_dict(),
         }
 
-    if chosen.biases:
-        imported = replace(imported, model=with_biases(source, chosen.biases))
-        statistics = replace(statistics, weights=weight_ranges(imported.model, layers))
+    imported, statistics = with_corrected_biases(imported, statistics, layers, chosen.biases)
     result = finish(
         imported, chosen.plan, options, calibration, accuracy, section, statistics=statistics
     )
