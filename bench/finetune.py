@@ -1,8 +1,10 @@
-"""Fine-tuning benchmark: accuracy before and after `rcompile finetune`, and time per epoch.
+"""Fine-tuning benchmark: accuracy before and after `rcompile finetune`, the time of learned
+rounding and of an epoch of end-to-end training.
 
-Every model trains by distillation from its FP32 model, first on unlabelled data, then on
-labelled data (distillation plus cross-entropy); early stopping on a seeded fifth of the
-training data; scored with onnxruntime on the written model, on samples used for neither.
+Every model is first rounded layer by layer (learned rounding, the default steps), then
+trains by distillation from its FP32 model, first on unlabelled data, then on labelled data
+(distillation plus cross-entropy); early stopping on a seeded fifth of the training data;
+scored with onnxruntime on the written model, on samples used for neither.
 
 - LeNet-5 at dfp4 and pow2: calibrated on models/mnist_calib.npz, trained on the 4,000
   images of models/mnist_train.npz (without, then with labels), scored on the 1,000 test
@@ -12,6 +14,7 @@ training data; scored with onnxruntime on the written model, on samples used for
   400-499 are scored.
 
     .venv/bin/python bench/finetune.py [--write] [--only lenet|efficientnet] [--device D]
+        [--schemes dfp:w4a8,...] [--unlabelled-only]
 """
 
 from __future__ import annotations
@@ -67,7 +70,7 @@ def top1(model: onnx.ModelProto | Path, data: Path, preprocess: str | None) -> f
     return 100 * score(predictions(loaded, dataset, 50), dataset.labels).top1
 
 
-def run(work: Path, case: Case) -> list[dict]:
+def run(work: Path, case: Case, unlabelled_only: bool) -> list[dict]:
     preprocessing = parse_preprocessing(case.preprocess) if case.preprocess else None
     compiled = rcompile.compile(
         case.model,
@@ -83,12 +86,13 @@ def run(work: Path, case: Case) -> list[dict]:
         top1(path, case.scored, case.preprocess),
     )
     rows = []
-    for data in (case.unlabelled, case.labelled):
+    for data in (case.unlabelled,) if unlabelled_only else (case.unlabelled, case.labelled):
         labelled = open_data(data, input_specs(compiled.model), preprocessing).has_labels
         labels = "yes" if labelled else "none"
         start = time.perf_counter()
         result = finetune(path, data, None, case.options, preprocessing, teacher=case.model)
         seconds = time.perf_counter() - start
+        rounding = sum(layer.seconds for layer in result.rounding)
         epochs = len(result.history) - 1
         tuned = work / "tuned.onnx"
         write_model(result.model, tuned)
@@ -101,7 +105,8 @@ def run(work: Path, case: Case) -> list[dict]:
                 "before": before,
                 "after": top1(result.model, case.scored, case.preprocess),
                 "epochs": f"{epochs} (best {result.best_epoch})",
-                "per_epoch": seconds / max(epochs, 1),
+                "rounding": rounding,
+                "per_epoch": (seconds - rounding) / max(epochs, 1),
                 "device": result.device,
                 "bytes": (path.stat().st_size, tuned.stat().st_size),
                 "options": case.options,
@@ -167,12 +172,12 @@ def efficientnet(work: Path, device: str) -> list[Case]:
     ]
 
 
-def section(rows: list[dict]) -> str:
+def section(rows: list[dict], command_line: list[str]) -> str:
     lines = [
         BEGIN,
         "## Fine-tuning (`bench/finetune.py`)",
         "",
-        "Command: `.venv/bin/python bench/finetune.py --write`. Measured "
+        f"Command: `.venv/bin/python bench/finetune.py {' '.join(command_line)}`. Measured "
         f"{datetime.now(timezone.utc):%Y-%m-%d} on {machine()}, torch {torch.__version__}, "
         f"onnxruntime {ort.__version__}. Distillation from the FP32 model (plus cross-entropy "
         "where the training data has labels), early stopping on a held-out fifth of the "
@@ -181,14 +186,16 @@ def section(rows: list[dict]) -> str:
         "docstring for the splits). The written file's size is the compiled one's plus the "
         "`rcompile.finetune` record.",
         "",
-        "| model | scheme | trained on | FP32 | before | after | epochs | lr | per epoch "
-        "| device | bytes before → after |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| model | scheme | trained on | FP32 | before | after | rounding | epochs | lr "
+        "| per epoch | device | bytes before → after |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in rows:
         lines.append(
             f"| {r['name']} | {r['scheme']} | {r['train']} | {r['fp32']:.1f} % | "
-            f"{r['before']:.1f} % | {r['after']:.1f} % | {r['epochs']} | {r['options'].lr:g} | "
+            f"{r['before']:.1f} % | {r['after']:.1f} % | "
+            f"{r['options'].rounding_steps} steps, {r['rounding']:.0f} s | "
+            f"{r['epochs']} | {r['options'].lr:g} | "
             f"{r['per_epoch']:.1f} s | {r['device']} | {r['bytes'][0]:,} → {r['bytes'][1]:,} |"
         )
     return "\n".join([*lines, "", END])
@@ -198,14 +205,20 @@ def main() -> int:
     parser = arguments(__doc__)
     parser.add_argument("--only", choices=("lenet", "efficientnet"))
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda", "auto"))
+    parser.add_argument("--schemes", help="comma-separated schemes to run (default: all)")
+    parser.add_argument(
+        "--unlabelled-only", action="store_true", help="skip the labelled training sets"
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as folder:
         work = Path(folder)
         cases = [] if args.only == "efficientnet" else lenet(work, args.device)
         if args.only != "lenet":
             cases += efficientnet(work, args.device)
-        rows = [row for case in cases for row in run(work, case)]
-    publish("finetune.py", section(rows), args.write)
+        if args.schemes:
+            cases = [case for case in cases if case.scheme in args.schemes.split(",")]
+        rows = [row for case in cases for row in run(work, case, args.unlabelled_only)]
+    publish("finetune.py", section(rows, sys.argv[1:]), args.write)
     return 0
 
 

@@ -21,6 +21,7 @@ torch = pytest.importorskip("torch", reason="fine-tuning needs PyTorch (the fine
 
 from rcompile.finetune import TrainOptions, finetune  # noqa: E402
 from rcompile.finetune.graph import QuantizedGraph, float_arrays, read_plan  # noqa: E402
+from rcompile.finetune.neighbours import neighbours_per_channel  # noqa: E402
 from rcompile.finetune.quantizers import per_channel, quantize  # noqa: E402
 from rcompile.formats import DFP, Pow2, parse_format  # noqa: E402
 from rcompile.passes.store_weights import quantize_values  # noqa: E402
@@ -169,8 +170,9 @@ def _without_metadata(model: onnx.ModelProto) -> onnx.ModelProto:
 
 @pytest.fixture(scope="module")
 def tuned(compiled, small_data):
-    """LeNet-5 dfp4 fine-tuned twice alike on unlabelled images (held-out validation)."""
-    options = TrainOptions(epochs=3, seed=3)
+    """LeNet-5 dfp4 fine-tuned twice alike on unlabelled images (held-out validation):
+    learned rounding, then end-to-end training."""
+    options = TrainOptions(epochs=3, seed=3, rounding_steps=50)
     return [
         finetune(compiled["dfp4"], small_data["unlabelled"], options=options, teacher=LENET)
         for _ in range(2)
@@ -234,22 +236,46 @@ def _test_top1(model: onnx.ModelProto | Path) -> float:
     return 100.0 * float(np.mean(logits.argmax(1) == data["labels"]))
 
 
+def _trained_on_all_of_mnist_train(model: Path, options: TrainOptions):
+    """`model` fine-tuned on the 4,000 training images without their labels."""
+    unlabelled = model.parent / "all_unlabelled.npy"
+    np.save(unlabelled, np.load(MODELS / "mnist_train.npz")["input"])
+    return finetune(model, unlabelled, options=options, teacher=LENET)
+
+
 def test_distillation_from_unlabelled_images_wins_back_test_accuracy(compiled):
     """LeNet-5 at dfp4 (1.6 points below FP32 on the 1,000 test images) trained on 4,000
     unlabelled images for 5 epochs at 0.003 steps an update (97.5 % measured; 96.8 % at the
     default 0.001, which suits EfficientNet-Lite0): at least 40 % of the drop comes back."""
-    train = np.load(MODELS / "mnist_train.npz")["input"]
-    folder = compiled["dfp4"].parent
-    np.save(folder / "all_unlabelled.npy", train)
-    result = finetune(
-        compiled["dfp4"],
-        folder / "all_unlabelled.npy",
-        options=TrainOptions(epochs=5, lr=0.003),
-        teacher=LENET,
+    result = _trained_on_all_of_mnist_train(
+        compiled["dfp4"], TrainOptions(epochs=5, lr=0.003, rounding_steps=0)
     )
     fp32, before, after = _test_top1(LENET), _test_top1(compiled["dfp4"]), _test_top1(result.model)
     assert fp32 - before >= 1.0
     assert after >= before + 0.4 * (fp32 - before)
+
+
+def test_learned_rounding_alone_wins_back_test_accuracy(compiled):
+    """LeNet-5 at dfp4 (96.3 %, FP32 97.9 % on the 1,000 test images), weights rounded layer
+    by layer on 4,000 unlabelled images, 1,000 steps a layer, no end-to-end training: 97.4 %
+    measured (96.7 % at the default 300 steps). Each weight takes one of the two dfp4 values
+    beside its FP32 value, and the convolutions' output error on the training images halves."""
+    result = _trained_on_all_of_mnist_train(
+        compiled["dfp4"], TrainOptions(epochs=0, rounding_steps=1000)
+    )
+    fp32, before, after = _test_top1(LENET), _test_top1(compiled["dfp4"]), _test_top1(result.model)
+    assert after >= before + 0.4 * (fp32 - before)
+    convolutions = [r for r in result.rounding if "conv" in r.layer]
+    assert len(result.rounding) == 5 and len(convolutions) == 2
+    assert all(r.error_learned < 0.7 * r.error_nearest for r in convolutions)
+    assert all(0 < r.changed < r.weights for r in result.rounding)
+    teacher = QuantizedGraph(rcompile.api.load_source(LENET).model, plan=False)
+    graph = QuantizedGraph(result.model)
+    for shadow in (s for s in graph.shadows if s.role == "weights"):
+        value = graph.quantized_weights()[shadow.value]
+        original = teacher.constants[teacher.layer_inputs[shadow.layer][1]]
+        below, above = neighbours_per_channel(original, shadow.formats, shadow.axis % value.dim())
+        assert bool(((value == below) | (value == above)).all())
 
 
 def test_a_bias_added_in_the_accumulator_trains_in_steps_of_the_layer_output(compiled):
@@ -270,7 +296,7 @@ def test_labels_add_cross_entropy_and_top1_decides(compiled, small_data):
         compiled["dfp4"],
         small_data["train"],
         small_data["val"],
-        TrainOptions(epochs=1),
+        TrainOptions(epochs=1, rounding_steps=0),
         teacher=LENET,
     )
     assert result.metric == "top-1" and result.validation == str(small_data["val"])
@@ -399,7 +425,9 @@ def test_stochastic_rounding_trains_other_weights_than_nearest(compiled, small_d
         finetune(
             compiled["pow2"],
             small_data["unlabelled"],
-            options=TrainOptions(epochs=1, seed=1, stochastic_rounding=stochastic, patience=0),
+            options=TrainOptions(
+                epochs=1, seed=1, stochastic_rounding=stochastic, patience=0, rounding_steps=0
+            ),
             teacher=LENET,
         )
         for stochastic in (False, True)
@@ -435,6 +463,7 @@ def test_the_whole_command_is_the_model_and_a_folder_the_user_has(small_data, tm
     assert result.returncode == 0, result.stderr
     summary = json.loads(result.stdout)
     assert summary["teacher"] == "models/lenet5.onnx" and summary["metric"] == "agreement"
+    assert [r["layer"] for r in summary["rounding"]][::4] == ["/conv1/Conv", "/fc3/Gemm"]
     for level in ("disable_all", "all"):
         open_session(onnx.load(str(tuned)), level).run(
             None, {"input": np.load(MODELS / "mnist_test.npz")["input"][:4]}

@@ -54,8 +54,17 @@ def finetune_command(
         typer.Option(help="The FP32 teacher (default: the model MODEL was compiled from)."),
     ] = None,
     epochs: Annotated[
-        int, typer.Option(min=1, help="At most this many passes over the data.")
+        int,
+        typer.Option(min=0, help="At most this many passes of end-to-end training (0: none)."),
     ] = 10,
+    rounding_steps: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            help="Steps per layer of learned rounding (AdaRound) before end-to-end training "
+            "(0: none).",
+        ),
+    ] = 300,
     lr: Annotated[
         float,
         number_option(
@@ -117,17 +126,18 @@ def finetune_command(
     inputs = input_paths(model, train, val, teacher)
     check_targets([output], inputs)
     options = TrainOptions(
-        epochs,
-        lr,
-        batch_size,
-        seed,
-        stochastic_rounding,
-        patience,
-        temperature,
-        feature_loss,
-        holdout,
-        augment,
-        device,
+        epochs=epochs,
+        lr=lr,
+        batch_size=batch_size,
+        seed=seed,
+        stochastic_rounding=stochastic_rounding,
+        patience=patience,
+        temperature=temperature,
+        feature_loss=feature_loss,
+        holdout=holdout,
+        augment=augment,
+        device=device,
+        rounding_steps=rounding_steps,
     )
     with on_device(device):
         result = finetune(
@@ -145,8 +155,19 @@ def finetune_command(
 
 def _finetune_lines(summary: dict) -> list[str]:
     metric = "top-1" if summary["metric"] == "top-1" else "agreement with FP32"
+    rounding = summary["rounding"]
+    learned = (
+        [
+            f"learned rounding: {sum(r['changed'] for r in rounding):,} of "
+            f"{sum(r['weights'] for r in rounding):,} weights of {len(rounding)} layers take "
+            "the other neighbour than the nearest"
+        ]
+        if rounding
+        else []
+    )
     return [
         f"wrote {summary['output']} (teacher {summary['teacher']}, on {summary['device']})",
+        *learned,
         f"validation {metric} {summary['val_before']:.2f} % before, "
         f"{summary['val_after']:.2f} % after (best epoch {summary['best_epoch']} of "
         f"{len(summary['history']) - 1}; validation: {summary['validation']})",

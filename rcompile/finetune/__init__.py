@@ -17,6 +17,7 @@ from rcompile.exporter import finish_model
 from rcompile.finetune.device import torch_device
 from rcompile.finetune.export import write_weights
 from rcompile.finetune.graph import QuantizedGraph, read_plan
+from rcompile.finetune.rounding import LayerRounding, learn_rounding
 from rcompile.finetune.train import Epoch, Samples, TrainOptions, hold_out, in_memory, train
 from rcompile.origin import find_teacher, source_record
 from rcompile.score import predictions, score
@@ -39,6 +40,7 @@ class FinetuneResult:
     teacher: str
     validation: str
     device: str
+    rounding: list[LayerRounding]
 
     def as_dict(self) -> dict:
         return {
@@ -50,6 +52,7 @@ class FinetuneResult:
             "val_after": self.after,
             "best_epoch": self.best_epoch,
             "history": [asdict(epoch) for epoch in self.history],
+            "rounding": [asdict(layer) for layer in self.rounding],
         }
 
 
@@ -104,6 +107,19 @@ def finetune(
     student = QuantizedGraph(quantized).to_device(device)
     fp32 = QuantizedGraph(source, plan=False).to_device(device)
     student.start_from(fp32)
+    rounding = (
+        learn_rounding(
+            student,
+            fp32,
+            training.inputs,
+            options.rounding_steps,
+            options.batch_size,
+            options.seed,
+            show_progress,
+        )
+        if options.rounding_steps
+        else []
+    )
     augment = options.augment and Path(train_data).is_dir()
     history, best_epoch = train(
         student, fp32, training, validation, options, augment, show_progress
@@ -129,6 +145,7 @@ def finetune(
         str(teacher_path),
         validation_label,
         str(device),
+        rounding,
     )
 
 

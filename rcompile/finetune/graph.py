@@ -110,7 +110,7 @@ class QuantizedGraph(torch.nn.Module):
         self.shadows = self._shadows(model)
         self.weights = torch.nn.ParameterList(
             [
-                torch.nn.Parameter(self.constants[s.value].to(torch.float32) / self._unit(s))
+                torch.nn.Parameter(self.constants[s.value].to(torch.float32) / self.unit_tensor(s))
                 for s in self.shadows
             ]
         )
@@ -176,46 +176,66 @@ class QuantizedGraph(torch.nn.Module):
                 original = fp32.constants[inputs[index]].to(weight.device, torch.float32)
                 if original.shape != weight.shape:
                     continue
-                candidate = original / self._unit(shadow).to(weight.device)
-                held = self._quantized(shadow, weight, None)
-                same = self._quantized(shadow, candidate, None) == held
+                candidate = original / self.unit_tensor(shadow).to(weight.device)
+                held = self.quantized_value(shadow, weight, None)
+                same = self.quantized_value(shadow, candidate, None) == held
                 weight.copy_(torch.where(same, candidate, weight))
                 taken += int(same.sum())
         return taken
 
-    def _unit(self, shadow: Shadow) -> torch.Tensor:
+    def unit_tensor(self, shadow: Shadow) -> torch.Tensor:
         like = self.constants[shadow.value]
-        return _along(shadow.unit, like, shadow.axis % max(like.dim(), 1))
+        return along(shadow.unit, like, shadow.axis % max(like.dim(), 1))
 
-    def _quantized(self, shadow: Shadow, weight: torch.Tensor, seed) -> torch.Tensor:
+    def quantized_value(self, shadow: Shadow, weight: torch.Tensor, seed) -> torch.Tensor:
         axis = shadow.axis % max(weight.dim(), 1)
-        weight = weight * _along(shadow.unit, weight, axis)
+        weight = weight * along(shadow.unit, weight, axis)
         quantized = per_channel(weight, shadow.formats, axis, seed)
         if shadow.limits is None:
             return quantized
-        low, high = (_along(limit, weight, axis) for limit in shadow.limits)
+        low, high = (along(limit, weight, axis) for limit in shadow.limits)
         return torch.minimum(torch.maximum(quantized, low), high)
 
     def quantized_weights(self) -> dict[str, torch.Tensor]:
         """Every shadow tensor quantized with its formats (what the exported model holds)."""
         return {
-            s.value: self._quantized(s, w.detach(), None)
+            s.value: self.quantized_value(s, w.detach(), None)
             for s, w in zip(self.shadows, self.weights, strict=True)
         }
 
     def forward(
         self, inputs: dict[str, torch.Tensor], observe: tuple[str, ...] | None = None
     ) -> torch.Tensor | tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        values = dict(self.constants)
-        for shadow, weight in zip(self.shadows, self.weights, strict=True):
-            values[shadow.value] = self._quantized(shadow, weight, self.weight_seed)
-        values.update(inputs)
+        values = self.start_values(inputs, self.weight_seed)
         for step in self.steps:
             outputs = step([values[n] if n else None for n in step.node.input])
             values.update(zip(step.node.output, outputs, strict=False))
         if observe is not None:
             return values[self.output_name], {name: values[name] for name in observe}
         return values[self.output_name]
+
+    def start_values(self, inputs: dict[str, torch.Tensor], seed: int | None) -> dict:
+        """The values a forward pass starts from: constants, quantized weights, inputs."""
+        values = dict(self.constants)
+        for shadow, weight in zip(self.shadows, self.weights, strict=True):
+            values[shadow.value] = self.quantized_value(shadow, weight, seed)
+        values.update(inputs)
+        return values
+
+    def value_of(self, inputs: dict[str, torch.Tensor], name: str) -> torch.Tensor:
+        """One graph value, running the steps only as far as the one that computes it."""
+        values = self.start_values(inputs, None)
+        for step in self.steps:
+            if name in values:
+                break
+            outputs = step([values[n] if n else None for n in step.node.input])
+            values.update(zip(step.node.output, outputs, strict=False))
+        return values[name]
+
+    def layer_steps(self, layer: str) -> list[Step]:
+        """The steps that compute a layer's sum and bias: its node, and the Add of a bias
+        added after it (see `_bias_value`)."""
+        return [s for s in self.steps if s.node.name in (layer, f"{layer}_add_bias")]
 
     def to_device(self, device: torch.device) -> QuantizedGraph:
         """Move the constants as well as the shadow weights."""
@@ -242,7 +262,7 @@ def units(formats: tuple[Format, ...], values: np.ndarray, axis: int) -> np.ndar
     )
 
 
-def _along(values: np.ndarray, like: torch.Tensor, axis: int) -> torch.Tensor:
+def along(values: np.ndarray, like: torch.Tensor, axis: int) -> torch.Tensor:
     shape = [1] * like.dim()
     if values.size > 1:
         shape[axis] = values.size

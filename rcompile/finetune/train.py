@@ -42,6 +42,7 @@ class TrainOptions:
     holdout: float = 0.2
     augment: bool = True
     device: str = "cpu"
+    rounding_steps: int = 300
 
 
 @dataclass(frozen=True)
