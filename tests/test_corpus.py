@@ -111,3 +111,25 @@ def test_the_fine_tuning_engine_runs_the_model_and_its_fp32_teacher_as_onnxrunti
         if plan:
             output.square().mean().backward()
             assert all(w.grad is not None for w in graph.weights) and len(graph.weights) > 0
+
+
+def test_learned_rounding_reaches_every_layer_of_the_plan(compiled):
+    """Learned rounding finds every planned layer's input in the compiled model and its output
+    in the FP32 teacher, and its choices are stored in the model's own storage."""
+    pytest.importorskip("torch", reason="fine-tuning needs PyTorch (the finetune extra)")
+    from rcompile.api import load_source
+    from rcompile.finetune.export import write_weights
+    from rcompile.finetune.graph import QuantizedGraph
+    from rcompile.finetune.rounding import learn_rounding
+
+    source, written, feeds = compiled
+    model = onnx.load(str(written))
+    student = QuantizedGraph(model)
+    teacher = QuantizedGraph(load_source(source).model, plan=False)
+    student.start_from(teacher)
+    rounded = learn_rounding(student, teacher, feeds, steps=2, batch_size=2, seed=0)
+    assert [r.layer for r in rounded] == list(
+        dict.fromkeys(s.layer for s in student.shadows if s.role == "weights")
+    )
+    values = {name: value.numpy() for name, value in student.quantized_weights().items()}
+    onnx.checker.check_model(write_weights(model, values))

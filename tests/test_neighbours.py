@@ -52,9 +52,13 @@ def test_both_neighbours_are_values_of_the_format_and_nearest_is_one_of_them(nam
     np.testing.assert_array_equal(above[on_grid], x[on_grid])
 
 
-def test_each_channel_takes_its_own_format():
-    formats = tuple(parse_format(n) for n in ("dfp4f1", "dfp4f3", "pow2e-4..0"))
-    x = torch.from_numpy(np.random.default_rng(1).standard_normal((3, 50)).astype(np.float32))
+@pytest.mark.parametrize(
+    "names", [("dfp4f1", "dfp4f3", "pow2e-4..0"), ("dfp4f1", "dfp8f6", "dfp4f-2")]
+)
+def test_each_channel_takes_its_own_format(names):
+    formats = tuple(parse_format(n) for n in names)
+    x = np.random.default_rng(1).standard_normal((3, 50)) * np.array([[1.0], [0.1], [10.0]])
+    x = torch.from_numpy(x.astype(np.float32))
     below, above = neighbours_per_channel(x.T, formats, 1)
     for channel, fmt in enumerate(formats):
         expected = neighbours(x[channel], fmt)

@@ -29,7 +29,8 @@ __all__ = ["Epoch", "FinetuneResult", "TrainOptions", "finetune"]
 class FinetuneResult:
     """The fine-tuned model; the validation score before and after, measured with
     onnxruntime on the written model (`metric`: top-1 against labels, or top-1 agreement
-    with the FP32 teacher), the epochs and the best one."""
+    with the FP32 teacher), the epochs and the best one, and what learned rounding did per
+    layer."""
 
     model: onnx.ModelProto
     metric: str
@@ -81,9 +82,10 @@ def finetune(
     teacher: str | Path | None = None,
 ) -> FinetuneResult:
     """Fine-tune `model` (written by rcompile) on `train_data` (labels optional), taught by
-    `teacher` (by default the FP32 model it was compiled from), stopping early on `val_data`
-    (by default a held-out share of `train_data`); return the model with the same plan,
-    storage and size, and new weights."""
+    `teacher` (by default the FP32 model it was compiled from): learned rounding layer by
+    layer, then end-to-end training stopping early on `val_data` (by default a held-out
+    share of `train_data`); return the model with the same plan and storage, and new
+    weights."""
     options = options or TrainOptions()
     device = torch_device(options.device)
     options = replace(options, device=str(device))

@@ -14,6 +14,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from rcompile.finetune.graph import along
 from rcompile.formats import DFP, APoT, Format, MiniFloat, Pow2
 
 
@@ -26,6 +27,25 @@ def _dfp(x: torch.Tensor, fmt: DFP) -> tuple[torch.Tensor, torch.Tensor]:
     low, high = float(fmt.code_min), float(fmt.code_max)
     below = torch.clamp(torch.floor(codes), low, high) * 2.0**-fmt.fl
     above = torch.clamp(torch.ceil(codes), low, high) * 2.0**-fmt.fl
+    return below, above
+
+
+def _dfp_channels(
+    x: torch.Tensor, formats: tuple[DFP, ...], axis: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`_dfp` with each channel's constants broadcast along `axis` (the same arithmetic)."""
+    up, down, low, high = (
+        along(np.array(values, np.float32), x, axis)
+        for values in (
+            [2.0**f.fl for f in formats],
+            [2.0**-f.fl for f in formats],
+            [f.code_min for f in formats],
+            [f.code_max for f in formats],
+        )
+    )
+    codes = x * up
+    below = torch.minimum(torch.maximum(torch.floor(codes), low), high) * down
+    above = torch.minimum(torch.maximum(torch.ceil(codes), low), high) * down
     return below, above
 
 
@@ -83,5 +103,7 @@ def neighbours_per_channel(
     """`neighbours` with each slice along `axis` in its own format (one format: all)."""
     if len(formats) == 1:
         return neighbours(x, formats[0])
+    if all(isinstance(f, DFP) for f in formats):
+        return _dfp_channels(x.to(torch.float32), formats, axis)
     pairs = [neighbours(s, f) for s, f in zip(torch.unbind(x, axis), formats, strict=True)]
     return tuple(torch.stack(side, axis) for side in zip(*pairs, strict=True))

@@ -160,7 +160,7 @@ class _LayerRounder:
                 low, high = (along(limit, value, axis) for limit in shadow.limits)
                 below = torch.minimum(torch.maximum(below, low), high)
                 above = torch.minimum(torch.maximum(above, low), high)
-            self.below, self.gap = below, above - below
+            self.value, self.below, self.gap = value, below, above - below
             self.nearest = graph.quantized_value(shadow, parameter, None)
             share = torch.where(self.gap > 0, (value - below) / self.gap.clamp(min=1e-30), 0.0)
             low, high = STRETCH
@@ -230,5 +230,18 @@ class _LayerRounder:
                 self._relative(learned, batch),
                 time.perf_counter() - start,
             )
-            self.parameter.copy_(learned / self.graph.unit_tensor(self.shadow))
+            self.parameter.copy_(self._shadow_for(learned))
         return result
+
+    def _shadow_for(self, learned: torch.Tensor) -> torch.Tensor:
+        """Shadow weights that quantize to the learned values, as near their boundaries as
+        the FP32 ones: the FP32 value where learned rounding kept the nearest value, else
+        just past the middle of the gap towards the learned one (where the format's
+        boundary is not the middle, the learned value itself), so that end-to-end training
+        can still turn a weight back with a small step."""
+        unit = self.graph.unit_tensor(self.shadow)
+        upward = (learned > self.nearest).to(learned.dtype)
+        middle = self.below + (0.49 + 0.02 * upward) * self.gap
+        nudged = torch.where(learned == self.nearest, self.value, middle) / unit
+        holds = self.graph.quantized_value(self.shadow, nudged, None) == learned
+        return torch.where(holds, nudged, learned / unit)
