@@ -20,6 +20,7 @@ from rcompile.sessions import open_session
 torch = pytest.importorskip("torch", reason="fine-tuning needs PyTorch (the finetune extra)")
 
 from rcompile.finetune import TrainOptions, finetune  # noqa: E402
+from rcompile.finetune.export import write_weights  # noqa: E402
 from rcompile.finetune.graph import QuantizedGraph, float_arrays, read_plan  # noqa: E402
 from rcompile.finetune.neighbours import neighbours_per_channel  # noqa: E402
 from rcompile.finetune.quantizers import per_channel, quantize  # noqa: E402
@@ -276,6 +277,32 @@ def test_learned_rounding_alone_wins_back_test_accuracy(compiled):
         original = teacher.constants[teacher.layer_inputs[shadow.layer][1]]
         below, above = neighbours_per_channel(original, shadow.formats, shadow.axis % value.dim())
         assert bool(((value == below) | (value == above)).all())
+
+
+def test_wide_layers_store_their_trained_bias_through_its_float64_copy(compiled):
+    """fp8e4m3 LeNet-5 sums in wide layers, whose bias is the stored codes cast to float64,
+    scaled and flattened; the trained bias goes back into those codes."""
+    model = onnx.load(str(compiled["fp8e4m3"]))
+    assert any(n.output[0].endswith("_float64_vector") for n in model.graph.node)
+    result = finetune(
+        compiled["fp8e4m3"],
+        MODELS / "mnist_calib.npz",
+        options=TrainOptions(epochs=1, patience=0, rounding_steps=20),
+        teacher=LENET,
+    )
+    assert _storage(result.model) == _storage(model) and _plan(result.model) == _plan(model)
+    graph = QuantizedGraph(model)
+    with torch.no_grad():
+        for shadow, weight in zip(graph.shadows, graph.weights, strict=True):
+            if shadow.value.endswith("_float64_vector"):
+                weight.add_(1.0)
+    moved = {name: value.numpy() for name, value in graph.quantized_weights().items()}
+    stored = QuantizedGraph(write_weights(model, moved)).quantized_weights()
+    assert any(name.endswith("_float64_vector") for name in moved)
+    for name, value in moved.items():
+        np.testing.assert_array_equal(stored[name].numpy(), value)
+    images = np.load(MODELS / "mnist_test.npz")["input"][:8]
+    open_session(result.model, "disable_all").run(None, {"input": images})
 
 
 def test_a_bias_added_in_the_accumulator_trains_in_steps_of_the_layer_output(compiled):

@@ -22,9 +22,13 @@ def write_weights(model: onnx.ModelProto, values: dict[str, np.ndarray]) -> onnx
     made_by = producers(graph)
     initializers = {tensor.name: tensor for tensor in graph.initializer}
     for name, value in values.items():
-        node = made_by.get(name)
+        source, node = name, made_by.get(name)
+        while node is not None and node.op_type == "Reshape":
+            # A wide layer's bias: the stored one's float64 value, flattened.
+            source = node.input[0]
+            node = made_by.get(source)
         if node is None:
-            _replace(initializers[name], value.astype(np.float32))
+            _replace(initializers[source], value.astype(np.float32))
         elif node.op_type == "DequantizeLinear":
             codes, scale = node.input[:2]
             steps = numpy_helper.to_array(initializers[scale]).astype(np.float64)
@@ -57,4 +61,4 @@ def _store_codes(codes: onnx.TensorProto, scale: np.ndarray, value: np.ndarray) 
 
 def _replace(old: onnx.TensorProto, values: np.ndarray) -> None:
     """The same initializer with new values, as raw bytes (as rcompile first stored it)."""
-    old.CopyFrom(numpy_helper.from_array(values, old.name))
+    old.CopyFrom(numpy_helper.from_array(values.reshape(tuple(old.dims)), old.name))
