@@ -145,11 +145,15 @@ for option, value in (
     ("--lr", "inf"),
     ("--lr", "0"),
     ("--epochs", "-1"),
-    ("--epochs", "0"),
+    ("--rounding-steps", "-1"),
     ("--patience", "-1"),
     ("--batch-size", "0"),
 ):
     CASES[f"finetune {option} {value}"] = ([*FINETUNE, option, value], option)
+CASES["finetune with nothing to train"] = (
+    [*FINETUNE, "--epochs", "0", "--rounding-steps", "0"],
+    "nothing to train",
+)
 CASES.update(
     {
         "float16 model": (["f16.onnx", "--calib", "x16.npz", "-o", "q.onnx"], "is float16"),

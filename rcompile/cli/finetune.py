@@ -120,11 +120,6 @@ def finetune_command(
         raise UserError(
             f'fine-tuning needs PyTorch ({error}); install it with pip install -e ".[finetune]"'
         ) from None
-    check_targets([output], input_paths(model, train, val, teacher))
-    if teacher is None:
-        teacher = find_teacher(read_quantized(model), model)
-    inputs = input_paths(model, train, val, teacher)
-    check_targets([output], inputs)
     options = TrainOptions(
         epochs=epochs,
         lr=lr,
@@ -139,6 +134,11 @@ def finetune_command(
         device=device,
         rounding_steps=rounding_steps,
     )
+    check_targets([output], input_paths(model, train, val, teacher))
+    if teacher is None:
+        teacher = find_teacher(read_quantized(model), model)
+    inputs = input_paths(model, train, val, teacher)
+    check_targets([output], inputs)
     with on_device(device):
         result = finetune(
             model,

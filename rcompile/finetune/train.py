@@ -22,7 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from rcompile.errors import CalibrationError, SchemeError
+from rcompile.errors import CalibrationError, SchemeError, UserError
 from rcompile.finetune.augment import random_resized_crops
 from rcompile.finetune.graph import QuantizedGraph, float_arrays
 from rcompile.formats import APoT
@@ -43,6 +43,10 @@ class TrainOptions:
     augment: bool = True
     device: str = "cpu"
     rounding_steps: int = 300
+
+    def __post_init__(self) -> None:
+        if not (self.epochs or self.rounding_steps):
+            raise UserError("nothing to train: --epochs and --rounding-steps are both 0")
 
 
 @dataclass(frozen=True)
