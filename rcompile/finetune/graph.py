@@ -222,16 +222,6 @@ class QuantizedGraph(torch.nn.Module):
         values.update(inputs)
         return values
 
-    def value_of(self, inputs: dict[str, torch.Tensor], name: str) -> torch.Tensor:
-        """One graph value, running the steps only as far as the one that computes it."""
-        values = self.start_values(inputs, None)
-        for step in self.steps:
-            if name in values:
-                break
-            outputs = step([values[n] if n else None for n in step.node.input])
-            values.update(zip(step.node.output, outputs, strict=False))
-        return values[name]
-
     def layer_steps(self, layer: str) -> list[Step]:
         """The steps that compute a layer's sum and bias: its node, and the Add of a bias
         added after it (see `_bias_value`)."""
