@@ -3,6 +3,7 @@ typer) only once Ctrl-C is answered the way the CLI answers it."""
 
 from __future__ import annotations
 
+import os
 import sys
 
 INTERRUPTED = 130
@@ -13,5 +14,18 @@ def run() -> None:
         from rcompile.cli import main
     except KeyboardInterrupt:
         print("rcompile: interrupted", file=sys.stderr)
-        sys.exit(INTERRUPTED)
-    sys.exit(main())
+        _leave(INTERRUPTED)
+    status = main()
+    if status == INTERRUPTED:
+        _leave(status)
+    sys.exit(status)
+
+
+def _leave(status: int) -> None:
+    """Exit at once after Ctrl-C was answered. Python's own exit can still end the process
+    by SIGINT (status -2 instead of 130) when the interrupt fell inside an extension
+    module's initialisation: seen once, with the message already printed, while the machine
+    was loaded."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)

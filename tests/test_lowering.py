@@ -60,10 +60,18 @@ def mnist() -> dict:
     return {"input": data["input"][:100]}
 
 
-@pytest.mark.parametrize("scheme", [*SCHEMES, "bf16", "fp16"])
+@pytest.mark.parametrize("scheme", SCHEMES)
 def test_lenet_sim_is_the_reference_at_every_optimisation_level(scheme, mnist):
     result = rcompile.compile(LENET, scheme, MNIST_CALIB, calib_count=100)
     assert_bit_true(result.model, mnist)
+
+
+@pytest.mark.parametrize("scheme", ["bf16", "fp16"])
+def test_lenet_16_bit_floats_are_the_reference_at_every_optimisation_level(scheme, mnist):
+    """16-bit mini floats' products span some 80 bits, which the reference sums in Python
+    integers (about 0.1 s an image on LeNet-5): 20 images."""
+    result = rcompile.compile(LENET, scheme, MNIST_CALIB, calib_count=100)
+    assert_bit_true(result.model, {"input": mnist["input"][:20]})
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +81,7 @@ def imagenet() -> dict:
     source = load_source(EFFICIENTNET).model
     preprocessing = parse_preprocessing("inception")
     data = open_data(IMAGENET, input_specs(source), preprocessing)
-    return {"source": source, "feeds": data.read(0, 4)}
+    return {"source": source, "feeds": data.read(0, 1)}
 
 
 @pytest.mark.parametrize("scheme", SCHEMES)
