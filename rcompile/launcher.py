@@ -22,10 +22,9 @@ def run() -> None:
 
 
 def _leave(status: int) -> None:
-    """Exit at once after Ctrl-C was answered. Python's own exit can still end the process
-    by SIGINT (status -2 instead of 130) when the interrupt fell inside an extension
-    module's initialisation: seen once, with the message already printed, while the machine
-    was loaded."""
+    """Exit at once after Ctrl-C was answered: Python's own exit once ended the process by
+    SIGINT (status -2 instead of 130) after the message was printed, on a loaded machine
+    (why was not found; Python re-raises an interrupt it counts as unhandled)."""
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(status)
