@@ -29,7 +29,7 @@ Rounding each inverted-residual block's three layers together against the block'
 steps, 80 unlabelled images, it scored 77.0 % top-1 on 400 unseen images where layer by layer
 scored 78.2 % with the same steps and images, and it took 53 minutes on 2 CPU cores, most of
 them in the backward passes through the first blocks' 112 x 112 maps (layer by layer: about
-10 minutes at the default 300 steps).
+6 minutes at the default 300 steps).
 
 Stored codes, formats and storage types stay as they are: both choices are values of the
 weight's format within the bounds its stored codes hold.
