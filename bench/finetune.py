@@ -15,7 +15,7 @@ scored with onnxruntime on the written model, on samples used for neither.
   on the unlabelled images are also scored on all 400 images 100-499, which they never saw.
 
     .venv/bin/python bench/finetune.py [--write] [--only lenet|efficientnet] [--device D]
-        [--schemes dfp:w4a8,...] [--unlabelled-only]
+        [--schemes dfp:w4a8,...] [--unlabelled-only | --labelled-only]
 """
 
 from __future__ import annotations
@@ -72,7 +72,7 @@ def top1(model: onnx.ModelProto | Path, data: Path, preprocess: str | None) -> f
     return 100 * score(predictions(loaded, dataset, 50), dataset.labels).top1
 
 
-def run(work: Path, case: Case, unlabelled_only: bool) -> list[dict]:
+def run(work: Path, case: Case, training: tuple[str, ...]) -> list[dict]:
     preprocessing = parse_preprocessing(case.preprocess) if case.preprocess else None
     compiled = rcompile.compile(
         case.model,
@@ -93,7 +93,7 @@ def run(work: Path, case: Case, unlabelled_only: bool) -> list[dict]:
         else None
     )
     rows = []
-    for data in (case.unlabelled,) if unlabelled_only else (case.unlabelled, case.labelled):
+    for data in (getattr(case, part) for part in training):
         labelled = open_data(data, input_specs(compiled.model), preprocessing).has_labels
         labels = "yes" if labelled else "none"
         start = time.perf_counter()
@@ -200,8 +200,7 @@ def section(rows: list[dict], command_line: list[str]) -> str:
         "where the training data has labels), early stopping on a held-out fifth of the "
         "training data; top-1 on samples that were neither trained on nor used for early "
         "stopping, measured with onnxruntime on the written models (see the script's "
-        "docstring for the splits). The written file's size is the compiled one's plus the "
-        "`rcompile.finetune` record.",
+        "docstring for the splits). The written file's size is the compiled one's.",
         "",
         "| model | scheme | trained on | FP32 | before | after | FP32 / before / after on "
         "images 100-499 | rounding | epochs | lr | per epoch | device | bytes before → after |",
@@ -224,9 +223,9 @@ def main() -> int:
     parser.add_argument("--only", choices=("lenet", "efficientnet"))
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda", "auto"))
     parser.add_argument("--schemes", help="comma-separated schemes to run (default: all)")
-    parser.add_argument(
-        "--unlabelled-only", action="store_true", help="skip the labelled training sets"
-    )
+    only = parser.add_mutually_exclusive_group()
+    only.add_argument("--unlabelled-only", action="store_true", help="skip the labelled sets")
+    only.add_argument("--labelled-only", action="store_true", help="skip the unlabelled sets")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as folder:
         work = Path(folder)
@@ -235,7 +234,10 @@ def main() -> int:
             cases += efficientnet(work, args.device)
         if args.schemes:
             cases = [case for case in cases if case.scheme in args.schemes.split(",")]
-        rows = [row for case in cases for row in run(work, case, args.unlabelled_only)]
+        training = ("unlabelled", "labelled")
+        training = training[:1] if args.unlabelled_only else training
+        training = training[1:] if args.labelled_only else training
+        rows = [row for case in cases for row in run(work, case, training)]
     publish("finetune.py", section(rows, sys.argv[1:]), args.write)
     return 0
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -20,7 +21,7 @@ from rcompile.cli.app import (
 )
 from rcompile.data import parse_preprocessing
 from rcompile.errors import UserError
-from rcompile.exporter import check_targets, write_model
+from rcompile.exporter import check_targets, write_files
 from rcompile.origin import find_teacher
 from rcompile.sessions import on_device
 
@@ -109,6 +110,13 @@ def finetune_command(
         int,
         typer.Option(min=0, help="Stop after this many epochs without a better validation."),
     ] = 3,
+    report: Annotated[
+        Path | None,
+        typer.Option(
+            help="Where to write the run's record (.json: the options, the teacher's SHA-256, "
+            "every epoch). Default: beside the output."
+        ),
+    ] = None,
     device: Device = "cpu",
     preprocess: Preprocess = "imagenet",
     as_json: AsJson = False,
@@ -134,11 +142,12 @@ def finetune_command(
         device=device,
         rounding_steps=rounding_steps,
     )
-    check_targets([output], input_paths(model, train, val, teacher))
+    report = report or output.with_name(f"{output.stem}.finetune.json")
+    check_targets([output, report], input_paths(model, train, val, teacher))
     if teacher is None:
         teacher = find_teacher(read_quantized(model), model)
     inputs = input_paths(model, train, val, teacher)
-    check_targets([output], inputs)
+    check_targets([output, report], inputs)
     with on_device(device):
         result = finetune(
             model,
@@ -149,8 +158,15 @@ def finetune_command(
             sys.stderr.isatty(),
             teacher,
         )
-    write_model(result.model, output, inputs)
-    emit({"output": str(output), **result.as_dict()}, as_json, _finetune_lines)
+    summary = {"output": str(output), "report": str(report), **result.as_dict()}
+    write_files(
+        {
+            output: result.model.SerializeToString(deterministic=True),
+            report: json.dumps(summary, indent=2).encode() + b"\n",
+        },
+        inputs,
+    )
+    emit(summary, as_json, _finetune_lines)
 
 
 def _finetune_lines(summary: dict) -> list[str]:
@@ -166,7 +182,8 @@ def _finetune_lines(summary: dict) -> list[str]:
         else []
     )
     return [
-        f"wrote {summary['output']} (teacher {summary['teacher']}, on {summary['device']})",
+        f"wrote {summary['output']} and {summary['report']} (teacher {summary['teacher']}, "
+        f"on {summary['device']})",
         *learned,
         f"validation {metric} {summary['val_before']:.2f} % before, "
         f"{summary['val_after']:.2f} % after (best epoch {summary['best_epoch']} of "

@@ -13,7 +13,7 @@ from rcompile.api import load_source
 from rcompile.data import Dataset, Preprocessing, input_specs, open_data
 from rcompile.data.specs import format_shape
 from rcompile.errors import CalibrationError, ModelImportError
-from rcompile.exporter import finish_model
+from rcompile.exporter import METADATA_PREFIX, finish_model
 from rcompile.finetune.device import torch_device
 from rcompile.finetune.export import write_weights
 from rcompile.finetune.graph import QuantizedGraph, read_plan
@@ -30,15 +30,18 @@ class FinetuneResult:
     """The fine-tuned model; the validation score before and after, measured with
     onnxruntime on the written model (`metric`: top-1 against labels, or top-1 agreement
     with the FP32 teacher), the epochs and the best one, and what learned rounding did per
-    layer."""
+    layer. The options and the teacher's SHA-256 make the run repeatable; they are reported
+    beside the model, not in it, so the file keeps its size."""
 
     model: onnx.ModelProto
+    options: TrainOptions
     metric: str
     before: float
     after: float
     history: list[Epoch]
     best_epoch: int
     teacher: str
+    teacher_sha256: str
     validation: str
     device: str
     rounding: list[LayerRounding]
@@ -46,6 +49,8 @@ class FinetuneResult:
     def as_dict(self) -> dict:
         return {
             "teacher": self.teacher,
+            "teacher_sha256": self.teacher_sha256,
+            "options": asdict(self.options),
             "validation": self.validation,
             "device": self.device,
             "metric": self.metric,
@@ -127,24 +132,24 @@ def finetune(
         student, fp32, training, validation, options, augment, show_progress
     )
     values = {name: t.cpu().numpy() for name, t in student.quantized_weights().items()}
-    metadata = {p.key: p.value for p in quantized.metadata_props if p.key != "rcompile.version"}
-    recorded = {key: value for key, value in asdict(options).items() if key != "device"}
-    metadata["rcompile.finetune"] = {
-        **recorded,
-        "best_epoch": best_epoch,
-        "teacher": source_record(teacher_path)["sha256"],
+    metadata = {
+        p.key: p.value
+        for p in quantized.metadata_props
+        if p.key.startswith(METADATA_PREFIX) and p.key != "rcompile.version"
     }
     tuned = finish_model(write_weights(quantized, values), metadata)
     reference = None if validation.labels is not None else _scores(source, validation, options)
     metric = "top-1" if validation.labels is not None else "agreement"
     return FinetuneResult(
         tuned,
+        options,
         metric,
         _score(_scores(quantized, validation, options), validation, reference),
         _score(_scores(tuned, validation, options), validation, reference),
         history,
         best_epoch,
         str(teacher_path),
+        source_record(teacher_path)["sha256"],
         validation_label,
         str(device),
         rounding,
