@@ -188,6 +188,21 @@ def test_the_file_keeps_its_size_and_its_metadata(compiled, tuned):
     assert len(after.SerializeToString(deterministic=True)) == compiled["dfp4"].stat().st_size
 
 
+def test_the_models_own_metadata_entries_come_through_once(compiled, small_data, tmp_path):
+    """An application's entries (an OCR model's dictionary) stay, once, in their place."""
+    model = onnx.load(str(compiled["dfp4"]))
+    entries = [(p.key, p.value) for p in model.metadata_props]
+    model.metadata_props.add(key="character", value="0123456789")
+    labelled = tmp_path / "labelled.onnx"
+    write_model(model, labelled)
+    options = TrainOptions(epochs=0, rounding_steps=1)
+    tuned = finetune(labelled, small_data["unlabelled"], options=options, teacher=LENET)
+    assert [(p.key, p.value) for p in tuned.model.metadata_props] == [
+        ("character", "0123456789"),
+        *entries,
+    ]
+
+
 def test_finetuned_model_changes_weights_and_runs_on_stock_onnxruntime(compiled, tuned):
     before = {t.name: t.raw_data for t in onnx.load(str(compiled["dfp4"])).graph.initializer}
     after = {t.name: t.raw_data for t in tuned[0].model.graph.initializer}
