@@ -234,9 +234,8 @@ def main() -> int:
             cases += efficientnet(work, args.device)
         if args.schemes:
             cases = [case for case in cases if case.scheme in args.schemes.split(",")]
-        training = ("unlabelled", "labelled")
-        training = training[:1] if args.unlabelled_only else training
-        training = training[1:] if args.labelled_only else training
+        skipped = {"unlabelled": args.labelled_only, "labelled": args.unlabelled_only}
+        training = tuple(part for part, skip in skipped.items() if not skip)
         rows = [row for case in cases for row in run(work, case, training)]
     publish("finetune.py", section(rows, sys.argv[1:]), args.write)
     return 0
