@@ -110,6 +110,14 @@ def finetune_command(
         int,
         typer.Option(min=0, help="Stop after this many epochs without a better validation."),
     ] = 3,
+    refit_activations: Annotated[
+        bool,
+        typer.Option(
+            "--refit-activations",
+            help="After training, re-choose each activation's fractional length where one "
+            "bit finer or coarser lowers the training loss (changes the plan).",
+        ),
+    ] = False,
     report: Annotated[
         Path | None,
         typer.Option(
@@ -141,6 +149,7 @@ def finetune_command(
         augment=augment,
         device=device,
         rounding_steps=rounding_steps,
+        refit_activations=refit_activations,
     )
     report = report or output.with_name(f"{output.stem}.finetune.json")
     check_targets([output, report], input_paths(model, train, val, teacher))
@@ -185,7 +194,20 @@ def _finetune_lines(summary: dict) -> list[str]:
         f"wrote {summary['output']} and {summary['report']} (teacher {summary['teacher']}, "
         f"on {summary['device']})",
         *learned,
+        *_refit_lines(summary),
         f"validation {metric} {summary['val_before']:.2f} % before, "
         f"{summary['val_after']:.2f} % after (best epoch {summary['best_epoch']} of "
         f"{len(summary['history']) - 1}; validation: {summary['validation']})",
     ]
+
+
+def _refit_lines(summary: dict) -> list[str]:
+    if not summary["options"]["refit_activations"]:
+        return []
+    changes = summary["refit_activations"]
+    if not changes:
+        return ["refit activations: every fractional length stays (none lowers the loss)"]
+    moved = ", ".join(
+        f"{c['tensors'][0]} {'/'.join(c['before'])} -> {'/'.join(c['after'])}" for c in changes
+    )
+    return [f"refit activations: {len(changes)} re-chosen ({moved})"]

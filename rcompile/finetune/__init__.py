@@ -17,6 +17,7 @@ from rcompile.exporter import METADATA_PREFIX, finish_model
 from rcompile.finetune.device import torch_device
 from rcompile.finetune.export import write_weights
 from rcompile.finetune.graph import QuantizedGraph, read_plan
+from rcompile.finetune.refit import Refit, refit_activations
 from rcompile.finetune.rounding import LayerRounding, learn_rounding
 from rcompile.finetune.train import Epoch, Samples, TrainOptions, hold_out, in_memory, train
 from rcompile.origin import find_teacher, source_record
@@ -45,6 +46,7 @@ class FinetuneResult:
     validation: str
     device: str
     rounding: list[LayerRounding]
+    refits: list[Refit]
 
     def as_dict(self) -> dict:
         return {
@@ -59,6 +61,7 @@ class FinetuneResult:
             "best_epoch": self.best_epoch,
             "history": [asdict(epoch) for epoch in self.history],
             "rounding": [asdict(layer) for layer in self.rounding],
+            "refit_activations": [asdict(change) for change in self.refits],
         }
 
 
@@ -96,7 +99,8 @@ def finetune(
     options = replace(options, device=str(device))
     quantized = read_quantized(model)
     teacher_path = Path(teacher) if teacher is not None else find_teacher(quantized, Path(model))
-    source = load_source(teacher_path).model
+    imported = load_source(teacher_path)
+    source = imported.model
     specs = input_specs(quantized)
     for spec in specs:
         if spec.batch_axis:
@@ -138,6 +142,18 @@ def finetune(
         if p.key.startswith(METADATA_PREFIX) and p.key != "rcompile.version"
     }
     tuned = finish_model(write_weights(quantized, values), metadata)
+    refits = []
+    if options.refit_activations:
+        tuned, refits = refit_activations(
+            tuned,
+            imported,
+            values,
+            student.shadows,
+            training.inputs,
+            options.temperature,
+            options.batch_size,
+            show_progress,
+        )
     reference = None if validation.labels is not None else _scores(source, validation, options)
     metric = "top-1" if validation.labels is not None else "agreement"
     return FinetuneResult(
@@ -153,6 +169,7 @@ def finetune(
         validation_label,
         str(device),
         rounding,
+        refits,
     )
 
 

@@ -43,6 +43,7 @@ class TrainOptions:
     augment: bool = True
     device: str = "cpu"
     rounding_steps: int = 300
+    refit_activations: bool = False
 
     def __post_init__(self) -> None:
         if not (self.epochs or self.rounding_steps):

@@ -18,7 +18,7 @@ from rcompile.passes.layers import clamp_bounds
 
 # Ops whose first output holds only values of their first input (MaxPool pads with -inf,
 # which no output takes): it stays on that input's grid and within its bounds.
-_PICKS_VALUES = frozenset(
+PICKS_VALUES = frozenset(
     (
         "MaxPool",
         "GlobalMaxPool",
@@ -73,7 +73,7 @@ class Grids:
         grid = self._grids.get(node.input[0] if node.input else "")
         if grid is None:
             return
-        if node.op_type in _PICKS_VALUES:
+        if node.op_type in PICKS_VALUES:
             self._grids[node.output[0]] = grid
             return
         bounds = clamp_bounds(self.graph, node, self.constants)
