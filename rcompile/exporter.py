@@ -47,6 +47,16 @@ def finish_model(model: onnx.ModelProto, metadata: dict[str, object]) -> onnx.Mo
     return result
 
 
+def rcompile_entries(model: onnx.ModelProto) -> dict[str, str]:
+    """The rcompile metadata a model carries, as `finish_model` takes it to write it again
+    (without the version, which it writes itself)."""
+    return {
+        entry.key: entry.value
+        for entry in model.metadata_props
+        if entry.key.startswith(METADATA_PREFIX) and entry.key != "rcompile.version"
+    }
+
+
 def check_targets(targets: list[Path], protected: tuple[Path, ...] = ()) -> None:
     """Fail before any work when an output cannot be written: it names no file, its folder
     is missing, it is a folder or not a regular file (a device, say), it is an input, or two

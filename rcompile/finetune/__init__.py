@@ -13,7 +13,7 @@ from rcompile.api import load_source
 from rcompile.data import Dataset, Preprocessing, input_specs, open_data
 from rcompile.data.specs import format_shape
 from rcompile.errors import CalibrationError, ModelImportError
-from rcompile.exporter import METADATA_PREFIX, finish_model
+from rcompile.exporter import finish_model, rcompile_entries
 from rcompile.finetune.device import torch_device
 from rcompile.finetune.export import write_weights
 from rcompile.finetune.graph import QuantizedGraph, read_plan
@@ -30,9 +30,10 @@ __all__ = ["Epoch", "FinetuneResult", "TrainOptions", "finetune"]
 class FinetuneResult:
     """The fine-tuned model; the validation score before and after, measured with
     onnxruntime on the written model (`metric`: top-1 against labels, or top-1 agreement
-    with the FP32 teacher), the epochs and the best one, and what learned rounding did per
-    layer. The options and the teacher's SHA-256 make the run repeatable; they are reported
-    beside the model, not in it, so the file keeps its size."""
+    with the FP32 teacher), the epochs and the best one, what learned rounding did per
+    layer, and the activation formats `refit_activations` changed. The options and the
+    teacher's SHA-256 make the run repeatable; they are reported beside the model, not in
+    it, so the file keeps its size."""
 
     model: onnx.ModelProto
     options: TrainOptions
@@ -93,7 +94,8 @@ def finetune(
     `teacher` (by default the FP32 model it was compiled from): learned rounding layer by
     layer, then end-to-end training stopping early on `val_data` (by default a held-out
     share of `train_data`); return the model with the same plan and storage, and new
-    weights."""
+    weights (with `options.refit_activations`, activation fractional lengths re-chosen
+    too: see `rcompile.finetune.refit`)."""
     options = options or TrainOptions()
     device = torch_device(options.device)
     options = replace(options, device=str(device))
@@ -136,12 +138,7 @@ def finetune(
         student, fp32, training, validation, options, augment, show_progress
     )
     values = {name: t.cpu().numpy() for name, t in student.quantized_weights().items()}
-    metadata = {
-        p.key: p.value
-        for p in quantized.metadata_props
-        if p.key.startswith(METADATA_PREFIX) and p.key != "rcompile.version"
-    }
-    tuned = finish_model(write_weights(quantized, values), metadata)
+    tuned = finish_model(write_weights(quantized, values), rcompile_entries(quantized))
     refits = []
     if options.refit_activations:
         tuned, refits = refit_activations(

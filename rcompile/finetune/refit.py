@@ -24,7 +24,7 @@ from onnx import numpy_helper
 from rcompile.api import Source
 from rcompile.batching import model_batches
 from rcompile.data import Dataset
-from rcompile.exporter import METADATA_PREFIX, finish_model
+from rcompile.exporter import finish_model, rcompile_entries
 from rcompile.finetune.graph import Shadow
 from rcompile.finetune.train import distillation_loss
 from rcompile.formats import DFP, Format, parse_format
@@ -121,12 +121,7 @@ def lowered(
 
 def finished(model: onnx.ModelProto, candidate: onnx.ModelProto, plan: Plan) -> onnx.ModelProto:
     """`candidate` with `model`'s rcompile metadata and `plan`'s record."""
-    metadata = {
-        key: value
-        for key, value in _metadata(model).items()
-        if key.startswith(METADATA_PREFIX) and key != "rcompile.version"
-    }
-    return finish_model(candidate, {**metadata, PLAN_KEY: plan_record(plan)})
+    return finish_model(candidate, {**rcompile_entries(model), PLAN_KEY: plan_record(plan)})
 
 
 def _metadata(model: onnx.ModelProto) -> dict[str, str]:
