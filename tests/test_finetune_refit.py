@@ -16,6 +16,7 @@ from conftest import rcompile_run
 import rcompile
 from rcompile.api import load_source
 from rcompile.data import Dataset
+from rcompile.errors import SchemeError
 from rcompile.exporter import write_model
 from rcompile.plan import PlanOptions
 from rcompile.verify import verify
@@ -174,6 +175,16 @@ def test_the_refitted_model_is_bit_true_to_its_new_plan(coarse_fc1, refitted):
     data = Dataset("test", len(images), lambda a, b: {"input": images[a:b]})
     assert verify(refitted.model, data, None, 32, "refitted").exact
     assert len(refitted.model.SerializeToString()) <= coarse_fc1.stat().st_size
+
+
+def test_a_plan_without_fixed_point_activations_is_refused_before_training(tmp_path):
+    compiled = rcompile.compile(LENET, "fp8e4m3", MODELS / "mnist_calib.npz").model
+    path = write_model(compiled, tmp_path / "fp8.onnx")
+    data = tmp_path / "train.npz"
+    np.savez(data, input=np.load(MODELS / "mnist_train.npz")["input"][:64])
+    options = TrainOptions(epochs=0, rounding_steps=2, refit_activations=True)
+    with pytest.raises(SchemeError, match="plan has none"):
+        finetune(path, data, options=options, teacher=LENET)
 
 
 def test_refit_is_reported_on_the_command_line(coarse_fc1, tmp_path):

@@ -17,7 +17,7 @@ from rcompile.exporter import finish_model, rcompile_entries
 from rcompile.finetune.device import torch_device
 from rcompile.finetune.export import write_weights
 from rcompile.finetune.graph import QuantizedGraph, read_plan
-from rcompile.finetune.refit import Refit, refit_activations
+from rcompile.finetune.refit import Refit, check_refittable, refit_activations
 from rcompile.finetune.rounding import LayerRounding, learn_rounding
 from rcompile.finetune.train import Epoch, Samples, TrainOptions, hold_out, in_memory, train
 from rcompile.origin import find_teacher, source_record
@@ -100,6 +100,8 @@ def finetune(
     device = torch_device(options.device)
     options = replace(options, device=str(device))
     quantized = read_quantized(model)
+    if options.refit_activations:
+        check_refittable(quantized)
     teacher_path = Path(teacher) if teacher is not None else find_teacher(quantized, Path(model))
     imported = load_source(teacher_path)
     source = imported.model

@@ -24,6 +24,7 @@ from onnx import numpy_helper
 from rcompile.api import Source
 from rcompile.batching import model_batches
 from rcompile.data import Dataset
+from rcompile.errors import SchemeError
 from rcompile.exporter import finish_model, rcompile_entries
 from rcompile.finetune.graph import Shadow
 from rcompile.finetune.train import distillation_loss
@@ -81,6 +82,19 @@ def plan_of(model: onnx.ModelProto, source: onnx.ModelProto) -> Plan:
             )
         )
     return Plan(record["scheme"], tuple(planned), tuple(record["skipped"]))
+
+
+def check_refittable(model: onnx.ModelProto) -> None:
+    """Refuse, before any training, a plan without fixed-point activations: there is no
+    fractional length to re-choose."""
+    for layer in recorded_plan(model)["layers"]:
+        names = [*layer["inputs"], layer["output"]]
+        if any(isinstance(_format(name), DFP) for name in names):
+            return
+    raise SchemeError(
+        "--refit-activations re-chooses fixed-point activation formats, and this model's "
+        "plan has none"
+    )
 
 
 def _format(name: str) -> Format | None:
