@@ -471,8 +471,9 @@ def test_stochastic_rounding_trains_other_weights_than_nearest(compiled, small_d
 
 
 def test_the_whole_command_is_the_model_and_a_folder_the_user_has(small_data, tmp_path):
-    """Compiled from models/lenet5.onnx, fine-tuned with nothing but --train and -o: the
-    teacher is found by the path and SHA-256 the compiled model records."""
+    """Compiled from models/lenet5.onnx, fine-tuned with nothing but --train and -o (and
+    short training, for time): the teacher is found by the path and SHA-256 the compiled
+    model records."""
     quantized, tuned = tmp_path / "q.onnx", tmp_path / "tuned.onnx"
     compiled = rcompile_run(
         "models/lenet5.onnx",
@@ -493,6 +494,8 @@ def test_the_whole_command_is_the_model_and_a_folder_the_user_has(small_data, tm
         tuned,
         "--epochs",
         "1",
+        "--rounding-steps",
+        "20",
         "--json",
     )
     assert result.returncode == 0, result.stderr
@@ -501,6 +504,7 @@ def test_the_whole_command_is_the_model_and_a_folder_the_user_has(small_data, tm
     assert json.loads((tmp_path / "tuned.finetune.json").read_text()) == summary
     assert summary["teacher_sha256"] == hashlib.sha256(LENET.read_bytes()).hexdigest()
     assert summary["options"]["epochs"] == 1 and summary["options"]["seed"] == 0
+    assert summary["options"]["rounding_steps"] == 20
     assert tuned.stat().st_size <= quantized.stat().st_size
     assert [r["layer"] for r in summary["rounding"]][::4] == ["/conv1/Conv", "/fc3/Gemm"]
     for level in ("disable_all", "all"):
