@@ -14,13 +14,14 @@ import math
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from functools import cache
 from pathlib import Path
 
 import numpy as np
 
 from rcompile.activation_fit import fit_activation, parse_activation_fit
 from rcompile.errors import SchemeError
-from rcompile.formats import DFP, APoT, Format, MiniFloat, Pow2
+from rcompile.formats import DFP, APoT, Format, MiniFloat, Pow2, parse_format
 from rcompile.formats.codes import largest_code, step_exponent, step_exponents
 from rcompile.passes.calibrate import Range, Statistics, weight_range
 from rcompile.passes.layers import Layer
@@ -249,6 +250,12 @@ def _unpack(packed: str) -> list[str]:
 
 def _name(fmt: Format | None) -> str:
     return fmt.name if fmt is not None else "fp32"
+
+
+@cache
+def named_format(name: str) -> Format | None:
+    """The format a recorded plan names (`fp32`: none); the inverse of `_name`."""
+    return None if name == "fp32" else parse_format(name)
 
 
 def make_plan(

@@ -10,7 +10,7 @@ import numpy as np
 import onnx
 
 from rcompile.api import load_source
-from rcompile.data import Dataset, Preprocessing, input_specs, open_data
+from rcompile.data import Preprocessing, input_specs, open_data
 from rcompile.data.specs import format_shape
 from rcompile.errors import CalibrationError, ModelImportError
 from rcompile.exporter import finish_model, rcompile_entries
@@ -148,7 +148,7 @@ def finetune(
             imported,
             values,
             student.shadows,
-            training.inputs,
+            training,
             options.temperature,
             options.batch_size,
             show_progress,
@@ -173,10 +173,7 @@ def finetune(
 
 
 def _scores(model: onnx.ModelProto, samples: Samples, options: TrainOptions) -> np.ndarray:
-    data = Dataset(
-        "validation", len(samples), lambda a, b: {k: v[a:b] for k, v in samples.inputs.items()}
-    )
-    return predictions(model, data, options.batch_size)
+    return predictions(model, samples.dataset("validation"), options.batch_size)
 
 
 def _score(scores: np.ndarray, samples: Samples, reference: np.ndarray | None) -> float:

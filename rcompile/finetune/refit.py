@@ -22,13 +22,11 @@ import torch
 from onnx import numpy_helper
 
 from rcompile.api import Source
-from rcompile.batching import model_batches
-from rcompile.data import Dataset
 from rcompile.errors import SchemeError
 from rcompile.exporter import finish_model, rcompile_entries
 from rcompile.finetune.graph import Shadow
-from rcompile.finetune.train import distillation_loss
-from rcompile.formats import DFP, Format, parse_format
+from rcompile.finetune.train import Samples, distillation_loss
+from rcompile.formats import DFP, Format
 from rcompile.graph import producers, replace_initializer
 from rcompile.lowering import lower
 from rcompile.lowering.grids import PICKS_VALUES
@@ -42,11 +40,12 @@ from rcompile.plan import (
     LayerPlan,
     Plan,
     accumulator_fls,
+    named_format,
     plan_record,
     recorded_plan,
 )
 from rcompile.progress import progress_bar
-from rcompile.sessions import open_session
+from rcompile.score import predictions
 
 # Ops after which a value keeps the grid of the one it came from.
 _KEEPS_GRID = PICKS_VALUES | {"Relu"}
@@ -74,10 +73,10 @@ def plan_of(model: onnx.ModelProto, source: onnx.ModelProto) -> Plan:
         planned.append(
             LayerPlan(
                 layers[entry["node"]],
-                tuple(_format(name) for name in entry["inputs"]),
-                _format(entry["output"]),
-                tuple(parse_format(name) for name in entry["weights"]),
-                tuple(parse_format(name) for name in entry["bias"]),
+                tuple(named_format(name) for name in entry["inputs"]),
+                named_format(entry["output"]),
+                tuple(named_format(name) for name in entry["weights"]),
+                tuple(named_format(name) for name in entry["bias"]),
                 Accumulator(**entry["accumulator"]),
             )
         )
@@ -89,16 +88,12 @@ def check_refittable(model: onnx.ModelProto) -> None:
     fractional length to re-choose."""
     for layer in recorded_plan(model)["layers"]:
         names = [*layer["inputs"], layer["output"]]
-        if any(isinstance(_format(name), DFP) for name in names):
+        if any(isinstance(named_format(name), DFP) for name in names):
             return
     raise SchemeError(
         "--refit-activations re-chooses fixed-point activation formats, and this model's "
         "plan has none"
     )
-
-
-def _format(name: str) -> Format | None:
-    return None if name == "fp32" else parse_format(name)
 
 
 def trained_source(
@@ -244,40 +239,33 @@ def _bias_on_grid(
     return tuple(formats)
 
 
-def outputs(model: onnx.ModelProto, inputs: dict[str, np.ndarray], batch_size: int) -> np.ndarray:
-    """The first output of `model` for every sample of `inputs`."""
-    count = len(next(iter(inputs.values())))
-    data = Dataset("refit", count, lambda a, b: {k: v[a:b] for k, v in inputs.items()})
-    session = open_session(model)
-    return np.concatenate(
-        [session.run(None, batch.inputs)[0] for batch in model_batches(model, data, batch_size)]
-    )
-
-
 def refit_activations(
     model: onnx.ModelProto,
     teacher: Source,
     trained: dict[str, np.ndarray],
     shadows: list[Shadow],
-    inputs: dict[str, np.ndarray],
+    samples: Samples,
     temperature: float,
     batch_size: int,
     show_progress: bool = False,
 ) -> tuple[onnx.ModelProto, list[Refit]]:
     """The greedy re-choice (see the module's docstring) for the fine-tuned `model`, whose
     trained values are `trained` (by graph value, `shadows` saying whose they are), judged
-    by the distillation loss from `teacher` on `inputs`. Returns the model and what
+    by the distillation loss from `teacher` on `samples`. Returns the model and what
     changed."""
     source = trained_source(model, teacher.model, trained, shadows)
     plan = plan_of(model, source)
+    initializers = {tensor.name: tensor for tensor in source.graph.initializer}
     biases = {
-        tensor.name: float(np.abs(numpy_helper.to_array(tensor)).max(initial=0.0))
-        for tensor in source.graph.initializer
+        name: float(np.abs(numpy_helper.to_array(initializers[name])).max(initial=0.0))
+        for name in (layer_plan.layer.bias for layer_plan in plan.layers)
+        if name in initializers
     }
-    target = torch.from_numpy(outputs(teacher.model, inputs, batch_size))
+    data = samples.dataset("training")
+    target = torch.from_numpy(predictions(teacher.model, data, batch_size))
 
     def loss(candidate: onnx.ModelProto) -> float:
-        student = torch.from_numpy(outputs(candidate, inputs, batch_size))
+        student = torch.from_numpy(predictions(candidate, data, batch_size))
         return float(distillation_loss(student, target, temperature))
 
     best, changes, chosen = loss(model), [], None

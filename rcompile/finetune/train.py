@@ -22,6 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from rcompile.data import Dataset
 from rcompile.errors import CalibrationError, SchemeError, UserError
 from rcompile.finetune.augment import random_resized_crops
 from rcompile.finetune.graph import QuantizedGraph, float_arrays
@@ -70,6 +71,10 @@ class Samples:
 
     def __len__(self) -> int:
         return len(next(iter(self.inputs.values())))
+
+    def dataset(self, label: str) -> Dataset:
+        """The samples as a dataset, for scoring with onnxruntime."""
+        return Dataset(label, len(self), lambda a, b: {k: v[a:b] for k, v in self.inputs.items()})
 
     def take(self, indices: np.ndarray) -> Samples:
         labels = None if self.labels is None else self.labels[indices]

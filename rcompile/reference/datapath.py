@@ -6,17 +6,14 @@ whose rounding ONNX leaves to the runtime by onnxruntime's CPU kernels (`runtime
 
 from __future__ import annotations
 
-from functools import cache
-
 import numpy as np
 import onnx
 from onnx.reference import ReferenceEvaluator
 
 from rcompile.errors import ReferenceError
-from rcompile.formats import parse_format
 from rcompile.graph import consumers
 from rcompile.onnx_ops import DOMAIN
-from rcompile.plan import Accumulator, recorded_plan
+from rcompile.plan import Accumulator, named_format, recorded_plan
 from rcompile.reference.layer import LayerCodes, LayerSpec
 from rcompile.reference.ops import QUANTIZERS, REFERENCE_DOMAIN, integer_layer_kernel
 from rcompile.reference.runtime_ops import runtime_kernels
@@ -105,16 +102,11 @@ def _spec(node: onnx.NodeProto, entry: dict, bias_outside: bool) -> LayerSpec:
     layer.op_type, layer.domain, layer.overload = entry["op_type"], "", ""
     return LayerSpec(
         node=layer,
-        inputs=tuple(_format(name) for name in entry["inputs"]),
-        output=_format(entry["output"]),
-        weights=tuple(_format(name) for name in entry["weights"]),
-        bias=tuple(_format(name) for name in entry["bias"]),
+        inputs=tuple(named_format(name) for name in entry["inputs"]),
+        output=named_format(entry["output"]),
+        weights=tuple(named_format(name) for name in entry["weights"]),
+        bias=tuple(named_format(name) for name in entry["bias"]),
         weight_axis=entry.get("weight_axis"),
         bias_outside=bias_outside,
         accumulator=Accumulator(**entry.get("accumulator", {})),
     )
-
-
-@cache
-def _format(name: str):
-    return None if name == "fp32" else parse_format(name)
