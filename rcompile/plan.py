@@ -356,7 +356,7 @@ def _layer_plan(layer: Layer, statistics: Statistics, rules: Override, options: 
     if layer.bias is not None:
         if options.bias == "accumulator":
             bias_max = statistics.weights[layer.bias].overall.max_abs
-            weights = _within_accumulator(inputs[0], weights, bias_max)
+            weights = within_accumulator(inputs[0], weights, bias_max)
         bias = _bias(rules.bias or rules.weights, statistics, layer, inputs[0], weights, options)
     register = options.accumulator or Accumulator(_default_width(inputs, weights))
     bits = rules.accumulator if rules.accumulator is not None else register.bits
@@ -420,11 +420,10 @@ def _bias(rule, statistics, layer, input_format, weights, options: PlanOptions):
     if rule == FP32 or not weights:
         return ()
     observed = statistics.weights[layer.bias]
-    grids = accumulator_fls(input_format, weights)
+    on_grid = accumulator_biases(input_format, weights, observed.overall.max_abs)
+    if options.bias == "accumulator" and on_grid is not None:
+        return on_grid
     fitted = DFP.for_weights(32, observed.overall.max_abs).fl
-    if options.bias == "accumulator" and grids is not None:
-        rounding = weights[0].rounding if isinstance(weights[0], DFP) else "even"
-        return tuple(DFP.of(32, min(grid, fitted), True, rounding) for grid in grids.tolist())
     if options.bias == "accumulator" and families(weights) <= {DFP, Pow2, APoT}:
         return (DFP(32, fitted),)  # an FP32 input: no grid, but still the accumulator's width
     products = product_fls(input_format, weights)
@@ -434,7 +433,21 @@ def _bias(rule, statistics, layer, input_format, weights, options: PlanOptions):
     return (rule.for_weights(observed.overall.max_abs, observed.channels.ravel(), options.fit),)
 
 
-def _within_accumulator(input_format, weights: tuple[Format, ...], bias_max: float):
+def accumulator_biases(
+    input_format: Format, weights: tuple[Format, ...], bias_max: float
+) -> tuple[DFP, ...] | None:
+    """A bias of largest magnitude `bias_max` on the accumulator's grid: one 32-bit format
+    per product grid (see `accumulator_fls`), coarsened only as far as the bias needs to fit;
+    None where the products have no such grid."""
+    grids = accumulator_fls(input_format, weights)
+    if grids is None:
+        return None
+    fitted = DFP.for_weights(32, bias_max).fl
+    rounding = weights[0].rounding if isinstance(weights[0], DFP) else "even"
+    return tuple(DFP.of(32, min(grid, fitted), True, rounding) for grid in grids.tolist())
+
+
+def within_accumulator(input_format, weights: tuple[Format, ...], bias_max: float):
     """Coarsen the weights of any channel whose product grid is too fine for the bias to
     take at most BIAS_CODE_BITS there (channels of near-zero weights): a 32-bit accumulator
     keeps 8 bits of headroom for the sum, and float32 (a 24-bit significand) adds such a

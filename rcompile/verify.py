@@ -11,6 +11,7 @@ import onnx
 
 from rcompile.batching import model_batches
 from rcompile.data import Dataset
+from rcompile.exporter import rcompile_entries
 from rcompile.graph import initializers, producers
 from rcompile.onnx_ops import DOMAIN, format_of
 from rcompile.progress import progress_bar
@@ -162,4 +163,4 @@ def _output_steps(model: onnx.ModelProto) -> dict[str, float]:
 
 
 def _target(model: onnx.ModelProto) -> str:
-    return next((p.value for p in model.metadata_props if p.key == "rcompile.target"), "sim")
+    return rcompile_entries(model).get("rcompile.target", "sim")

@@ -34,15 +34,15 @@ from rcompile.passes.declared_shapes import keep_declared_shapes
 from rcompile.passes.equalize import equalize_layers
 from rcompile.passes.layers import find_layers
 from rcompile.plan import (
-    BIAS_CODE_BITS,
     PLAN_KEY,
     Accumulator,
     LayerPlan,
     Plan,
-    accumulator_fls,
+    accumulator_biases,
     named_format,
     plan_record,
     recorded_plan,
+    within_accumulator,
 )
 from rcompile.progress import progress_bar
 from rcompile.score import predictions
@@ -105,7 +105,7 @@ def trained_source(
     """The FP32 model `model` was lowered from, with the trained weights and biases (`values`
     by graph value, `shadows` saying whose layer and role each is): lowering it with the
     model's plan gives the fine-tuned model."""
-    options = json.loads(_metadata(model).get("rcompile.options", "{}"))
+    options = json.loads(rcompile_entries(model).get("rcompile.options", "{}"))
     if options.get("equalization"):
         source = equalize_layers(source).model
     layers = {layer.node: layer for layer in find_layers(source)}
@@ -124,17 +124,13 @@ def lowered(
     model: onnx.ModelProto, source: onnx.ModelProto, plan: Plan, declared: frozenset[str]
 ) -> onnx.ModelProto:
     """`source` lowered with `plan` for the target `model` was written for."""
-    target = _metadata(model).get("rcompile.target", "sim")
+    target = rcompile_entries(model).get("rcompile.target", "sim")
     return keep_declared_shapes(lower(source, plan, target).model, declared).model
 
 
 def finished(model: onnx.ModelProto, candidate: onnx.ModelProto, plan: Plan) -> onnx.ModelProto:
     """`candidate` with `model`'s rcompile metadata and `plan`'s record."""
     return finish_model(candidate, {**rcompile_entries(model), PLAN_KEY: plan_record(plan)})
-
-
-def _metadata(model: onnx.ModelProto) -> dict[str, str]:
-    return {entry.key: entry.value for entry in model.metadata_props}
 
 
 @dataclass(frozen=True)
@@ -217,26 +213,16 @@ def _bias_on_grid(
     layer_plan: LayerPlan, new_input: Format, bias_max: float
 ) -> tuple[Format, ...] | None:
     """The layer's bias formats for input format `new_input`: a bias on its accumulator's
-    grid moves with it (coarsened only where its size needs it, as `rcompile.plan` plans
-    it); any other bias keeps its formats. None where a product grid would be finer than
-    a bias can take (see `rcompile.plan._within_accumulator`)."""
-    old_grids = accumulator_fls(layer_plan.inputs[0], layer_plan.weights)
-    new_grids = accumulator_fls(new_input, layer_plan.weights)
-    if old_grids is None or new_grids is None:
+    grid (32-bit, one format per product grid) is planned again on the new grid, as compile
+    plans it; any other bias keeps its formats. None where compile would coarsen the
+    weights for the bias (`rcompile.plan.within_accumulator`): a plan with other weights."""
+    planned = accumulator_biases(new_input, layer_plan.weights, bias_max)
+    on_grid = all(isinstance(f, DFP) and f.bw == 32 for f in layer_plan.bias)
+    if planned is None or not on_grid or len(planned) != len(layer_plan.bias):
         return layer_plan.bias
-    if len(layer_plan.bias) != len(old_grids):
-        return layer_plan.bias
-    if new_grids.max() > DFP.for_weights(BIAS_CODE_BITS, bias_max).fl:
+    if within_accumulator(new_input, layer_plan.weights, bias_max) != layer_plan.weights:
         return None
-    fitted = DFP.for_weights(32, bias_max).fl
-    formats = []
-    for fmt, old, new in zip(layer_plan.bias, old_grids.tolist(), new_grids.tolist(), strict=True):
-        if not isinstance(fmt, DFP) or fmt.bw != 32:
-            return layer_plan.bias
-        # On its grid (or coarsened for size): the same rule on the new grid.
-        fl = min(new, fitted) if fmt.fl == old else min(fmt.fl, new)
-        formats.append(DFP.of(32, fl, fmt.signed, fmt.rounding))
-    return tuple(formats)
+    return planned
 
 
 def refit_activations(
